@@ -1,0 +1,118 @@
+"""One small predictor API: config + checkpoint -> model; ``predict(images)`` -> columns.
+
+Used by ``batch/`` (the Ray scorer) and any other inference code; it never touches training code paths.
+The work is split in two picklable halves so a pipeline can run them in different processes:
+:class:`ImagePreprocessor` (decode-side, CPU: the config's test transforms) and :class:`Predictor` (the model,
+with text prototypes cached after the first batch).
+"""
+import io
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from mmengine.config import Config
+from mmengine.dataset import Compose
+from PIL import Image
+
+from .tasks import OrdinalTask
+from .utils.checkpoint import check_state_dict, load_weights_only
+
+ConfigLike = Union[str, Config]
+_LOADERS = ('LoadImageFromFile', 'LoadOrdinalImage')
+
+
+def _load_config(config: ConfigLike) -> Config:
+    cfg = config if isinstance(config, Config) else Config.fromfile(config)
+    import numclip_mm  # noqa: F401  (registration; configs name our components)
+    from mmengine.registry import init_default_scope
+    init_default_scope(cfg.get('default_scope', 'mmpretrain'))
+    return cfg
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Encoded image bytes -> RGB uint8 (H, W, 3). Raises ValueError on empty or undecodable data."""
+    if not data:
+        raise ValueError('empty image')
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return np.asarray(img.convert('RGB'))
+    except Exception as err:  # noqa: BLE001  (PIL raises many types)
+        raise ValueError(f'cannot decode image: {err}') from err
+
+
+class ImagePreprocessor:
+    """The config's test pipeline minus its loading step: RGB uint8 (H, W, 3) -> CHW uint8 tensor."""
+
+    def __init__(self, config: ConfigLike):
+        cfg = _load_config(config)
+        steps = [t for t in cfg.test_dataloader.dataset.pipeline if t['type'] not in _LOADERS]
+        self.pipeline_cfg = steps
+        self._pipeline = Compose(steps)
+
+    def __call__(self, image_rgb: np.ndarray) -> torch.Tensor:
+        if image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
+            raise ValueError(f'expected an RGB image (H, W, 3), got shape {image_rgb.shape}')
+        bgr = np.ascontiguousarray(image_rgb[..., ::-1])  # mmpretrain pipelines work in BGR like cv2
+        results = self._pipeline(dict(img=bgr, img_shape=bgr.shape[:2], ori_shape=bgr.shape[:2]))
+        return results['inputs']
+
+    def __getstate__(self):
+        return dict(pipeline_cfg=self.pipeline_cfg)
+
+    def __setstate__(self, state):
+        import numclip_mm  # noqa: F401
+        from mmengine.registry import init_default_scope
+        init_default_scope('mmpretrain')
+        self.pipeline_cfg = state['pipeline_cfg']
+        self._pipeline = Compose(self.pipeline_cfg)
+
+
+class Predictor:
+    """A trained ordinal model ready for batched inference.
+
+    Args:
+        config: config path or :class:`Config` the model was trained with.
+        checkpoint: a checkpoint saved by the Runner (or a bare state dict); None keeps the config's weights
+            (zero-shot). Loaded weights-only with numclip_mm's allow-list; a checkpoint that does not fit the config
+            raises ``CheckpointMismatchError`` naming the keys.
+        device: 'cpu', 'cuda', 'cuda:1', ...
+    """
+
+    def __init__(self, config: ConfigLike, checkpoint: Optional[str] = None, device: str = 'cpu'):
+        from mmpretrain.registry import MODELS
+        cfg = _load_config(config)
+        self.model = MODELS.build(cfg.model)
+        if checkpoint is not None:
+            load_model_checkpoint(self.model, checkpoint)
+        self.model.to(device).eval()
+        self.device = torch.device(device)
+        self.task: OrdinalTask = self.model.head.task
+        self.concepts = np.asarray(self.task.concepts, dtype=object)
+        self.preprocessor = ImagePreprocessor(cfg)
+
+    @torch.no_grad()
+    def predict_tensors(self, inputs: Union[torch.Tensor, Sequence[torch.Tensor]]) -> Dict[str, np.ndarray]:
+        """Preprocessed CHW uint8 tensors (a list or a stacked batch) -> prediction columns."""
+        data = self.model.data_preprocessor(dict(inputs=inputs), False)
+        probs, values = self.model.head.predict_arrays(self.model.extract_feat(data['inputs']))
+        probs, values = probs.float().cpu().numpy(), values.float().cpu().numpy()
+        index = probs.argmax(axis=1)
+        return dict(value=values, label=self.concepts[index], label_index=index,
+                    probability=probs[np.arange(len(index)), index])
+
+    def predict(self, images: Sequence[Union[np.ndarray, bytes]]) -> Dict[str, np.ndarray]:
+        """RGB uint8 arrays (or encoded image bytes) -> columns ``value``, ``label``, ``label_index``,
+        ``probability`` (of the predicted bin), one row per image, in order."""
+        arrays: List[np.ndarray] = [decode_image(i) if isinstance(i, (bytes, bytearray)) else i for i in images]
+        return self.predict_tensors([self.preprocessor(a) for a in arrays])
+
+
+def load_model_checkpoint(model: torch.nn.Module, checkpoint: str) -> None:
+    """Strictly load a Runner checkpoint (``state_dict`` inside) or a bare state dict, weights-only."""
+    try:
+        state = load_weights_only(checkpoint)
+    except FileNotFoundError:
+        raise FileNotFoundError(f'checkpoint not found: {checkpoint}') from None
+    state = state.get('state_dict', state)
+    check_state_dict(model, state, checkpoint)
+    model.load_state_dict(state, strict=True)

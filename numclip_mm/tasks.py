@@ -1,0 +1,133 @@
+"""Ordinal tasks as data: the bins, their language concepts, the prompt context and the regressor anchors.
+
+A task is everything NumCLIP needs to know about a number range. Datasets use ``edges`` to map a value to its
+bin; the model uses ``concepts``/``context`` to build prompts and ``anchors`` for the fine stage. A new task is a
+new entry here or an inline ``dict`` in a config: no code.
+"""
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class OrdinalTask:
+    """Bins of an ordinal range.
+
+    Args:
+        name: short identifier, also used as the default output column prefix.
+        edges: K lower bin edges, strictly increasing. Bin k holds ``edges[k] <= y < edges[k+1]``; the last bin is
+            open above. Values below ``edges[0]`` (or above ``upper``) are rejected, not clipped.
+        concepts: K phrases, one per bin ("child", "teenager", ...).
+        context: the prompt prefix shared by all bins ("age estimation: the person is a").
+        anchors: K numbers the regressor scales and the expectation averages; defaults to ``edges``.
+        upper: optional inclusive upper limit of the last bin.
+    """
+    name: str
+    edges: Tuple[float, ...]
+    concepts: Tuple[str, ...]
+    context: str
+    anchors: Optional[Tuple[float, ...]] = None
+    upper: Optional[float] = None
+    meta: Dict[str, str] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, 'edges', tuple(float(e) for e in self.edges))
+        object.__setattr__(self, 'concepts', tuple(str(c) for c in self.concepts))
+        anchors = self.edges if self.anchors is None else tuple(float(a) for a in self.anchors)
+        object.__setattr__(self, 'anchors', anchors)
+        k = len(self.edges)
+        if k < 2:
+            raise ValueError(f'task {self.name!r}: need at least 2 bins, got {k}')
+        if len(self.concepts) != k or len(self.anchors) != k:
+            raise ValueError(f'task {self.name!r}: {k} edges but {len(self.concepts)} concepts and '
+                             f'{len(self.anchors)} anchors; they must match')
+        if any(b <= a for a, b in zip(self.edges, self.edges[1:])):
+            raise ValueError(f'task {self.name!r}: edges must be strictly increasing, got {self.edges}')
+        if self.upper is not None and self.upper < self.edges[-1]:
+            raise ValueError(f'task {self.name!r}: upper={self.upper} lies below the last edge {self.edges[-1]}')
+
+    @property
+    def num_bins(self) -> int:
+        return len(self.edges)
+
+    def in_range(self, values) -> np.ndarray:
+        """Boolean mask of values that fall in some bin."""
+        values = np.asarray(values, dtype=np.float64)
+        ok = np.isfinite(values) & (values >= self.edges[0])
+        if self.upper is not None:
+            ok &= values <= self.upper
+        return ok
+
+    def value_to_bin(self, values) -> np.ndarray:
+        """Vectorised bin index of each value; raises on values outside the bins."""
+        values = np.asarray(values, dtype=np.float64)
+        bad = ~self.in_range(values)
+        if bad.any():
+            raise ValueError(f'task {self.name!r}: values {values[bad][:5].tolist()} lie outside the bins '
+                             f'[{self.edges[0]}, {self.upper if self.upper is not None else "inf"}]')
+        return np.searchsorted(np.asarray(self.edges), values, side='right') - 1
+
+    def bin_to_value(self, bins) -> np.ndarray:
+        """Anchor value of each bin index (the number a bin prediction stands for)."""
+        return np.asarray(self.anchors)[np.asarray(bins, dtype=np.int64)]
+
+    def anchors_tensor(self) -> torch.Tensor:
+        return torch.tensor(self.anchors, dtype=torch.float32)
+
+
+def _graded(name, concepts, context, **meta) -> OrdinalTask:
+    """A task whose labels already are K grades 0..K-1 (HCI decades, aesthetic grades)."""
+    k = len(concepts)
+    return OrdinalTask(name, tuple(range(k)), tuple(concepts), context, upper=k - 1, meta=meta)
+
+
+TASKS: Dict[str, OrdinalTask] = {t.name: t for t in [
+    # MORPH II: thresholds on the true age (the released code applies them to age-1, see the method doc 2.8).
+    OrdinalTask('age', (0, 13, 19, 35, 65),
+                ('child', 'teenager', 'young adult', 'middle adult', 'older adult'),
+                'age estimation: the person is a', upper=120),
+    # HCI: labels are decades 0..4 (1930s..1970s). The official concept file is missing; decades are the natural words.
+    _graded('hci', ('1930s', '1940s', '1950s', '1960s', '1970s'), 'a photo taken in the'),
+    # Image aesthetics: 5 grades; the concept words of the official code are missing, these are the dataset's names.
+    _graded('aesthetics', ('unacceptable', 'flawed', 'ordinary', 'professional', 'exceptional'),
+            'aesthetics assessment: the quality of the photo is'),
+    # Adience: 8 age groups, labels are group indices 0..7.
+    _graded('adience', ('baby', 'toddler', 'child', 'teenager', 'young adult', 'adult', 'middle adult',
+                        'older adult'), 'age estimation from facial image: the person is a'),
+    # The embedded demo: images showing 0..9 objects, binned into 5 everyday quantity words.
+    OrdinalTask('count', (0, 2, 4, 6, 8), ('none', 'few', 'several', 'many', 'lots'),
+                'a picture of objects, there are', anchors=(0, 2, 4, 6, 8), upper=9),
+]}
+
+
+TaskLike = Union[str, OrdinalTask, dict]
+
+
+def get_task(task: TaskLike) -> OrdinalTask:
+    """Resolve a task given by name, as a dict (from a config) or as an :class:`OrdinalTask`."""
+    if isinstance(task, OrdinalTask):
+        return task
+    if isinstance(task, str):
+        if task not in TASKS:
+            raise KeyError(f'unknown task {task!r}; known: {sorted(TASKS)} (or give a dict with edges/concepts/context)')
+        return TASKS[task]
+    if isinstance(task, dict):
+        task = dict(task)
+        base = task.pop('base', None)
+        if base is not None:  # override some fields of a known task, e.g. dict(base='age', concepts=[...])
+            fields = {f: getattr(get_task(base), f) for f in ('name', 'edges', 'concepts', 'context', 'upper')}
+            if 'edges' not in task and 'anchors' not in task:
+                fields['anchors'] = get_task(base).anchors
+            fields.update(task)
+            task = fields
+        return OrdinalTask(**task)
+    raise TypeError(f'task must be a name, dict or OrdinalTask, got {type(task).__name__}')
+
+
+def rank_task(name: str, values: Sequence[float], context: str, words: Optional[Sequence[str]] = None) -> OrdinalTask:
+    """One bin per integer rank (OrdinalCLIP-style), concepts are the numbers themselves unless given."""
+    values = tuple(float(v) for v in values)
+    concepts = tuple(words) if words is not None else tuple(f'{v:g}' for v in values)
+    return OrdinalTask(name, values, concepts, context, upper=values[-1])

@@ -1,0 +1,40 @@
+"""numclip-mm: NumCLIP ordinal regression as an MMPretrain/MMEngine plugin.
+
+Dependency ranges only: the tested set is pinned in requirements/constraints.txt. torch itself is *not* a hard
+requirement here so that installing never replaces the torch (CPU or CUDA) the user already has; install torch
+first (see README).
+"""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+version = re.search(r"__version__ = '([^']+)'", Path('numclip_mm/version.py').read_text()).group(1)
+
+setup(
+    name='numclip-mm',
+    version=version,
+    description='NumCLIP (ECCV 2024) CLIP-based ordinal regression for MMPretrain, with a Ray batch scorer',
+    long_description=Path('README.md').read_text() if Path('README.md').exists() else '',
+    long_description_content_type='text/markdown',
+    python_requires='>=3.9',
+    packages=find_packages(include=['numclip_mm', 'numclip_mm.*', 'batch', 'batch.*']),
+    install_requires=[
+        'torch>=2.1',
+        'torchvision>=0.16',
+        'mmengine>=0.10,<0.11',
+        'mmcv-lite>=2.0,<2.3',
+        'mmpretrain>=1.2,<1.3',
+        'open_clip_torch>=2.24',
+        'numpy>=1.24',
+        'pandas>=1.5',
+        'pyarrow>=14',
+        'matplotlib>=3.6',
+        'Pillow>=9',
+    ],
+    extras_require={
+        'batch': ['ray[default,data]>=2.40'],
+        'tests': ['pytest>=8', 'ray[default,data]>=2.40'],
+    },
+    license='Apache-2.0',
+)

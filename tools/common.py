@@ -1,0 +1,56 @@
+"""Argument handling shared by tools/train.py and tools/test.py (mmpretrain's flags and behaviour)."""
+import argparse
+import os
+import os.path as osp
+import sys
+from copy import deepcopy
+
+# Make the repo importable when the tools run from a checkout, and numclip_mm importable before anything imports
+# torchvision (it installs the CPU fallback for torchvision's compiled ops when those do not load).
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+import numclip_mm  # noqa: E402,F401
+
+from mmengine.config import ConfigDict, DictAction  # noqa: E402
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--work-dir', help='the dir to save logs, checkpoints and metrics')
+    parser.add_argument('--amp', action='store_true', help='automatic mixed precision')
+    parser.add_argument('--no-pin-memory', action='store_true', help='disable pin_memory in dataloaders')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, xxx=yyy pairs, e.g. model.clip.pretrained=ViT-B-16.pt')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+                        help='job launcher')
+    # torch.distributed launchers pass --local-rank (torch >= 2.0) or --local_rank
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def finish_args(args):
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def set_work_dir(cfg, args) -> None:
+    """CLI > config > ./work_dirs/<config name>, as in mmpretrain."""
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+
+
+def set_dataloader_defaults(cfg, fields, no_pin_memory: bool, persistent_workers: bool) -> None:
+    """mmpretrain's dataloader defaults, except that ``persistent_workers`` is only set where workers exist
+    (PyTorch rejects it with ``num_workers=0``)."""
+    for field in fields:
+        if cfg.get(field, None) is None:
+            continue
+        loader = ConfigDict(pin_memory=True, collate_fn=dict(type='default_collate'))
+        loader.update(deepcopy(cfg[field]))
+        if persistent_workers:
+            loader.setdefault('persistent_workers', loader.get('num_workers', 0) > 0)
+        if loader.get('num_workers', 0) == 0:
+            loader['persistent_workers'] = False
+        if no_pin_memory:
+            loader['pin_memory'] = False
+        cfg[field] = loader

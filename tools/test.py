@@ -1,0 +1,81 @@
+"""Test (and evaluate) a model, like mmpretrain's tools/test.py.
+
+``checkpoint`` may be omitted to evaluate the weights the config itself builds (zero-shot CLIP baselines).
+``--out`` ending in ``.csv``/``.parquet`` writes one row of predictions per sample (for tools/analysis);
+``.pkl`` dumps the DataSamples with mmengine's ``DumpResults`` as mmpretrain does.
+"""
+import argparse
+import os.path as osp
+from copy import deepcopy
+
+from common import add_common_args, finish_args, set_dataloader_defaults, set_work_dir
+from mmengine.config import Config, ConfigDict
+from mmengine.evaluator import DumpResults
+from mmengine.logging import print_log
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from numclip_mm.evaluation import DumpOrdinalPredictions
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='Test (and eval) a model')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', nargs='?', help='checkpoint file (omit for zero-shot configs)')
+    parser.add_argument('--out', help='write per-sample predictions (.csv/.parquet) or DataSamples (.pkl)')
+    parser.add_argument('--out-item', choices=['metrics', 'pred'],
+                        help='with a .pkl --out: dump metrics or predictions (default predictions)')
+    parser.add_argument('--show-dir', help='save visualised predictions to this directory')
+    parser.add_argument('--show', action='store_true', help='display predictions in a window')
+    parser.add_argument('--interval', type=int, default=1, help='visualise every N-th sample')
+    parser.add_argument('--wait-time', type=float, default=2, help='display time of every window (s)')
+    parser.add_argument('--tta', action='store_true', help='flip test-time augmentation')
+    add_common_args(parser)
+    return finish_args(parser.parse_args())
+
+
+def merge_args(cfg, args):
+    cfg.launcher = args.launcher
+    set_work_dir(cfg, args)
+    cfg.load_from = args.checkpoint
+    if args.checkpoint is None:
+        print_log('no checkpoint given: evaluating the weights the config builds', logger='current')
+    if args.amp:
+        cfg.test_cfg.fp16 = True
+    if args.show or args.show_dir is not None:
+        if 'visualization' not in cfg.default_hooks:
+            raise ValueError('--show/--show-dir need default_hooks.visualization = dict(type="VisualizationHook")')
+        cfg.default_hooks.visualization.update(enable=True, show=args.show, wait_time=args.wait_time,
+                                               out_dir=args.show_dir, interval=args.interval)
+    if args.tta:
+        cfg.tta_model = cfg.get('tta_model', dict(type='mmpretrain.AverageClsScoreTTA'))
+        if 'tta_pipeline' not in cfg:
+            test_pipeline = cfg.test_dataloader.dataset.pipeline
+            cfg.tta_pipeline = deepcopy(test_pipeline)
+            cfg.tta_pipeline[-1] = dict(type='TestTimeAug', transforms=[
+                [dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)], [test_pipeline[-1]]])
+        cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    set_dataloader_defaults(cfg, ('test_dataloader',), args.no_pin_memory, persistent_workers=False)
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    return cfg
+
+
+def main():
+    args = parse_args()
+    cfg = merge_args(Config.fromfile(args.config), args)
+    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    if args.out:
+        if osp.splitext(args.out)[1] in ('.csv', '.parquet'):
+            runner.test_evaluator.metrics.append(DumpOrdinalPredictions(out_file_path=args.out))
+        elif args.out_item in (None, 'pred'):
+            runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
+    metrics = runner.test()
+    if args.out and args.out_item == 'metrics':
+        import mmengine
+        mmengine.dump(metrics, args.out)
+
+
+if __name__ == '__main__':
+    main()
