@@ -1,0 +1,8 @@
+"""Ordinal metrics and the prediction dump (registered on import)."""
+from .dump import DumpOrdinalPredictions, load_predictions, samples_to_frame, write_predictions
+from .ordinal_metric import OrdinalMetric, average_ranks, quadratic_weighted_kappa, spearman
+
+__all__ = [
+    'OrdinalMetric', 'DumpOrdinalPredictions', 'load_predictions', 'samples_to_frame', 'write_predictions',
+    'average_ranks', 'quadratic_weighted_kappa', 'spearman'
+]

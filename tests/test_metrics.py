@@ -1,0 +1,123 @@
+"""OrdinalMetric and DumpOrdinalPredictions against numbers computed by hand."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from mmengine.evaluator import Evaluator
+
+from mmpretrain.registry import METRICS
+from mmpretrain.structures import DataSample
+from numclip_mm.evaluation import (DumpOrdinalPredictions, OrdinalMetric, average_ranks, load_predictions,
+                                   quadratic_weighted_kappa, spearman)
+
+# Task 'count' (edges 0, 2, 4, 6, 8). gt values 1, 4, 5, 3 -> bins 0, 2, 2, 1.
+PRED_VALUE = [1.0, 2.5, 6.0, 9.0]
+GT_VALUE = [1.0, 4.0, 5.0, 3.0]
+PRED_LABEL = [0, 1, 3, 4]
+GT_LABEL = [0, 2, 2, 1]
+
+
+def _samples():
+    return [dict(pred_value=torch.tensor(p), pred_label=torch.tensor([pl]), gt_value=g, gt_label=torch.tensor([gl]),
+                 pred_score=torch.nn.functional.one_hot(torch.tensor(pl), 5).float(), sample_idx=i,
+                 img_path=f'img_{i}.png')
+            for i, (p, g, pl, gl) in enumerate(zip(PRED_VALUE, GT_VALUE, PRED_LABEL, GT_LABEL))]
+
+
+def test_average_ranks_ties():
+    np.testing.assert_allclose(average_ranks(np.array([10, 20, 20, 5, 20])), [2, 4, 4, 1, 4])
+
+
+def test_spearman_with_ties_hand_computed():
+    # ranks pred (1, 2.5, 2.5, 4), gt (1, 3, 2, 4): sum d_p d_g = 4.5, sum d_p^2 = 4.5, sum d_g^2 = 5 -> 3/sqrt(10)
+    assert spearman(np.array([1, 2, 2, 3.]), np.array([1, 3, 2, 4.])) == pytest.approx(3 / math.sqrt(10))
+    assert spearman(np.array([1, 2, 3.]), np.array([3, 2, 1.])) == pytest.approx(-1)
+    assert math.isnan(spearman(np.array([1, 1, 1.]), np.array([1, 2, 3.])))
+
+
+def test_qwk_hand_computed_3x3():
+    # O = [[1,1,0],[0,1,1],[1,0,1]], E = 2/3 everywhere, w = (i-j)^2/4
+    # sum wO = .25 + .25 + 1 = 1.5, sum wE = 2/3 * 3 = 2 -> kappa = 1 - 1.5/2 = 0.25
+    gt, pred = np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 1, 2, 2, 0])
+    assert quadratic_weighted_kappa(gt, pred, 3) == pytest.approx(0.25)
+    assert quadratic_weighted_kappa(gt, gt, 3) == pytest.approx(1.0)
+    # reversing the classes is maximal disagreement: sum wO = 4 * 1 = 4 (classes 0<->2), sum wE = 2 -> -1
+    assert quadratic_weighted_kappa(np.array([0, 0, 2, 2]), np.array([2, 2, 0, 0]), 3) == pytest.approx(-1.0)
+
+
+def test_metric_process_and_compute_hand_values():
+    metric = OrdinalMetric(cs_thresholds=(1, 2, 5), num_classes=5)
+    metric.process({}, _samples())
+    out = metric.compute_metrics(metric.results)
+    assert out['mae'] == pytest.approx((0 + 1.5 + 1 + 6) / 4)
+    assert out['accuracy'] == pytest.approx(25.0)
+    assert out['off_by_one'] == pytest.approx(75.0)  # |diffs| 0, 1, 1, 3
+    assert out['cs@1'] == pytest.approx(50.0)
+    assert out['cs@2'] == pytest.approx(75.0)
+    assert out['cs@5'] == pytest.approx(75.0)
+    assert out['mae_bin_0'] == pytest.approx(0.0)
+    assert out['mae_bin_1'] == pytest.approx(6.0)
+    assert out['mae_bin_2'] == pytest.approx(1.25)
+    assert 'mae_bin_3' not in out
+    # ranks pred (1, 2, 3, 4) vs gt (1, 3, 4, 2): sum d^2 = 0 + 1 + 1 + 4 = 6 -> 1 - 6*6/(4*15) = 0.4
+    assert out['spearman'] == pytest.approx(0.4)
+    # 5x5 confusion with O[0,0]=O[2,1]=O[2,3]=O[1,4]=1; gt counts r=(1,1,2,0,0), pred counts c=(1,1,0,1,1), N=4,
+    # w=(i-j)^2/16. sum wO = (0 + 1 + 1 + 9)/16 = 44/64. sum_ij r_i c_j (i-j)^2 = 26 (i=0) + 14 (i=1) + 2*10 (i=2)
+    # = 60, so sum wE = 60/(16*4) = 60/64 and kappa = 1 - 44/60.
+    assert out['qwk'] == pytest.approx(1 - 44 / 60)
+
+
+def test_metric_accuracy_from_value_and_items():
+    metric = OrdinalMetric(items=('accuracy', 'off_by_one'), accuracy_from='value')
+    metric.process({}, _samples())
+    # round(pred) = 1, 2, 6, 9 vs gt 1, 4, 5, 3 -> equal once; |diff| 0, 2, 1, 6 -> within one twice
+    assert metric.compute_metrics(metric.results) == {'accuracy': 25.0, 'off_by_one': 50.0}
+
+
+def test_metric_rejects_unknown_items():
+    with pytest.raises(ValueError, match='unknown OrdinalMetric items'):
+        OrdinalMetric(items=('mae', 'rmse'))
+
+
+def test_metric_through_mmengine_evaluator_with_datasamples():
+    metric = METRICS.build(dict(type='OrdinalMetric', items=('mae', 'accuracy')))
+    evaluator = Evaluator(metric)
+    samples = []
+    for p, g, pl, gl in zip(PRED_VALUE, GT_VALUE, PRED_LABEL, GT_LABEL):
+        ds = DataSample().set_gt_label(gl).set_pred_label(pl)
+        ds.set_field(g, 'gt_value')
+        ds.set_field(torch.tensor(p), 'pred_value')
+        samples.append(ds)
+    evaluator.process(samples[:2])
+    evaluator.process(samples[2:])
+    assert evaluator.evaluate(4) == {'mae': pytest.approx(2.125), 'accuracy': pytest.approx(25.0)}
+
+
+@pytest.mark.parametrize('ext', ['csv', 'parquet'])
+def test_dump_round_trip(tmp_path, ext):
+    out = tmp_path / f'preds.{ext}'
+    metric = DumpOrdinalPredictions(str(out))
+    samples = _samples()
+    metric.process({}, samples[2:])  # out of order: the file is sorted by sample_idx
+    metric.process({}, samples[:2])
+    assert metric.compute_metrics(metric.results) == {}
+    frame = load_predictions(str(out))
+    assert list(frame.columns[:6]) == ['sample_idx', 'img_path', 'gt_value', 'gt_label', 'pred_value', 'pred_label']
+    assert frame['sample_idx'].tolist() == [0, 1, 2, 3]
+    np.testing.assert_allclose(frame['pred_value'], PRED_VALUE)
+    np.testing.assert_allclose(frame['gt_value'], GT_VALUE)
+    assert frame['pred_label'].tolist() == PRED_LABEL and frame['gt_label'].tolist() == GT_LABEL
+    assert frame['img_path'].tolist() == [f'img_{i}.png' for i in range(4)]
+    np.testing.assert_allclose(frame[[f'pred_score_{k}' for k in range(5)]].to_numpy().argmax(1), PRED_LABEL)
+
+
+def test_dump_refuses_pickle(tmp_path):
+    with pytest.raises(ValueError, match='no pickle'):
+        DumpOrdinalPredictions(str(tmp_path / 'preds.pkl'))
+    path = tmp_path / 'results.pkl'
+    path.write_bytes(b'\x80\x04N.')  # a pickle of None
+    with pytest.raises(ValueError, match='trusted_pickle=True'):
+        load_predictions(str(path))
+    with pytest.raises(FileNotFoundError, match='nope.csv'):
+        load_predictions(str(tmp_path / 'nope.csv'))
