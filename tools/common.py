@@ -10,6 +10,7 @@ from copy import deepcopy
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import numclip_mm  # noqa: E402,F401
 
+import torch  # noqa: E402
 from mmengine.config import ConfigDict, DictAction  # noqa: E402
 
 
@@ -41,11 +42,11 @@ def set_work_dir(cfg, args) -> None:
 
 def set_dataloader_defaults(cfg, fields, no_pin_memory: bool, persistent_workers: bool) -> None:
     """mmpretrain's dataloader defaults, except that ``persistent_workers`` is only set where workers exist
-    (PyTorch rejects it with ``num_workers=0``)."""
+    (PyTorch rejects it with ``num_workers=0``) and memory is pinned only when there is a GPU to pin for."""
     for field in fields:
         if cfg.get(field, None) is None:
             continue
-        loader = ConfigDict(pin_memory=True, collate_fn=dict(type='default_collate'))
+        loader = ConfigDict(pin_memory=torch.cuda.is_available(), collate_fn=dict(type='default_collate'))
         loader.update(deepcopy(cfg[field]))
         if persistent_workers:
             loader.setdefault('persistent_workers', loader.get('num_workers', 0) > 0)

@@ -1,9 +1,15 @@
 """Weights-only checkpoint loading for MMEngine checkpoints, and strict key/shape checks with clear errors.
 
 torch >= 2.6 loads with ``weights_only=True`` by default, and MMEngine's checkpoints carry a few non-tensor
-objects (the message hub's ``HistoryBuffer`` and the numpy arrays/scalars inside it). Rather than falling back to
+objects: the message hub's ``HistoryBuffer``s and the numpy arrays/scalars inside them. Rather than falling back to
 ``weights_only=False`` (which would execute arbitrary pickled code), we allow-list exactly those globals.
+
+A plain pickled ``HistoryBuffer`` also refers to ``getattr`` (for its statistics methods), which must never be
+allow-listed. So numclip_mm registers a reducer that pickles a buffer as its three fields and rebuilds it with
+:func:`rebuild_history_buffer`, the one function we allow. Checkpoints written by a process that imported
+numclip_mm (every tools/ script) load weights-only; others raise torch's clear "Weights only load failed".
 """
+import copyreg
 from typing import Dict
 
 import numpy as np
@@ -23,14 +29,26 @@ def _numpy_globals():
     return found
 
 
+def rebuild_history_buffer(log_history, count_history, max_length):
+    """Unpickle a ``HistoryBuffer`` from its fields (arrays and an int): nothing else is executed."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+    return HistoryBuffer(np.asarray(log_history), np.asarray(count_history), int(max_length))
+
+
+def _reduce_history_buffer(buffer):
+    return rebuild_history_buffer, (buffer._log_history, buffer._count_history, buffer.max_length)
+
+
 def safe_globals():
     """The explicit allow-list: everything MMEngine writes into a checkpoint besides tensors and builtins."""
-    from mmengine.logging.history_buffer import HistoryBuffer
-    return [HistoryBuffer, *_numpy_globals()]
+    return [rebuild_history_buffer, *_numpy_globals()]
 
 
 def register_safe_globals() -> None:
-    """Allow-list :func:`safe_globals` for ``torch.load(weights_only=True)`` in this process."""
+    """Pickle ``HistoryBuffer`` through :func:`rebuild_history_buffer` and allow-list :func:`safe_globals` for
+    ``torch.load(weights_only=True)`` in this process."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+    copyreg.pickle(HistoryBuffer, _reduce_history_buffer)
     torch.serialization.add_safe_globals(safe_globals())
 
 

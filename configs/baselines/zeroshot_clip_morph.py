@@ -1,0 +1,9 @@
+# Zero-shot CLIP on morph: fixed prompts, frozen towers, nothing trained. Evaluate only (no checkpoint):
+#   python tools/test.py configs/baselines/zeroshot_clip_morph.py
+_base_ = ['../numclip_morph.py']
+model = dict(
+    backbone=dict(frozen=True),
+    neck=None,
+    head=dict(prompt_learner=dict(learn_context=False, learn_concepts=False), regressor=None,
+              i2t_loss=None, t2i_loss=None, reg_loss=None, prediction='expectation'),
+)

@@ -1,0 +1,6 @@
+# NumCLIP on the embedded demo: python tools/train.py configs/numclip_demo.py
+_base_ = [
+    './_base_/models/numclip_demo.py', './_base_/datasets/demo.py', './_base_/schedules/demo.py',
+    './_base_/default_runtime.py'
+]
+randomness = dict(seed=114514, deterministic=False)
