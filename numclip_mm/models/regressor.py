@@ -24,6 +24,8 @@ class SSRRegressor(BaseModule):
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         k = len(anchors)
+        if not 0.0 < lam <= 1.0:
+            raise ValueError(f'lam must be in (0, 1] so that 1 + lam * tanh(.) stays positive, got {lam}')
         self.lam = lam
         self.register_buffer('anchors', torch.as_tensor(anchors, dtype=torch.float32))
         self.fc1 = nn.Linear(k, hidden_factor * k)
@@ -38,4 +40,7 @@ class SSRRegressor(BaseModule):
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         probs = logits.softmax(dim=-1)
         delta = torch.tanh(self.fc2(torch.relu(self.fc1(logits))))
-        return (probs * self.anchors / (1.0 + self.lam * delta)).sum(dim=-1)
+        # tanh reaches exactly -1 in float32 for inputs below about -9: keep the divisor positive (the open
+        # interval of the formula), otherwise the zero anchor gives 0/0.
+        scale = (1.0 + self.lam * delta).clamp(min=torch.finfo(delta.dtype).eps)
+        return (probs * self.anchors.to(probs.dtype) / scale).sum(dim=-1)

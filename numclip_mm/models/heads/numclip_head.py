@@ -48,8 +48,9 @@ class NumCLIPHead(BaseModule):
         self.task = get_task(task)
         if prediction not in PREDICTIONS:
             raise ValueError(f'prediction must be one of {PREDICTIONS}, got {prediction!r}')
-        if prediction == 'regressor' and regressor is None:
-            raise ValueError("prediction='regressor' needs a regressor; use 'expectation' or 'argmax' without one")
+        if regressor is None and (prediction == 'regressor' or reg_loss is not None):
+            raise ValueError("prediction='regressor' and reg_loss need a regressor; without one use "
+                             "prediction='expectation' or 'argmax' and reg_loss=None")
         self.prediction = prediction
         k = self.task.num_bins
         self.text_encoder = MODELS.build(text_encoder, default_args=dict(clip_model=clip_model))
@@ -90,7 +91,9 @@ class NumCLIPHead(BaseModule):
             self._cache_key = self._cache = None
             return self._compute_prototypes()
         tensors = self._text_tensors()
-        key = tuple((t.data_ptr(), t._version) for t in tensors) + (tensors[0].device, tensors[0].dtype)
+        # inference-mode tensors cannot enter autograd later, so they are cached apart from normal ones
+        key = tuple((t.data_ptr(), t._version) for t in tensors) + (
+            tensors[0].device, tensors[0].dtype, torch.is_inference_mode_enabled())
         if key != self._cache_key:
             with torch.no_grad():
                 self._cache = self._compute_prototypes()
@@ -117,12 +120,15 @@ class NumCLIPHead(BaseModule):
     def loss(self, feats: Tuple[torch.Tensor], data_samples: Sequence[DataSample]) -> dict:
         logits = self(feats)
         labels, values = gather_targets(data_samples, logits.device, need_values=self.reg_loss is not None)
+        if labels.min() < 0 or labels.max() >= logits.shape[1]:
+            raise ValueError(f'gt_label {labels.tolist()} outside the {logits.shape[1]} bins of task '
+                             f'{self.task.name!r}: the dataset and the head must use the same task')
         losses = {}
         if self.i2t_loss is not None:
             losses['loss_i2t'] = self.i2t_loss(logits, labels)
         if self.t2i_loss is not None:
             losses['loss_t2i'] = self.t2i_loss(logits, labels)
-        if self.reg_loss is not None and self.regressor is not None:
+        if self.reg_loss is not None:
             losses['loss_reg'] = self.reg_loss(self.regressor(logits), values)
         if not losses:
             raise ValueError('NumCLIPHead has no loss switched on: nothing to train (zero-shot configs only test)')

@@ -6,7 +6,7 @@ from torch import nn
 
 
 def ordinal_distance_weights(num_classes: int) -> torch.Tensor:
-    """The K x K table ``w(c, j) = (K-1) |c-j| / sum_k |c-k|`` for ``j != c`` and ``w(c, c) = 1``.
+    """The K x K table ``w(c, j) = (K-1) |c-j| / sum_k |c-k|`` for ``j != c`` and ``w(c, c) = 1`` (float64).
 
     Each row's negatives sum to K-1 (mean 1) and grow linearly with ordinal distance.
     """
@@ -14,7 +14,7 @@ def ordinal_distance_weights(num_classes: int) -> torch.Tensor:
     dist = (idx[:, None] - idx[None, :]).abs()
     weights = (num_classes - 1) * dist / dist.sum(dim=1, keepdim=True)
     weights.fill_diagonal_(1.0)
-    return weights.float()
+    return weights
 
 
 @MODELS.register_module()
@@ -39,7 +39,7 @@ class FCRCImageTextLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.distance_weighted:
-            w = self.weights[labels]
+            w = self.weights[labels].to(logits.dtype)
             logits = logits * w if self.form == 'code' else logits + w.log()
         return self.loss_weight * F.cross_entropy(logits, labels)
 
