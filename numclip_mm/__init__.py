@@ -11,7 +11,7 @@ from .utils.checkpoint import register_safe_globals  # noqa: E402
 
 register_safe_globals()
 
-from . import datasets, evaluation, models  # noqa: E402,F401  (registration side effects)
+from . import datasets, engine, evaluation, models  # noqa: E402,F401  (registration side effects)
 from .tasks import TASKS, OrdinalTask, get_task  # noqa: E402
 from .version import __version__  # noqa: E402
 

@@ -15,6 +15,8 @@ from mmengine.logging import print_log
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from numclip_mm.engine import init_cpu_distributed
+
 from numclip_mm.evaluation import DumpOrdinalPredictions
 
 
@@ -65,6 +67,7 @@ def merge_args(cfg, args):
 def main():
     args = parse_args()
     cfg = merge_args(Config.fromfile(args.config), args)
+    init_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     if args.out:
         if osp.splitext(args.out)[1] in ('.csv', '.parquet'):
