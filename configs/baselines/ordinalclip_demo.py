@@ -6,7 +6,7 @@ rank_task = dict(name='count_ranks', edges=list(range(10)), concepts=[str(v) for
                  context='a picture of objects, the number of objects is', upper=9)
 model = dict(
     neck=None,
-    head=dict(task=rank_task,
+    head=dict(task=dict(_delete_=True, **rank_task),
               prompt_learner=dict(_delete_=True, type='InterpolatedRankPromptLearner', num_base_ranks=3,
                                   interpolation='linear', learn_context=True),
               regressor=None, i2t_loss=dict(distance_weighted=False), t2i_loss=dict(distance_weighted=False),

@@ -6,7 +6,7 @@ rank_task = dict(name='age_ranks', edges=list(range(16, 78)), concepts=[str(v) f
                  context='age estimation: the age of the person is', upper=77)
 model = dict(
     neck=None,
-    head=dict(task=rank_task,
+    head=dict(task=dict(_delete_=True, **rank_task),
               prompt_learner=dict(_delete_=True, type='InterpolatedRankPromptLearner', num_base_ranks=3,
                                   learn_context=True),
               regressor=None, i2t_loss=dict(distance_weighted=False), t2i_loss=dict(distance_weighted=False),
