@@ -1,0 +1,367 @@
+"""The Ray batch scorer (batch/): outputs, bad rows, resume, overwrite, up-front errors, `ray job submit`.
+
+One Ray instance (2 CPUs, loopback, no dashboard) is shared by the module and shut down at teardown; every test has
+a SIGALRM timeout so that a hung pipeline fails instead of blocking the suite.
+"""
+import io
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from batch import catalog
+from batch.pipeline import ScoreOptions, prepare, run, score_catalog
+from batch.score import main as cli_main
+from numclip_mm.inference import Predictor
+from numclip_mm.utils import CheckpointMismatchError
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_TIMEOUT_S = 180
+MAX_BYTES = 20_000
+TINY_CONFIG = """
+custom_imports = dict(imports=['numclip_mm'], allow_failed_imports=False)
+default_scope = 'mmpretrain'
+model = dict(type='NumCLIP', clip=dict(model_name='numclip-tiny'),
+             data_preprocessor=dict(type='ClsDataPreprocessor', mean=[127.5]*3, std=[127.5]*3, to_rgb=True),
+             backbone=dict(type='OpenCLIPVisionBackbone'), neck=dict(type='ResidualAdapter'),
+             head=dict(type='NumCLIPHead', task='{task}'))
+test_dataloader = dict(dataset=dict(pipeline=[dict(type='Resize', scale=(32, 32)), dict(type='PackInputs')]))
+"""
+NEW_COLUMNS = {'count_value': pa.float64(), 'count_label': pa.string(), 'count_probability': pa.float64(),
+               'count_error': pa.string()}
+
+
+@pytest.fixture(autouse=True)
+def _timeout():
+    def expire(signum, frame):
+        raise TimeoutError(f'test exceeded {TEST_TIMEOUT_S} s')
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(TEST_TIMEOUT_S)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture(scope='module')
+def ray_session():
+    os.environ['RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'] = '0'
+    import ray
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address='127.0.0.1', log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _png(rng, h, w):
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format='PNG')
+    return buf.getvalue()
+
+
+# expected error substrings per kind of bad cell
+BAD = {'corrupt': 'cannot decode', 'empty': 'empty image', 'null': 'null', 'big': 'too large', 'missing': 'not found'}
+
+
+@pytest.fixture(scope='module')
+def env(tmp_path_factory):
+    """Config, checkpoint, a reference Predictor, an image-bytes catalog (2 files) and a path catalog (1 file)."""
+    root = tmp_path_factory.mktemp('scorer')
+    cfg = root / 'tiny.py'
+    cfg.write_text(TINY_CONFIG.format(task='count'))
+    torch.manual_seed(1)
+    reference = Predictor(str(cfg))
+    ckpt = root / 'tiny.pth'
+    torch.save({'state_dict': reference.model.state_dict(), 'meta': {}}, ckpt)
+    bad_cfg = root / 'adience.py'
+    bad_cfg.write_text(TINY_CONFIG.format(task='adience'))
+
+    rng = np.random.default_rng(0)
+    big = _png(rng, 120, 120)  # ~43 KB of noise > MAX_BYTES
+    assert len(big) > MAX_BYTES
+    cat = root / 'catalog'
+    cat.mkdir()
+    kinds = {}  # file name -> per-row kind ('ok' or a BAD key)
+    layouts = {'part-000.parquet': ['ok', 'corrupt', 'ok', 'empty', 'ok', 'null', 'ok', 'big', 'ok', 'ok', 'ok'],
+               'part-001.parquet': ['ok', 'ok', 'ok', 'corrupt', 'ok', 'ok', 'ok']}
+    ids = 0
+    for name, layout in layouts.items():
+        cells = [{'ok': lambda: _png(rng, int(rng.integers(16, 48)), int(rng.integers(16, 48))),
+                  'corrupt': lambda: b'\x89PNG this is not an image', 'empty': lambda: b'', 'null': lambda: None,
+                  'big': lambda: big}[k]() for k in layout]
+        n = len(layout)
+        table = pa.table({'id': pa.array(range(ids, ids + n), pa.int64()),
+                          'image': pa.array(cells, pa.binary()),
+                          'note': pa.array([f'row {i}' for i in range(n)], pa.string()),
+                          'weight': pa.array(rng.random(n), pa.float32())})
+        pq.write_table(table, cat / name, row_group_size=4)
+        kinds[name] = layout
+        ids += n
+    (cat / 'README.txt').write_text('not parquet, ignored by folder input')
+
+    images = root / 'images'
+    images.mkdir()
+    for i in range(4):
+        (images / f'img{i}.png').write_bytes(_png(rng, 20 + i, 30))
+    (images / 'broken.png').write_bytes(b'nope')
+    (images / 'big.png').write_bytes(big)
+    path_layout = [(str(images / 'img0.png'), 'ok'), ('img1.png', 'ok'), (str(images / 'gone.png'), 'missing'),
+                   (None, 'null'), (str(images / 'broken.png'), 'corrupt'), (str(images / 'img2.png'), 'ok'),
+                   (str(images / 'big.png'), 'big'), ('file://' + str(images / 'img3.png'), 'ok')]
+    pcat = root / 'paths'
+    pcat.mkdir()
+    pq.write_table(pa.table({'key': pa.array([f'k{i}' for i in range(len(path_layout))]),
+                             'path': pa.array([p for p, _ in path_layout], pa.string())}), pcat / 'paths.parquet')
+    return dict(root=root, cfg=str(cfg), ckpt=str(ckpt), bad_cfg=str(bad_cfg), reference=reference, cat=cat,
+                kinds=kinds, images=images, pcat=pcat, path_kinds=[k for _, k in path_layout])
+
+
+def _opts(env, **kw):
+    base = dict(config=env['cfg'], checkpoint=env['ckpt'], batch_size=4, max_image_bytes=MAX_BYTES)
+    base.update(kw)
+    return ScoreOptions(**base)
+
+
+def _check_output(out_file, in_file, kinds, reference, cell_bytes):
+    """Every input column kept, rows in order, new columns typed, errors on exactly the bad rows, predictions equal
+    to Predictor.predict on the good rows."""
+    src, out = pq.read_table(in_file), pq.read_table(out_file)
+    assert out.num_rows == src.num_rows == len(kinds)
+    assert out.schema.names == src.schema.names + list(NEW_COLUMNS)
+    for name in src.schema.names:
+        assert out.column(name).equals(src.column(name)), name
+    for name, typ in NEW_COLUMNS.items():
+        assert out.schema.field(name).type == typ, name
+    err = out.column('count_error').to_pylist()
+    value = out.column('count_value').to_pylist()
+    label = out.column('count_label').to_pylist()
+    prob = out.column('count_probability').to_pylist()
+    good = [i for i, k in enumerate(kinds) if k == 'ok']
+    for i, k in enumerate(kinds):
+        if k == 'ok':
+            assert err[i] is None and value[i] is not None and label[i] is not None and prob[i] is not None
+        else:
+            assert err[i] is not None and BAD[k] in err[i], (i, k, err[i])
+            assert value[i] is None and label[i] is None and prob[i] is None
+    expected = reference.predict([cell_bytes(i) for i in good])
+    np.testing.assert_allclose([value[i] for i in good], expected['value'], atol=1e-5, rtol=0)
+    np.testing.assert_allclose([prob[i] for i in good], expected['probability'], atol=1e-5, rtol=0)
+    assert [label[i] for i in good] == list(expected['label'])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# end to end on Ray
+
+@pytest.fixture(scope='module')
+def scored(env, ray_session, tmp_path_factory):
+    """One pipeline run over the whole catalog folder, shared by the tests below (Ray runs cost ~20 s here)."""
+    import logging
+    out = tmp_path_factory.mktemp('scored') / 'out'
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger('batch')
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        report = score_catalog(_opts(env, input=str(env['cat']), output=str(out)))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    return dict(out=out, report=report, lines=[r.getMessage() for r in records])
+
+
+def test_folder_input_scores_every_row(env, scored):
+    out, report = scored['out'], scored['report']
+    assert sorted(p.name for p in out.iterdir()) == ['part-000.parquet', 'part-001.parquet']  # no temporaries
+    assert report['files_written'] == 2 and report['files_skipped'] == 0 and report['rows_scored'] == 18
+    assert [f['errors'] for f in report['files']] == [4, 1]
+    for name, kinds in env['kinds'].items():
+        images = pq.read_table(env['cat'] / name).column('image').to_pylist()
+        _check_output(out / name, env['cat'] / name, kinds, env['reference'], lambda i: images[i])
+    done_lines = [line for line in scored['lines'] if 'rows/s' in line]
+    assert len(done_lines) == 2 and 'part-000.parquet' in done_lines[0] and '(4 with errors)' in done_lines[0]
+
+
+def test_resume_recomputes_only_missing_output(env, scored, tmp_path):
+    out = tmp_path / 'out'
+    shutil.copytree(scored['out'], out)
+    keep, redo = out / 'part-000.parquet', out / 'part-001.parquet'
+    keep_mtime = keep.stat().st_mtime_ns
+    redo.unlink()
+    stale = out / (catalog.TMP_PREFIX + 'dead-part-001.parquet')  # what a killed run leaves behind
+    stale.write_bytes(b'partial')
+    report = score_catalog(_opts(env, input=str(env['cat'] / '*.parquet'), output=str(out)))  # glob input
+    assert [f['status'] for f in report['files']] == ['skipped', 'written']
+    assert report['rows_scored'] == 7
+    assert keep.stat().st_mtime_ns == keep_mtime and redo.exists() and not stale.exists()
+    images = pq.read_table(env['cat'] / 'part-001.parquet').column('image').to_pylist()
+    _check_output(redo, env['cat'] / 'part-001.parquet', env['kinds']['part-001.parquet'], env['reference'],
+                  lambda i: images[i])
+    # an output with the wrong row count (truncated, or from another catalog) is not trusted
+    pq.write_table(pq.read_table(keep).slice(0, 3), keep)
+    plans = prepare(_opts(env, input=str(env['cat']), output=str(out))).plans
+    assert [p.complete for p in plans] == [False, True]
+
+
+def test_overwrite_and_nothing_to_do(env, scored, tmp_path):
+    out = tmp_path / 'out'
+    shutil.copytree(scored['out'], out)
+    single = str(env['cat'] / 'part-001.parquet')  # a single-file input
+    target = out / 'part-001.parquet'
+    mtime = target.stat().st_mtime_ns
+    again = score_catalog(_opts(env, input=single, output=str(out)))  # complete: no Ray work at all
+    assert again['files_skipped'] == 1 and again['rows_scored'] == 0 and target.stat().st_mtime_ns == mtime
+    forced = score_catalog(_opts(env, input=single, output=str(out), overwrite=True))
+    assert forced['files_written'] == 1 and target.stat().st_mtime_ns > mtime
+    images = pq.read_table(single).column('image').to_pylist()
+    _check_output(target, single, env['kinds']['part-001.parquet'], env['reference'], lambda i: images[i])
+
+
+def test_path_column_input(env, ray_session, tmp_path):
+    out = tmp_path / 'out'
+    report = score_catalog(_opts(env, input=str(env['pcat']), output=str(out), image_column=None,
+                                 path_column='path', path_root=str(env['images']), prefix='n_', num_actors=2))
+    assert report['columns']['value'] == 'n_value'
+    table = pq.read_table(out / 'paths.parquet')
+    assert table.column_names == ['key', 'path', 'n_value', 'n_label', 'n_probability', 'n_error']
+    paths = table.column('path').to_pylist()
+    errors = table.column('n_error').to_pylist()
+    for kind, err in zip(env['path_kinds'], errors):
+        assert (err is None) == (kind == 'ok') and (kind == 'ok' or BAD[kind] in err), (kind, err)
+    good = [i for i, k in enumerate(env['path_kinds']) if k == 'ok']
+
+    def read(i):
+        p = paths[i].removeprefix('file://')
+        return (env['images'] / p).read_bytes()
+    expected = env['reference'].predict([read(i) for i in good])
+    np.testing.assert_allclose([table.column('n_value')[i].as_py() for i in good], expected['value'], atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# errors before any work (no Ray needed: prepare() runs before Ray starts)
+
+def test_up_front_errors(env, tmp_path):
+    cat = str(env['cat'])
+    with pytest.raises(FileNotFoundError, match='missing.pth'):
+        prepare(_opts(env, checkpoint=str(tmp_path / 'missing.pth'), input=cat, output=str(tmp_path / 'o')))
+    with pytest.raises(CheckpointMismatchError, match='tiny.pth'):
+        prepare(_opts(env, config=env['bad_cfg'], input=cat, output=str(tmp_path / 'o')))
+    with pytest.raises(catalog.ScoringSetupError, match="no image column 'img'"):
+        prepare(_opts(env, image_column='img', input=cat, output=str(tmp_path / 'o')))
+    with pytest.raises(catalog.ScoringSetupError, match='expected string'):
+        prepare(_opts(env, image_column=None, path_column='image', input=cat, output=str(tmp_path / 'o')))
+    with pytest.raises(catalog.ScoringSetupError, match='would overwrite the input'):
+        prepare(_opts(env, input=cat, output=cat))
+    with pytest.raises(catalog.ScoringSetupError, match='would overwrite the input'):
+        prepare(_opts(env, input=str(env['cat'] / 'part-000.parquet'), output=cat + '/'))
+    with pytest.raises(catalog.ScoringSetupError, match='no input Parquet files matched'):
+        prepare(_opts(env, input=str(tmp_path / '*.parquet'), output=str(tmp_path / 'o')))
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    with pytest.raises(catalog.ScoringSetupError, match='no input Parquet files matched'):
+        prepare(_opts(env, input=str(empty), output=str(tmp_path / 'o')))
+    with pytest.raises(catalog.ScoringSetupError, match='does not exist'):
+        prepare(_opts(env, input=str(tmp_path / 'nothing.parquet'), output=str(tmp_path / 'o')))
+    clash = tmp_path / 'clash'
+    clash.mkdir()
+    pq.write_table(pa.table({'image': pa.array([b''], pa.binary()), 'count_value': [1.0]}), clash / 'c.parquet')
+    with pytest.raises(catalog.ScoringSetupError, match='another --prefix'):
+        prepare(_opts(env, input=str(clash), output=str(tmp_path / 'o')))
+    assert not (tmp_path / 'o').exists()  # nothing was created
+
+
+def test_cli_reports_setup_errors_with_exit_code_2(env, tmp_path, capsys):
+    code = cli_main(['--config', env['cfg'], '--checkpoint', str(tmp_path / 'x.pth'), '--input', str(env['cat']),
+                     '--output', str(tmp_path / 'o')])
+    assert code == 2 and 'checkpoint not found' in capsys.readouterr().err
+
+
+def test_input_resolution(env):
+    fs, files = catalog.resolve_inputs(str(env['cat']))
+    assert [Path(f).name for f in files] == ['part-000.parquet', 'part-001.parquet']  # README.txt ignored
+    _, files = catalog.resolve_inputs(str(env['cat'] / 'part-00[1].parquet'))
+    assert [Path(f).name for f in files] == ['part-001.parquet']
+    _, files = catalog.resolve_inputs('file://' + str(env['cat'] / 'part-000.parquet'))
+    assert files == [str(env['cat'] / 'part-000.parquet')]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# `ray job submit` against a cluster started by the test
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_ray_job_submit(env, tmp_path):
+    """Start a loopback head node (`ray start --block` in its own process group, so the test ends exactly the
+    processes it started), submit the CLI with `ray job submit --working-dir <repo>`, check the output."""
+    ray_bin = str(Path(sys.executable).with_name('ray'))
+    port, dash, agent, agent_grpc, runtime_env, metrics, client = (_free_port() for _ in range(7))
+    # Ray 2.60 turns on token authentication for new clusters; give this one its own token (both sides read it)
+    sys_env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER='0', RAY_USAGE_STATS_ENABLED='0',
+                   RAY_AUTH_MODE='token', RAY_AUTH_TOKEN=secrets.token_hex(32))
+    for key in ('RAY_ADDRESS', 'RAY_AUTH_TOKEN_PATH'):
+        sys_env.pop(key, None)
+    temp_dir = tempfile.mkdtemp(prefix='rayt', dir='/tmp')  # short: Ray's unix socket paths must stay < 108 chars
+    head = subprocess.Popen(
+        [ray_bin, 'start', '--head', '--block', f'--port={port}', '--num-cpus=2', '--node-ip-address=127.0.0.1',
+         '--include-dashboard=true', '--dashboard-host=127.0.0.1', f'--dashboard-port={dash}',
+         # the agents' default ports are fixed: pick free ones so another Ray on this machine cannot block them
+         f'--dashboard-agent-listen-port={agent}', f'--dashboard-agent-grpc-port={agent_grpc}',
+         f'--runtime-env-agent-port={runtime_env}', f'--metrics-export-port={metrics}',
+         f'--ray-client-server-port={client}', '--disable-usage-stats', f'--temp-dir={temp_dir}'],
+        env=sys_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    out = tmp_path / 'out'
+    try:
+        submit = [ray_bin, 'job', 'submit', '--address', f'http://127.0.0.1:{dash}', '--working-dir', str(REPO),
+                  '--', sys.executable, '-m', 'batch.score', '--config', env['cfg'], '--checkpoint', env['ckpt'],
+                  '--input', str(env['cat']), '--output', str(out), '--batch-size', '8']
+        deadline = time.time() + 60
+        while True:  # the dashboard (job API) comes up a few seconds after the head node
+            try:
+                with socket.create_connection(('127.0.0.1', dash), timeout=1):
+                    break
+            except OSError:
+                if time.time() > deadline or head.poll() is not None:
+                    raise RuntimeError('ray head node did not come up')
+                time.sleep(0.5)
+        while True:  # and the job agent a little later still
+            done = subprocess.run(submit, env=sys_env, capture_output=True, text=True, timeout=150)
+            if 'No available agent' not in done.stdout + done.stderr or time.time() > deadline + 30:
+                break
+            time.sleep(1)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert 'succeeded' in (done.stdout + done.stderr).lower()
+        for name, kinds in env['kinds'].items():
+            table = pq.read_table(out / name)
+            assert table.num_rows == len(kinds)
+            assert [e is None for e in table.column('count_error').to_pylist()] == [k in ('ok', 'big')
+                                                                                    for k in kinds]
+    finally:
+        try:
+            os.killpg(head.pid, signal.SIGTERM)  # our own process group only: head node, raylet, workers
+            head.wait(timeout=5)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        try:  # whatever of the group is left (`ray start --block` may outlive SIGTERM for a while)
+            os.killpg(head.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,0 +1,100 @@
+"""numclip_mm.inference.Predictor: checkpoint round trip, bytes vs arrays, clear load errors."""
+import io
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from numclip_mm.inference import ImagePreprocessor, Predictor, decode_image
+from numclip_mm.utils import CheckpointMismatchError
+
+TINY_CONFIG = """
+custom_imports = dict(imports=['numclip_mm'], allow_failed_imports=False)
+default_scope = 'mmpretrain'
+model = dict(type='NumCLIP', clip=dict(model_name='{model_name}'),
+             data_preprocessor=dict(type='ClsDataPreprocessor', mean=[127.5]*3, std=[127.5]*3, to_rgb=True),
+             backbone=dict(type='OpenCLIPVisionBackbone'), neck=dict(type='ResidualAdapter'),
+             head=dict(type='NumCLIPHead', task='{task}'))
+test_dataloader = dict(dataset=dict(pipeline=[dict(type='Resize', scale=(32, 32)), dict(type='PackInputs')]))
+"""
+
+
+def write_config(path, task='count', model_name='numclip-tiny'):
+    path.write_text(TINY_CONFIG.format(task=task, model_name=model_name))
+    return str(path)
+
+
+def png_bytes(array):
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format='PNG')
+    return buf.getvalue()
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp('predictor')
+    cfg = write_config(root / 'tiny.py')
+    torch.manual_seed(0)
+    predictor = Predictor(cfg)  # random init
+    with torch.no_grad():  # make the weights differ from a fresh build, so a round trip cannot pass by accident
+        for p in predictor.model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    ckpt = root / 'tiny.pth'
+    torch.save({'state_dict': predictor.model.state_dict(), 'meta': {'epoch': 1}}, ckpt)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (24 + 3 * i, 40 - 2 * i, 3), dtype=np.uint8) for i in range(5)]
+    return dict(root=root, cfg=cfg, ckpt=str(ckpt), predictor=predictor, images=images)
+
+
+def test_round_trip_from_checkpoint(tiny):
+    loaded = Predictor(tiny['cfg'], tiny['ckpt'])
+    a, b = tiny['predictor'].predict(tiny['images']), loaded.predict(tiny['images'])
+    assert set(b) == {'value', 'label', 'label_index', 'probability'}
+    np.testing.assert_allclose(b['value'], a['value'], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(b['probability'], a['probability'], rtol=0, atol=1e-6)
+    assert list(b['label']) == list(a['label'])
+    assert b['value'].shape == (5,) and b['label'].dtype == object
+    assert set(b['label']) <= set(loaded.task.concepts) and loaded.task.name == 'count'
+    probs_ok = (b['probability'] > 0) & (b['probability'] <= 1)
+    assert probs_ok.all()
+
+
+def test_bytes_and_arrays_agree_and_tensor_path(tiny):
+    p = tiny['predictor']
+    from_arrays = p.predict(tiny['images'])
+    from_bytes = p.predict([png_bytes(a) for a in tiny['images']])
+    np.testing.assert_allclose(from_bytes['value'], from_arrays['value'], atol=1e-6)
+    assert list(from_bytes['label']) == list(from_arrays['label'])
+    # the two halves used by batch/: a pickled preprocessor + predict_tensors on a stacked batch
+    pre = pickle.loads(pickle.dumps(p.preprocessor))
+    assert isinstance(pre, ImagePreprocessor)
+    stacked = torch.stack([pre(decode_image(png_bytes(a))) for a in tiny['images']])
+    assert stacked.dtype == torch.uint8 and stacked.shape == (5, 3, 32, 32)
+    np.testing.assert_allclose(p.predict_tensors(stacked)['value'], from_arrays['value'], atol=1e-6)
+
+
+def test_decode_image_errors():
+    with pytest.raises(ValueError, match='empty'):
+        decode_image(b'')
+    with pytest.raises(ValueError, match='cannot decode'):
+        decode_image(b'definitely not an image')
+
+
+def test_missing_checkpoint(tiny):
+    with pytest.raises(FileNotFoundError, match='nope.pth'):
+        Predictor(tiny['cfg'], str(tiny['root'] / 'nope.pth'))
+
+
+@pytest.mark.parametrize('change', [dict(task='adience'), dict(model_name='numclip-demo')],
+                         ids=['more-bins', 'other-clip-model'])
+def test_mismatched_checkpoint_names_keys(tiny, tmp_path, change):
+    other = write_config(tmp_path / 'other.py', **change)
+    with pytest.raises(CheckpointMismatchError) as info:
+        Predictor(other, tiny['ckpt'])
+    msg = str(info.value)
+    assert tiny['ckpt'] in msg
+    # the message names at least one offending parameter (dotted state-dict key)
+    assert 'shape mismatches' in msg and any(part in msg for part in ('.weight', '.bias', 'prompt', 'anchors',
+                                                                       'token', 'embedding'))
