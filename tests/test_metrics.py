@@ -121,3 +121,17 @@ def test_dump_refuses_pickle(tmp_path):
         load_predictions(str(path))
     with pytest.raises(FileNotFoundError, match='nope.csv'):
         load_predictions(str(tmp_path / 'nope.csv'))
+
+
+def test_task_bins_the_numbers_instead_of_the_labels():
+    """With task='count' the classes come from the numbers: pred values 1, 2.5, 6, 9 -> bins 0, 1, 3, 4 and gt
+    values 1, 4, 5, 3 -> bins 0, 2, 2, 1, whatever the labels say (here: rank labels of another task)."""
+    metric = OrdinalMetric(items=('accuracy', 'off_by_one', 'mae_bin'), task='count')
+    rank_labels = [1, 4, 6, 9]  # e.g. OrdinalCLIP's one class per count
+    out = metric.calculate(PRED_VALUE, GT_VALUE, rank_labels, [1, 4, 5, 3])
+    assert out['accuracy'] == pytest.approx(25.0)          # only sample 0 in the same bin
+    assert out['off_by_one'] == pytest.approx(75.0)        # bin differences 0, 1, 1, 3
+    assert out['mae_bin_2'] == pytest.approx((1.5 + 1.0) / 2)
+    # a predicted number beyond the last edge is clamped into the last bin, below the first into the first
+    out = metric.calculate([12.0, -3.0], [9.0, 0.0], [0, 0], [0, 0])
+    assert out['accuracy'] == pytest.approx(100.0)

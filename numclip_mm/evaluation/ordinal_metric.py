@@ -79,7 +79,9 @@ class OrdinalMetric(BaseMetric):
         accuracy_from (str): 'bin' or 'value', see above.
         value_source (str): the data-sample key of the predicted number.
         num_classes (int, optional): classes for ``qwk``; taken from ``task`` if given, else from the data.
-        task (optional): an OrdinalTask (name/dict) giving ``num_classes``.
+        task (optional): an OrdinalTask (name/dict). When given, the classes of every class-based metric are the
+            task's bins of the numbers (``bin(y)`` and ``bin(p)``, ``p`` clamped into the bins), not the labels:
+            models with other bins (OrdinalCLIP's one class per rank) are then scored on the same bins as the rest.
     """
     default_prefix: Optional[str] = None
 
@@ -103,8 +105,9 @@ class OrdinalMetric(BaseMetric):
         self.cs_thresholds = tuple(cs_thresholds)
         self.accuracy_from = accuracy_from
         self.value_source = value_source
-        if num_classes is None and task is not None:
-            num_classes = get_task(task).num_bins
+        self.task = None if task is None else get_task(task)
+        if num_classes is None and self.task is not None:
+            num_classes = self.task.num_bins
         self.num_classes = num_classes
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
@@ -131,7 +134,11 @@ class OrdinalMetric(BaseMetric):
         pb, gb = np.asarray(pred_label, np.int64), np.asarray(gt_label, np.int64)
         if not len(p):
             raise ValueError('OrdinalMetric: no predictions to evaluate')
-        if self.accuracy_from == 'value':
+        if self.task is not None:
+            edges = np.asarray(self.task.edges)
+            gb = gc = self.task.value_to_bin(y)
+            pc = np.clip(np.searchsorted(edges, p, side='right') - 1, 0, len(edges) - 1)
+        elif self.accuracy_from == 'value':
             pc, gc = np.rint(p).astype(np.int64), np.rint(y).astype(np.int64)
         else:
             pc, gc = pb, gb
