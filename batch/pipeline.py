@@ -91,13 +91,8 @@ def local_checkpoint(checkpoint: Optional[str]) -> Optional[str]:
 
 def load_config(config):
     """A self-contained Config (bases merged), so that workers need not see the config file."""
-    from mmengine.config import Config
-    import numclip_mm.inference  # noqa: F401  (registers numclip_mm's components)
-    if isinstance(config, Config):
-        return config
-    if not os.path.isfile(config):
-        raise FileNotFoundError(f'config not found: {config}')
-    return Config.fromfile(config)
+    from numclip_mm.inference import load_config as load
+    return load(config)
 
 
 def load_predictor(config, checkpoint, device='cpu'):

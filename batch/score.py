@@ -87,7 +87,7 @@ def main(argv=None) -> int:
                         format='%(asctime)s %(name)s %(levelname)s %(message)s')
     logging.getLogger('batch').setLevel(logging.WARNING if args.quiet else logging.INFO)
     opts = options_from_args(args)
-    from numclip_mm.utils import CheckpointMismatchError  # not re-exported by numclip_mm.inference (yet)
+    from numclip_mm.inference import CheckpointMismatchError
     try:
         prep = prepare(opts)
     except (FileNotFoundError, CheckpointMismatchError, catalog.ScoringSetupError) as err:

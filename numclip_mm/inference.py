@@ -5,23 +5,29 @@ The work is split in two picklable halves so a pipeline can run them in differen
 :class:`ImagePreprocessor` (decode-side, CPU: the config's test transforms) and :class:`Predictor` (the model,
 with text prototypes cached after the first batch).
 """
-import io
+import os
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from mmengine.config import Config
 from mmengine.dataset import Compose
-from PIL import Image
 
+from .datasets.transforms import decode_image as decode_bytes
 from .tasks import OrdinalTask
-from .utils.checkpoint import check_state_dict, load_weights_only
+from .utils.checkpoint import CheckpointMismatchError, check_state_dict, load_weights_only
+
+__all__ = ['CheckpointMismatchError', 'ImagePreprocessor', 'Predictor', 'decode_image', 'load_config',
+           'load_model_checkpoint']
 
 ConfigLike = Union[str, Config]
 _LOADERS = ('LoadImageFromFile', 'LoadOrdinalImage')
 
 
-def _load_config(config: ConfigLike) -> Config:
+def load_config(config: ConfigLike) -> Config:
+    """A config (path or object) with numclip_mm registered and its default scope set."""
+    if not isinstance(config, Config) and not os.path.isfile(config):
+        raise FileNotFoundError(f'config not found: {config}')
     cfg = config if isinstance(config, Config) else Config.fromfile(config)
     import numclip_mm  # noqa: F401  (registration; configs name our components)
     from mmengine.registry import init_default_scope
@@ -30,21 +36,18 @@ def _load_config(config: ConfigLike) -> Config:
 
 
 def decode_image(data: bytes) -> np.ndarray:
-    """Encoded image bytes -> RGB uint8 (H, W, 3). Raises ValueError on empty or undecodable data."""
-    if not data:
-        raise ValueError('empty image')
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return np.asarray(img.convert('RGB'))
-    except Exception as err:  # noqa: BLE001  (PIL raises many types)
-        raise ValueError(f'cannot decode image: {err}') from err
+    """Encoded image bytes -> RGB uint8 (H, W, 3), with the same decoder as training (``LoadOrdinalImage``).
+
+    Raises ValueError ('empty image', 'cannot decode image ...') on empty or undecodable data.
+    """
+    return decode_bytes(data, where='input', channel_order='rgb')
 
 
 class ImagePreprocessor:
     """The config's test pipeline minus its loading step: RGB uint8 (H, W, 3) -> CHW uint8 tensor."""
 
     def __init__(self, config: ConfigLike):
-        cfg = _load_config(config)
+        cfg = load_config(config)
         steps = [t for t in cfg.test_dataloader.dataset.pipeline if t['type'] not in _LOADERS]
         self.pipeline_cfg = steps
         self._pipeline = Compose(steps)
@@ -80,7 +83,7 @@ class Predictor:
 
     def __init__(self, config: ConfigLike, checkpoint: Optional[str] = None, device: str = 'cpu'):
         from mmpretrain.registry import MODELS
-        cfg = _load_config(config)
+        cfg = load_config(config)
         self.model = MODELS.build(cfg.model)
         if checkpoint is not None:
             load_model_checkpoint(self.model, checkpoint)

@@ -28,18 +28,11 @@ from batch.score import main as cli_main
 from numclip_mm.inference import Predictor
 from numclip_mm.utils import CheckpointMismatchError
 
+from helpers import write_tiny_config
+
 REPO = Path(__file__).resolve().parents[1]
 TEST_TIMEOUT_S = 180
 MAX_BYTES = 20_000
-TINY_CONFIG = """
-custom_imports = dict(imports=['numclip_mm'], allow_failed_imports=False)
-default_scope = 'mmpretrain'
-model = dict(type='NumCLIP', clip=dict(model_name='numclip-tiny'),
-             data_preprocessor=dict(type='ClsDataPreprocessor', mean=[127.5]*3, std=[127.5]*3, to_rgb=True),
-             backbone=dict(type='OpenCLIPVisionBackbone'), neck=dict(type='ResidualAdapter'),
-             head=dict(type='NumCLIPHead', task='{task}'))
-test_dataloader = dict(dataset=dict(pipeline=[dict(type='Resize', scale=(32, 32)), dict(type='PackInputs')]))
-"""
 NEW_COLUMNS = {'count_value': pa.float64(), 'count_label': pa.string(), 'count_probability': pa.float64(),
                'count_error': pa.string()}
 
@@ -80,14 +73,12 @@ BAD = {'corrupt': 'cannot decode', 'empty': 'empty image', 'null': 'null', 'big'
 def env(tmp_path_factory):
     """Config, checkpoint, a reference Predictor, an image-bytes catalog (2 files) and a path catalog (1 file)."""
     root = tmp_path_factory.mktemp('scorer')
-    cfg = root / 'tiny.py'
-    cfg.write_text(TINY_CONFIG.format(task='count'))
+    cfg = Path(write_tiny_config(root / 'tiny.py'))
     torch.manual_seed(1)
     reference = Predictor(str(cfg))
     ckpt = root / 'tiny.pth'
     torch.save({'state_dict': reference.model.state_dict(), 'meta': {}}, ckpt)
-    bad_cfg = root / 'adience.py'
-    bad_cfg.write_text(TINY_CONFIG.format(task='adience'))
+    bad_cfg = Path(write_tiny_config(root / 'adience.py', task='adience'))
 
     rng = np.random.default_rng(0)
     big = _png(rng, 120, 120)  # ~43 KB of noise > MAX_BYTES

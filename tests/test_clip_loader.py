@@ -9,13 +9,7 @@ from numclip_mm.models.clip_loader import (TINY_MODELS, CheckpointMismatchError,
                                            resolve_pretrained)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _one_thread():
-    """These tiny models run fastest on one thread; on a busy 2-core machine two threads can be 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @pytest.fixture(scope='module')

@@ -132,7 +132,7 @@ def test_load_image_from_path_and_unreadable_error(tmp_path):
         load(dict(img_path=str(tmp_path / 'bad.png'), sample_idx=7))
     with pytest.raises(UnreadableImageError, match='missing.png'):
         load(dict(img_path=str(tmp_path / 'missing.png')))
-    with pytest.raises(UnreadableImageError, match='sample 3: image is empty'):
+    with pytest.raises(UnreadableImageError, match='sample 3: empty image'):
         load(dict(img_bytes=b'', sample_idx=3))
     img = np.zeros((4, 5, 3), np.uint8)
     assert LoadOrdinalImage()(dict(img=img))['img'] is img  # generated images pass through

@@ -31,13 +31,7 @@ LOGITS_B6_K5 = [[3.1, -0.4, 1.7, 0.0, -2.2],
                 [-1.2, 0.3, 1.1, -0.9, 4.0]]
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _one_thread():
-    """These tiny models run fastest on one thread; on a busy 2-core machine two threads can be 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -18,13 +18,7 @@ ANCHORS = [0.0, 2.0, 4.0, 6.0, 8.0]
 PREPROCESSOR = dict(type='ClsDataPreprocessor', mean=[0.0, 0.0, 0.0], std=[1.0, 1.0, 1.0])
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _one_thread():
-    """These tiny models run fastest on one thread; on a busy 2-core machine two threads can be 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def model_cfg(model_name='numclip-tiny', head=None, backbone=None, neck='adapter'):

@@ -10,20 +10,11 @@ from PIL import Image
 from numclip_mm.inference import ImagePreprocessor, Predictor, decode_image
 from numclip_mm.utils import CheckpointMismatchError
 
-TINY_CONFIG = """
-custom_imports = dict(imports=['numclip_mm'], allow_failed_imports=False)
-default_scope = 'mmpretrain'
-model = dict(type='NumCLIP', clip=dict(model_name='{model_name}'),
-             data_preprocessor=dict(type='ClsDataPreprocessor', mean=[127.5]*3, std=[127.5]*3, to_rgb=True),
-             backbone=dict(type='OpenCLIPVisionBackbone'), neck=dict(type='ResidualAdapter'),
-             head=dict(type='NumCLIPHead', task='{task}'))
-test_dataloader = dict(dataset=dict(pipeline=[dict(type='Resize', scale=(32, 32)), dict(type='PackInputs')]))
-"""
+from helpers import write_tiny_config
 
 
-def write_config(path, task='count', model_name='numclip-tiny'):
-    path.write_text(TINY_CONFIG.format(task=task, model_name=model_name))
-    return str(path)
+
+
 
 
 def png_bytes(array):
@@ -35,7 +26,7 @@ def png_bytes(array):
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp('predictor')
-    cfg = write_config(root / 'tiny.py')
+    cfg = write_tiny_config(root / 'tiny.py')
     torch.manual_seed(0)
     predictor = Predictor(cfg)  # random init
     with torch.no_grad():  # make the weights differ from a fresh build, so a round trip cannot pass by accident
@@ -90,7 +81,7 @@ def test_missing_checkpoint(tiny):
 @pytest.mark.parametrize('change', [dict(task='adience'), dict(model_name='numclip-demo')],
                          ids=['more-bins', 'other-clip-model'])
 def test_mismatched_checkpoint_names_keys(tiny, tmp_path, change):
-    other = write_config(tmp_path / 'other.py', **change)
+    other = write_tiny_config(tmp_path / 'other.py', **change)
     with pytest.raises(CheckpointMismatchError) as info:
         Predictor(other, tiny['ckpt'])
     msg = str(info.value)

@@ -16,7 +16,7 @@ class UnreadableImageError(ValueError):
 def decode_image(content: Optional[bytes], where: str, backend: str = 'cv2', channel_order: str = 'bgr') -> np.ndarray:
     """Encoded bytes -> HxWx3 uint8 image, or :class:`UnreadableImageError` naming ``where``."""
     if content is None or len(content) == 0:
-        raise UnreadableImageError(f'{where}: image is empty')
+        raise UnreadableImageError(f'{where}: empty image')
     try:
         img = mmcv.imfrombytes(bytes(content), flag='color', channel_order=channel_order, backend=backend)
     except Exception as err:  # decoders raise many types (cv2.error, PIL.UnidentifiedImageError, ...)

@@ -29,17 +29,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere: batch/ lives at the repo root
-
-TINY_CONFIG = """
-custom_imports = dict(imports=['numclip_mm'], allow_failed_imports=False)
-default_scope = 'mmpretrain'
-model = dict(type='NumCLIP', clip=dict(model_name='numclip-tiny'),
-             data_preprocessor=dict(type='ClsDataPreprocessor', mean=[127.5]*3, std=[127.5]*3, to_rgb=True),
-             backbone=dict(type='OpenCLIPVisionBackbone'), neck=dict(type='ResidualAdapter'),
-             head=dict(type='NumCLIPHead', task='count'))
-test_dataloader = dict(dataset=dict(pipeline=[dict(type='Resize', scale=(32, 32)), dict(type='PackInputs')]))
-"""
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # run from anywhere: batch/ lives at the repo root
 
 
 def parse_args():
@@ -156,8 +147,7 @@ def main():
 
     config, checkpoint = args.config, args.checkpoint
     if config is None:
-        config = str(work / 'tiny.py')
-        Path(config).write_text(TINY_CONFIG)
+        config = str(REPO / 'configs' / 'numclip_tiny.py')
         if checkpoint is None:
             torch.manual_seed(0)
             checkpoint = str(work / 'tiny.pth')
