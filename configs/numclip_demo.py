@@ -4,3 +4,5 @@ _base_ = [
     './_base_/default_runtime.py'
 ]
 randomness = dict(seed=114514, deterministic=False)
+# --show-dir: draw the 64 px images 4x larger so that the predicted concept and score are readable
+default_hooks = dict(visualization=dict(type='VisualizationHook', enable=False, rescale_factor=4))

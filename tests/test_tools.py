@@ -78,7 +78,8 @@ def test_train_resume_and_test_on_cpu(tmp_path):
 
     out = tmp_path / 'pred.csv'
     run_tool('tools/test.py', 'configs/numclip_demo.py', work / 'epoch_2.pth', '--work-dir', tmp_path / 'test',
-             '--out', out, '--cfg-options', *TINY)
+             '--out', out, '--show-dir', tmp_path / 'vis', '--interval', 16, '--cfg-options', *TINY)
+    assert len(list((tmp_path / 'vis').glob('*.png'))) == 2  # samples 0 and 16 of 32, drawn by mmpretrain
     import pandas as pd
     table = pd.read_csv(out)
     assert len(table) == 32
