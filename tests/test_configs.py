@@ -35,7 +35,8 @@ def test_config_builds_its_model(path):
     """Real-data configs name CLIP ViT-B/16 weights that are not on this machine: their model is built with the
     same structure on the tiny CLIP instead, which checks every component name and argument."""
     cfg = Config.fromfile(path)
-    assert cfg.train_cfg.max_epochs >= 1 and cfg.test_evaluator.type == 'OrdinalMetric'
+    if 'train_cfg' in cfg:  # configs/numclip_tiny.py is inference-only
+        assert cfg.train_cfg.max_epochs >= 1 and cfg.test_evaluator.type == 'OrdinalMetric'
     if 'clip' in cfg.model:
         cfg.model.clip = dict(model_name='numclip-tiny', pretrained=None)
     cfg.model.backbone.setdefault('model_name', 'numclip-tiny')

@@ -123,7 +123,7 @@ def test_distributed_train_and_test_with_two_processes(tmp_path):
     """torchrun + gloo on CPU: 2-process training runs, and a 2-process test of its checkpoint gives exactly the
     metrics of a 1-process test (DDP-safe sampler, results collected across ranks)."""
     work = tmp_path / 'ddp'
-    env = dict(os.environ, OMP_NUM_THREADS='1', PORT='29571')
+    env = dict(os.environ, OMP_NUM_THREADS='1', PORT='29571', PYTHON=sys.executable)
     tiny = [*TINY, 'train_cfg.max_epochs=1', 'train_dataloader.batch_size=16']
     proc = subprocess.run(['bash', 'tools/dist_train.sh', 'configs/numclip_demo.py', '2', '--work-dir', str(work),
                            '--cfg-options', *tiny], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
