@@ -68,14 +68,24 @@ def train_and_test(config, seed, args, threads):
         run([sys.executable, 'tools/train.py', config, '--work-dir', work, '--cfg-options', *options],
             osp.join(work, 'train.log'), threads)
         checkpoint = [osp.join(work, f'epoch_{args.epochs}.pth')]
-    preds, metrics = osp.join(work, 'predictions.csv'), osp.join(work, 'metrics.json')
+    preds = osp.join(work, 'predictions.csv')
     run([sys.executable, 'tools/test.py', config, *checkpoint, '--work-dir', work, '--out', preds,
          '--cfg-options', f'randomness.seed={seed}'], osp.join(work, 'test.log'), threads)
-    run([sys.executable, 'tools/test.py', config, *checkpoint, '--work-dir', work, '--out', metrics,
-         '--out-item', 'metrics', '--cfg-options', f'randomness.seed={seed}'], osp.join(work, 'test_metrics.log'),
-        threads)
-    with open(metrics) as f:
-        return json.load(f), preds
+    return metrics_of(config, preds), preds
+
+
+def metrics_of(config, predictions):
+    """The config's own test evaluator (e.g. ``task='count'`` for OrdinalCLIP) applied to the prediction file, so
+    one test run gives both the per-sample predictions and the metrics."""
+    import numclip_mm  # noqa: F401  (registry; also makes torchvision importable first)
+    from mmengine.config import Config
+    from numclip_mm.evaluation import OrdinalMetric, load_predictions
+    evaluator = dict(Config.fromfile(osp.join(ROOT, config)).test_evaluator)
+    if evaluator.pop('type') != 'OrdinalMetric':
+        raise ValueError(f'{config}: the report needs an OrdinalMetric test evaluator')
+    frame = load_predictions(predictions)
+    return OrdinalMetric(**evaluator).calculate(*(frame[k].to_numpy() for k in (
+        'pred_value', 'gt_value', 'pred_label', 'gt_label')))
 
 
 def table(title, rows, results):
