@@ -14,6 +14,7 @@ from mmengine.config import Config
 from mmengine.dataset import Compose
 
 from .datasets.transforms import decode_image as decode_bytes
+from .models.heads import OrdinalHead
 from .tasks import OrdinalTask
 from .utils.checkpoint import CheckpointMismatchError, check_state_dict, load_weights_only
 
@@ -89,6 +90,9 @@ class Predictor:
             load_model_checkpoint(self.model, checkpoint)
         self.model.to(device).eval()
         self.device = torch.device(device)
+        if not isinstance(self.model.head, OrdinalHead):
+            raise TypeError(f'{type(self.model.head).__name__} is not an OrdinalHead: the predictor needs its task '
+                            f'and predict_arrays')
         self.task: OrdinalTask = self.model.head.task
         self.concepts = np.asarray(self.task.concepts, dtype=object)
         self.preprocessor = ImagePreprocessor(cfg)
@@ -97,15 +101,18 @@ class Predictor:
     def predict_tensors(self, inputs: Union[torch.Tensor, Sequence[torch.Tensor]]) -> Dict[str, np.ndarray]:
         """Preprocessed CHW uint8 tensors (a list or a stacked batch) -> prediction columns."""
         data = self.model.data_preprocessor(dict(inputs=inputs), False)
-        probs, values = self.model.head.predict_arrays(self.model.extract_feat(data['inputs']))
-        probs, values = probs.float().cpu().numpy(), values.float().cpu().numpy()
+        head: OrdinalHead = self.model.head
+        probs, raw = head.predict_arrays(self.model.extract_feat(data['inputs']))
+        values = head.to_task_range(raw)
+        probs, values, raw = (t.float().cpu().numpy() for t in (probs, values, raw))
         index = probs.argmax(axis=1)
-        return dict(value=values, label=self.concepts[index], label_index=index,
+        return dict(value=values, value_raw=raw, label=self.concepts[index], label_index=index,
                     probability=probs[np.arange(len(index)), index])
 
     def predict(self, images: Sequence[Union[np.ndarray, bytes]]) -> Dict[str, np.ndarray]:
-        """RGB uint8 arrays (or encoded image bytes) -> columns ``value``, ``label``, ``label_index``,
-        ``probability`` (of the predicted bin), one row per image, in order."""
+        """RGB uint8 arrays (or encoded image bytes) -> columns ``value`` (clamped to the task's range, see
+        :class:`OrdinalHead`), ``value_raw`` (unclamped), ``label``, ``label_index``, ``probability`` (of the
+        predicted bin), one row per image, in order."""
         arrays: List[np.ndarray] = [decode_image(i) if isinstance(i, (bytes, bytearray)) else i for i in images]
         return self.predict_tensors([self.preprocessor(a) for a in arrays])
 

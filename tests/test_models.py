@@ -395,6 +395,59 @@ def test_ordinal_regression_head_baseline():
     assert losses['loss_reg'].item() == pytest.approx(expected, abs=1e-5)
 
 
+def _linear_regression_model(clamp=True):
+    """A regression-head model whose number is feature 0 of the image feature, for crafted features."""
+    model = MODELS.build(dict(type='NumCLIP', clip=dict(model_name='numclip-tiny'),
+                              backbone=dict(type='OpenCLIPVisionBackbone'), neck=None,
+                              head=dict(type='OrdinalRegressionHead', task='count', clamp=clamp),
+                              data_preprocessor=PREPROCESSOR)).eval()
+    with torch.no_grad():
+        model.head.fc.bias.zero_()
+        model.head.fc.weight.zero_()
+        model.head.fc.weight[0, 0] = 1.0
+    return model
+
+
+@pytest.mark.parametrize('clamp', [True, False])
+def test_pred_value_clamped_to_task_range_raw_kept(clamp):
+    head = _linear_regression_model(clamp).head
+    crafted = torch.zeros(4, 32)
+    crafted[:, 0] = torch.tensor([12.0, -3.0, 4.5, 9.0])  # task 'count' covers [0, 9]
+    out = head.predict((crafted,))
+    raw = [float(d.pred_value_raw) for d in out]
+    assert raw == pytest.approx([12.0, -3.0, 4.5, 9.0])
+    expected = [9.0, 0.0, 4.5, 9.0] if clamp else raw
+    assert [float(d.pred_value) for d in out] == pytest.approx(expected)
+    assert head.value_range == (0.0, 9.0)
+
+
+def test_open_ended_task_clamps_below_only():
+    head = MODELS.build(dict(type='OrdinalRegressionHead', in_channels=4,
+                             task=dict(name='open', edges=[0, 5], concepts=['low', 'high'], context='x')))
+    torch.testing.assert_close(head.to_task_range(torch.tensor([-1.0, 3.0, 1e6])), torch.tensor([0.0, 3.0, 1e6]))
+
+
+def test_numclip_needs_an_ordinal_head():
+    with pytest.raises(TypeError, match='OrdinalHead.*LinearClsHead'):
+        MODELS.build(dict(type='NumCLIP', clip=dict(model_name='numclip-tiny'),
+                          backbone=dict(type='OpenCLIPVisionBackbone'),
+                          head=dict(type='LinearClsHead', num_classes=5)))
+
+
+def test_ordinal_head_contract_is_abstract():
+    from numclip_mm.models.heads import NumCLIPHead, OrdinalHead, OrdinalRegressionHead
+
+    class NoArrays(OrdinalHead):
+        def forward(self, feats):
+            return feats[-1]
+
+    with pytest.raises(TypeError, match='predict_arrays'):
+        NoArrays('count')
+    assert issubclass(NumCLIPHead, OrdinalHead) and issubclass(OrdinalRegressionHead, OrdinalHead)
+    from mmpretrain.models.heads import ClsHead
+    assert issubclass(OrdinalHead, ClsHead)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # text prototype cache
 # --------------------------------------------------------------------------------------------------------------

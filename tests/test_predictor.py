@@ -42,7 +42,7 @@ def tiny(tmp_path_factory):
 def test_round_trip_from_checkpoint(tiny):
     loaded = Predictor(tiny['cfg'], tiny['ckpt'])
     a, b = tiny['predictor'].predict(tiny['images']), loaded.predict(tiny['images'])
-    assert set(b) == {'value', 'label', 'label_index', 'probability'}
+    assert set(b) == {'value', 'value_raw', 'label', 'label_index', 'probability'}
     np.testing.assert_allclose(b['value'], a['value'], rtol=0, atol=1e-6)
     np.testing.assert_allclose(b['probability'], a['probability'], rtol=0, atol=1e-6)
     assert list(b['label']) == list(a['label'])
@@ -50,6 +50,7 @@ def test_round_trip_from_checkpoint(tiny):
     assert set(b['label']) <= set(loaded.task.concepts) and loaded.task.name == 'count'
     probs_ok = (b['probability'] > 0) & (b['probability'] <= 1)
     assert probs_ok.all()
+    np.testing.assert_array_equal(b['value'], np.clip(b['value_raw'], 0, 9))  # task 'count' covers [0, 9]
 
 
 def test_bytes_and_arrays_agree_and_tensor_path(tiny):

@@ -1,11 +1,11 @@
 """NumCLIP as an mmpretrain ``ImageClassifier``: one CLIP load shared by both towers, widths wired from the model."""
-import inspect
 from typing import Optional
 
 from mmpretrain.models import ImageClassifier
 from mmpretrain.registry import MODELS
 
 from .clip_loader import build_open_clip
+from .heads import OrdinalHead
 
 
 @MODELS.register_module()
@@ -15,8 +15,9 @@ class NumCLIP(ImageClassifier):
     Args:
         clip: ``dict(model_name=..., pretrained=..., cache_dir=..., quick_gelu=...)``: the CLIP model both towers
             come from, loaded once. ``--cfg-options model.clip.pretrained=PATH`` switches both.
-        backbone / neck / head: configs as in ``ImageClassifier``. The open_clip model is handed to the backbone and to a
-            head that takes a ``clip_model``, and the backbone's ``embed_dim`` fills ``in_channels`` of the neck and head.
+        backbone / neck / head: configs as in ``ImageClassifier``. The head must be an :class:`OrdinalHead`: it gets
+            the open_clip model as ``clip_model`` (as the backbone does), and the backbone's ``embed_dim`` fills
+            ``in_channels`` of the neck and head.
     """
 
     def __init__(self, backbone: dict, clip: Optional[dict] = None, neck: Optional[dict] = None,
@@ -27,10 +28,10 @@ class NumCLIP(ImageClassifier):
         if neck is not None:
             neck = MODELS.build(neck, default_args=dict(in_channels=width))
         if head is not None:
-            head_args = dict(in_channels=width)
-            if 'clip_model' in inspect.signature(MODELS.get(head['type'])).parameters:
-                head_args.update(_if_given(clip_model=clip_model))  # heads with a text tower share the load
-            head = MODELS.build(head, default_args=head_args)
+            head_type = MODELS.get(head['type']) if isinstance(head['type'], str) else head['type']
+            if not (isinstance(head_type, type) and issubclass(head_type, OrdinalHead)):
+                raise TypeError(f"NumCLIP needs an OrdinalHead (task, predict_arrays, predict), got {head['type']!r}")
+            head = MODELS.build(head, default_args=dict(in_channels=width, **_if_given(clip_model=clip_model)))
         super().__init__(backbone=backbone, neck=neck, head=head, **kwargs)
 
 

@@ -1,4 +1,5 @@
 from .numclip_head import NumCLIPHead
+from .ordinal_head import OrdinalHead
 from .regression_head import OrdinalRegressionHead
 
-__all__ = ['NumCLIPHead', 'OrdinalRegressionHead']
+__all__ = ['NumCLIPHead', 'OrdinalHead', 'OrdinalRegressionHead']

@@ -3,12 +3,10 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from mmengine.model import BaseModule
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 
-from ...tasks import get_task
-from .predictions import gather_targets, pack_predictions
+from .ordinal_head import OrdinalHead
 
 PREDICTIONS = ('regressor', 'expectation', 'argmax')
 
@@ -18,7 +16,7 @@ def _build_optional(cfg: Optional[dict], **default_args):
 
 
 @MODELS.register_module()
-class NumCLIPHead(BaseModule):
+class NumCLIPHead(OrdinalHead):
     """Coarse stage ``l = s * v t^T`` over the K concept prototypes; fine stage ``y = regressor(l)``.
 
     Losses (each optional, ``None`` switches it off for ablations): ``i2t_loss`` on (l, bin), ``t2i_loss`` on
@@ -30,9 +28,8 @@ class NumCLIPHead(BaseModule):
     prompts invalidates it.
 
     Args:
-        task: the :class:`OrdinalTask` (name or dict).
-        in_channels: image feature width, checked against the text embedding width.
-        clip_model: a built open_clip model shared with the backbone (passed by :class:`NumCLIP`).
+        task / in_channels / clip_model / clamp: see :class:`OrdinalHead`; ``in_channels`` is checked against the
+            text embedding width, ``clip_model`` gives the text tower.
         logit_scale: fixed ``s``; None keeps CLIP's own (frozen) value.
     """
 
@@ -43,9 +40,8 @@ class NumCLIPHead(BaseModule):
                  t2i_loss: Optional[dict] = dict(type='FCRCTextImageLoss'),
                  reg_loss: Optional[dict] = dict(type='L1RegressionLoss'),
                  prediction: str = 'regressor', logit_scale: Optional[float] = None,
-                 in_channels: Optional[int] = None, clip_model=None, init_cfg=None):
-        super().__init__(init_cfg=init_cfg)
-        self.task = get_task(task)
+                 in_channels: Optional[int] = None, clip_model=None, clamp: bool = True, init_cfg=None):
+        super().__init__(task, in_channels=in_channels, clip_model=clip_model, clamp=clamp, init_cfg=init_cfg)
         if prediction not in PREDICTIONS:
             raise ValueError(f'prediction must be one of {PREDICTIONS}, got {prediction!r}')
         if regressor is None and (prediction == 'regressor' or reg_loss is not None):
@@ -69,9 +65,6 @@ class NumCLIPHead(BaseModule):
         self.register_buffer('anchors', self.task.anchors_tensor(), persistent=False)
         self._cache_key = None
         self._cache = None
-
-    def init_weights(self):
-        """Every part initialises itself at construction (CLIP weights, token embeddings, N(0, 1e-3) regressor)."""
 
     # -- text side -------------------------------------------------------------------------------------------
     def _text_tensors(self) -> List[torch.Tensor]:
@@ -119,7 +112,7 @@ class NumCLIPHead(BaseModule):
 
     def loss(self, feats: Tuple[torch.Tensor], data_samples: Sequence[DataSample]) -> dict:
         logits = self(feats)
-        labels, values = gather_targets(data_samples, logits.device, need_values=self.reg_loss is not None)
+        labels, values = self.gather_targets(data_samples, logits.device, need_values=self.reg_loss is not None)
         if labels.min() < 0 or labels.max() >= logits.shape[1]:
             raise ValueError(f'gt_label {labels.tolist()} outside the {logits.shape[1]} bins of task '
                              f'{self.task.name!r}: the dataset and the head must use the same task')
@@ -135,10 +128,6 @@ class NumCLIPHead(BaseModule):
         return losses
 
     def predict_arrays(self, feats: Tuple[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Bin probabilities (B, K) and numbers (B,) for a batch, with no per-sample work."""
+        """Bin probabilities ``softmax(l)`` (B, K) and the numbers chosen by ``prediction`` (B,)."""
         logits = self(feats)
         return logits.softmax(dim=-1), self.predict_value(logits)
-
-    def predict(self, feats: Tuple[torch.Tensor], data_samples: Optional[Sequence[DataSample]] = None
-                ) -> List[DataSample]:
-        return pack_predictions(*self.predict_arrays(feats), data_samples)
