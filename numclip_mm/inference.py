@@ -6,14 +6,15 @@ The work is split in two picklable halves so a pipeline can run them in differen
 with text prototypes cached after the first batch).
 """
 import os
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Union
 
+import cv2
 import numpy as np
 import torch
 from mmengine.config import Config
 from mmengine.dataset import Compose
 
-from .datasets.transforms import decode_image as decode_bytes
+from .datasets.transforms import DEFAULT_MAX_PIXELS, decode_bgr
 from .models.heads import OrdinalHead
 from .tasks import OrdinalTask
 from .utils.checkpoint import CheckpointMismatchError, check_state_dict, load_weights_only
@@ -36,16 +37,23 @@ def load_config(config: ConfigLike) -> Config:
     return cfg
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Encoded image bytes -> RGB uint8 (H, W, 3), with the same decoder as training (``LoadOrdinalImage``).
+def decode_image(data: bytes, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Encoded image bytes -> RGB uint8 (H, W, 3): the public RGB entry over the project's one decoder
+    (:func:`numclip_mm.datasets.decode_bgr`, also used by training's ``LoadOrdinalImage``).
 
-    Raises ValueError ('empty image', 'cannot decode image ...') on empty or undecodable data.
+    Raises ValueError ('empty image', 'cannot decode image ...', or 'exceeds the pixel limit' when the header
+    declares more than ``max_pixels`` pixels; None: no limit) without decoding oversized images.
     """
-    return decode_bytes(data, where='input', channel_order='rgb')
+    bgr = decode_bgr(data, 'input', max_pixels)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # the one channel conversion, in place
 
 
 class ImagePreprocessor:
-    """The config's test pipeline minus its loading step: RGB uint8 (H, W, 3) -> CHW uint8 tensor."""
+    """The config's test pipeline minus its loading step: RGB uint8 (H, W, 3) or encoded bytes -> CHW uint8 tensor.
+
+    mmpretrain pipelines work in BGR (the data preprocessor's ``to_rgb`` flips it back): :meth:`from_bytes` decodes
+    straight to BGR, so bytes are never converted twice; ``__call__`` takes RGB (the public order) and flips once.
+    """
 
     def __init__(self, config: ConfigLike):
         cfg = load_config(config)
@@ -56,7 +64,13 @@ class ImagePreprocessor:
     def __call__(self, image_rgb: np.ndarray) -> torch.Tensor:
         if image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
             raise ValueError(f'expected an RGB image (H, W, 3), got shape {image_rgb.shape}')
-        bgr = np.ascontiguousarray(image_rgb[..., ::-1])  # mmpretrain pipelines work in BGR like cv2
+        return self._run(np.ascontiguousarray(image_rgb[..., ::-1]))
+
+    def from_bytes(self, data: bytes, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+        """Encoded image bytes -> CHW uint8 tensor (ValueError as :func:`decode_image`)."""
+        return self._run(decode_bgr(data, 'input', max_pixels))
+
+    def _run(self, bgr: np.ndarray) -> torch.Tensor:
         results = self._pipeline(dict(img=bgr, img_shape=bgr.shape[:2], ori_shape=bgr.shape[:2]))
         return results['inputs']
 
@@ -113,8 +127,8 @@ class Predictor:
         """RGB uint8 arrays (or encoded image bytes) -> columns ``value`` (clamped to the task's range, see
         :class:`OrdinalHead`), ``value_raw`` (unclamped), ``label``, ``label_index``, ``probability`` (of the
         predicted bin), one row per image, in order."""
-        arrays: List[np.ndarray] = [decode_image(i) if isinstance(i, (bytes, bytearray)) else i for i in images]
-        return self.predict_tensors([self.preprocessor(a) for a in arrays])
+        return self.predict_tensors([self.preprocessor.from_bytes(i) if isinstance(i, (bytes, bytearray))
+                                     else self.preprocessor(i) for i in images])
 
 
 def load_model_checkpoint(model: torch.nn.Module, checkpoint: str) -> None:

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from mmpretrain.registry import DATASETS, TRANSFORMS
-from numclip_mm.datasets import (AdienceDataset, AestheticsDataset, HCIDataset, LoadOrdinalImage, MorphDataset,
-                                 OrdinalDataset, UnreadableImageError, adience_group_index, few_shot_indices,
-                                 label_shift_indices)
+from numclip_mm.datasets import (AdienceDataset, AestheticsDataset, HCIDataset, ImageTooLargeError,
+                                 LoadOrdinalImage, MorphDataset, OrdinalDataset, UnreadableImageError,
+                                 adience_group_index, decode_bgr, few_shot_indices, label_shift_indices)
 
 TEST_PIPELINE = [
     dict(type='LoadOrdinalImage'),
@@ -130,12 +130,43 @@ def test_load_image_from_path_and_unreadable_error(tmp_path):
     assert out['img'][0, 0].tolist() == [0, 255, 0]
     with pytest.raises(UnreadableImageError, match=r'sample 7 \(.*bad.png\): cannot decode'):
         load(dict(img_path=str(tmp_path / 'bad.png'), sample_idx=7))
-    with pytest.raises(UnreadableImageError, match='missing.png'):
+    with pytest.raises(UnreadableImageError, match='image file not found: .*missing.png'):
         load(dict(img_path=str(tmp_path / 'missing.png')))
     with pytest.raises(UnreadableImageError, match='sample 3: empty image'):
         load(dict(img_bytes=b'', sample_idx=3))
     img = np.zeros((4, 5, 3), np.uint8)
     assert LoadOrdinalImage()(dict(img=img))['img'] is img  # generated images pass through
+
+
+def png_claiming_size(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose IHDR (with a valid CRC) claims ``width`` x ``height``: a bomb that is tiny on disk."""
+    import struct
+    import zlib
+    data = bytearray(_png(size=(1, 1)))
+    assert data[12:16] == b'IHDR'
+    data[16:24] = struct.pack('>II', width, height)
+    data[29:33] = struct.pack('>I', zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+@pytest.mark.parametrize('side', [8000, 20000])  # 64 Mpx: over our limit; 400 Mpx: PIL's own bomb guard fires too
+def test_pixel_limit_checked_from_header_before_decoding(tmp_path, side):
+    (tmp_path / 'bomb.png').write_bytes(png_claiming_size(side, side))
+    load = TRANSFORMS.build(dict(type='LoadOrdinalImage'))
+    with pytest.raises(ImageTooLargeError, match=r'sample 2 \(.*bomb.png\): image .*max_pixels=50000000'):
+        load(dict(img_path=str(tmp_path / 'bomb.png'), sample_idx=2))
+    assert issubclass(ImageTooLargeError, ValueError)
+
+
+def test_pixel_limit_is_configurable():
+    content = _png(size=(40, 30))
+    with pytest.raises(ImageTooLargeError, match=r'40x30 = 1200 pixels exceeds the pixel limit max_pixels=1000'):
+        decode_bgr(content, 'x', max_pixels=1000)
+    assert decode_bgr(content, 'x', max_pixels=1200).shape == (30, 40, 3)
+    assert decode_bgr(content, 'x', max_pixels=None).shape == (30, 40, 3)
+    load = TRANSFORMS.build(dict(type='LoadOrdinalImage', max_pixels=100))
+    with pytest.raises(ImageTooLargeError):
+        load(dict(img_bytes=content))
 
 
 def test_skip_unreadable_is_deterministic_and_counted(tmp_path):

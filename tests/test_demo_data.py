@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mmpretrain.registry import DATASETS
-from numclip_mm.datasets import DemoCountDataset, decode_image, generate_count_images, write_demo_catalog
+from numclip_mm.datasets import DemoCountDataset, decode_bgr, generate_count_images, write_demo_catalog
 from numclip_mm.datasets.demo import main as demo_main
 
 
@@ -85,12 +85,12 @@ def test_catalog_round_trip_with_bad_rows(tmp_path):
     unreadable = []
     for i, content in enumerate(images):
         try:
-            decode_image(content, f'row {i}')
+            decode_bgr(content, f'row {i}')
         except ValueError:
             unreadable.append(i)
     assert sorted(unreadable) == sorted(corrupt + missing)
     good = [i for i in range(40) if i not in unreadable]
-    est = np.array([_count_blobs(decode_image(images[i], '')[..., ::-1]) for i in good])
+    est = np.array([_count_blobs(decode_bgr(images[i], '')[..., ::-1]) for i in good])
     assert (est == np.array(values)[good]).mean() > 0.85
     # the same seed writes the same file content
     again = write_demo_catalog(str(tmp_path / 'again.parquet'), 40, seed=3, corrupt_rows=2, missing_path_rows=3)

@@ -72,6 +72,19 @@ def test_decode_image_errors():
         decode_image(b'')
     with pytest.raises(ValueError, match='cannot decode'):
         decode_image(b'definitely not an image')
+    big = png_bytes(np.zeros((30, 40, 3), np.uint8))
+    with pytest.raises(ValueError, match='exceeds the pixel limit max_pixels=1000'):
+        decode_image(big, max_pixels=1000)
+    assert decode_image(big, max_pixels=None).shape == (30, 40, 3)
+
+
+def test_decode_image_is_rgb_and_from_bytes_matches(tiny):
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[..., 0] = 200  # pure red
+    out = decode_image(png_bytes(rgb))
+    assert out.dtype == np.uint8 and out[0, 0].tolist() == [200, 0, 0]
+    pre = tiny['predictor'].preprocessor
+    torch.testing.assert_close(pre.from_bytes(png_bytes(rgb)), pre(rgb))
 
 
 def test_missing_checkpoint(tiny):

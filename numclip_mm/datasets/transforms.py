@@ -1,29 +1,88 @@
-"""Image loading for ordinal datasets: from a file path, from encoded bytes (Parquet catalogs) or already decoded."""
-from typing import Optional
+"""Image loading for ordinal datasets: the project's one image decoder, and the transform that uses it.
+
+Every image the project reads, in training, testing or batch scoring, goes through :func:`decode_bgr`: one decoder,
+one channel order (BGR, as mmcv and mmpretrain pipelines expect), one pixel limit checked from the header before
+anything is decoded. ``numclip_mm.inference.decode_image`` is the public RGB entry built on it.
+"""
+import io
+import warnings
+from typing import Optional, Tuple
 
 import mmcv
 import mmengine.fileio as fileio
 import numpy as np
 from mmcv.transforms import BaseTransform
+from PIL import Image
 
 from mmpretrain.registry import TRANSFORMS
+
+# 50 megapixels: above any camera photo in the supported data sets, ~150 MB decoded; a 20000x20000 PNG (1 MB on
+# disk, 1.2 GB decoded) is refused from its header.
+DEFAULT_MAX_PIXELS = 50_000_000
 
 
 class UnreadableImageError(ValueError):
     """An image that is missing or cannot be decoded; datasets with ``skip_unreadable`` catch it."""
 
 
-def decode_image(content: Optional[bytes], where: str, backend: str = 'cv2', channel_order: str = 'bgr') -> np.ndarray:
-    """Encoded bytes -> HxWx3 uint8 image, or :class:`UnreadableImageError` naming ``where``."""
+class ImageTooLargeError(UnreadableImageError):
+    """An image whose header declares more pixels than the limit; refused before decoding."""
+
+
+def image_size_from_header(content: bytes, where: str, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS
+                           ) -> Tuple[int, int]:
+    """(width, height) read from the header only (PIL reads the size lazily), checked against ``max_pixels``.
+
+    Raises :class:`ImageTooLargeError` above the limit (also when PIL's own bomb guard, 2 x
+    ``Image.MAX_IMAGE_PIXELS``, fires first) and :class:`UnreadableImageError` when no header can be read.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(content)) as img:
+                width, height = img.size
+    except Image.DecompressionBombError as err:
+        raise ImageTooLargeError(f'{where}: image too large to decode safely ({err}); '
+                                 f'the pixel limit is max_pixels={max_pixels}') from err
+    except Exception as err:  # PIL.UnidentifiedImageError, truncated headers, ...
+        raise UnreadableImageError(f'{where}: cannot decode image, no readable header '
+                                   f'({type(err).__name__}: {err})') from err
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(f'{where}: image of {width}x{height} = {width * height} pixels exceeds the pixel '
+                                 f'limit max_pixels={max_pixels} (checked from the header, nothing was decoded)')
+    return width, height
+
+
+def decode_bgr(content: Optional[bytes], where: str, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
+               backend: str = 'cv2') -> np.ndarray:
+    """Encoded bytes -> HxWx3 uint8 BGR image, or :class:`UnreadableImageError` naming ``where``.
+
+    The header is checked against ``max_pixels`` (None: no limit) before decoding, so memory stays bounded whatever
+    the file claims to be. Formats PIL cannot read a header of are refused.
+    """
     if content is None or len(content) == 0:
         raise UnreadableImageError(f'{where}: empty image')
+    content = bytes(content)
+    image_size_from_header(content, where, max_pixels)
     try:
-        img = mmcv.imfrombytes(bytes(content), flag='color', channel_order=channel_order, backend=backend)
+        img = mmcv.imfrombytes(content, flag='color', channel_order='bgr', backend=backend)
     except Exception as err:  # decoders raise many types (cv2.error, PIL.UnidentifiedImageError, ...)
         raise UnreadableImageError(f'{where}: cannot decode image ({type(err).__name__}: {err})') from err
     if img is None or img.ndim != 3 or img.size == 0:
         raise UnreadableImageError(f'{where}: cannot decode image')
     return img
+
+
+def read_image_bgr(path: str, where: str, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
+                   backend: str = 'cv2') -> np.ndarray:
+    """Read ``path`` with mmengine's file backends (local or remote) and decode it with :func:`decode_bgr`."""
+    try:
+        content = fileio.get(path)
+    except FileNotFoundError as err:
+        raise UnreadableImageError(f'{where}: image file not found: {path}') from err
+    except Exception as err:
+        raise UnreadableImageError(f'{where}: cannot read {path} ({type(err).__name__}: {err})') from err
+    return decode_bgr(content, f'{where} ({path})', max_pixels, backend)
 
 
 @TRANSFORMS.register_module()
@@ -39,10 +98,13 @@ class LoadOrdinalImage(BaseTransform):
         to_float32 (bool): return a float32 image.
         imdecode_backend (str): 'cv2' or 'pillow'.
         drop_bytes (bool): remove ``img_bytes`` after decoding to save memory down the pipeline.
+        max_pixels (int, optional): refuse images whose header declares more pixels (None: no limit).
     """
 
-    def __init__(self, to_float32: bool = False, imdecode_backend: str = 'cv2', drop_bytes: bool = True):
+    def __init__(self, to_float32: bool = False, imdecode_backend: str = 'cv2', drop_bytes: bool = True,
+                 max_pixels: Optional[int] = DEFAULT_MAX_PIXELS):
         self.to_float32 = to_float32
+        self.max_pixels = max_pixels
         self.imdecode_backend = imdecode_backend
         self.drop_bytes = drop_bytes
 
@@ -51,16 +113,11 @@ class LoadOrdinalImage(BaseTransform):
         if results.get('img') is not None:
             img = results['img']
         elif 'img_bytes' in results:
-            img = decode_image(results['img_bytes'], where, self.imdecode_backend)
+            img = decode_bgr(results['img_bytes'], where, self.max_pixels, self.imdecode_backend)
             if self.drop_bytes:
                 results.pop('img_bytes')
         elif results.get('img_path') is not None:
-            path = results['img_path']
-            try:
-                content = fileio.get(path)
-            except Exception as err:
-                raise UnreadableImageError(f'{where}: cannot read {path} ({type(err).__name__}: {err})') from err
-            img = decode_image(content, f'{where} ({path})', self.imdecode_backend)
+            img = read_image_bgr(results['img_path'], where, self.max_pixels, self.imdecode_backend)
         else:
             raise KeyError(f'{where}: LoadOrdinalImage needs one of img, img_bytes or img_path')
         if self.to_float32:
@@ -72,4 +129,5 @@ class LoadOrdinalImage(BaseTransform):
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(to_float32={self.to_float32}, '
-                f'imdecode_backend={self.imdecode_backend!r}, drop_bytes={self.drop_bytes})')
+                f'imdecode_backend={self.imdecode_backend!r}, drop_bytes={self.drop_bytes}, '
+                f'max_pixels={self.max_pixels})')
