@@ -37,7 +37,7 @@ def _write(path, text):
 # ---------------------------------------------------------------- list, CSV and Parquet annotations
 def test_list_file_paths_values_and_bins(tmp_path):
     _write(tmp_path / 'ann.txt', '# comment\nimgs/a.jpg 23\n\nimgs/with space.jpg 64.5\nb.jpg 65\n')
-    ds = OrdinalDataset(ann_file='ann.txt', task='age', data_root=str(tmp_path), data_prefix='images')
+    ds = OrdinalDataset(check_images=False, ann_file='ann.txt', task='age', data_root=str(tmp_path), data_prefix='images')
     assert len(ds) == 3
     infos = [ds.get_data_info(i) for i in range(3)]
     assert infos[0]['img_path'] == osp.join(str(tmp_path), 'images', 'imgs/a.jpg')
@@ -51,7 +51,7 @@ def test_list_file_paths_values_and_bins(tmp_path):
 
 def test_csv_and_custom_columns(tmp_path):
     pd.DataFrame({'file': ['x.png', 'y.png'], 'grade': [0, 4]}).to_csv(tmp_path / 'ann.csv', index=False)
-    ds = OrdinalDataset(ann_file=str(tmp_path / 'ann.csv'), task='hci', path_column='file', value_column='grade')
+    ds = OrdinalDataset(check_images=False, ann_file=str(tmp_path / 'ann.csv'), task='hci', path_column='file', value_column='grade')
     assert [ds.get_data_info(i)['img_path'] for i in range(2)] == ['x.png', 'y.png']
     assert ds.get_gt_labels().tolist() == [0, 4]
 
@@ -73,7 +73,7 @@ def test_parquet_bytes_through_real_pipeline(tmp_path):
 def test_label_map_for_group_strings(tmp_path):
     pd.DataFrame({'path': ['a', 'b', 'c'], 'value': ['(0, 2)', '(60, 100)', '3']}).to_csv(tmp_path / 'a.csv',
                                                                                            index=False)
-    ds = OrdinalDataset(ann_file=str(tmp_path / 'a.csv'), task='adience',
+    ds = OrdinalDataset(check_images=False, ann_file=str(tmp_path / 'a.csv'), task='adience',
                         label_map={'(0, 2)': 0, '(60, 100)': 7})
     assert ds.get_gt_values().tolist() == [0.0, 7.0, 3.0]
 
@@ -116,7 +116,7 @@ def test_missing_column(tmp_path):
 
 def test_drop_unlabelled_counts(tmp_path):
     path = _write(tmp_path / 'ann.txt', 'a.jpg 20\nb.jpg None\nc.jpg 30\n')
-    ds = OrdinalDataset(ann_file=path, drop_unlabelled=True)
+    ds = OrdinalDataset(check_images=False, ann_file=path, drop_unlabelled=True)
     assert len(ds) == 2 and ds.num_dropped == 1
 
 
@@ -175,11 +175,11 @@ def test_skip_unreadable_is_deterministic_and_counted(tmp_path):
     (tmp_path / 'b.png').write_bytes(b'broken')
     _write(tmp_path / 'ann.txt', 'a.png 1\nb.png 5\nc.png 9\n')
     strict = OrdinalDataset(ann_file='ann.txt', task='count', data_root=str(tmp_path), pipeline=TEST_PIPELINE,
-                            test_mode=True)
+                            test_mode=True, check_images=False)
     with pytest.raises(UnreadableImageError, match='b.png'):
         strict[1]
     ds = OrdinalDataset(ann_file='ann.txt', task='count', data_root=str(tmp_path), pipeline=TEST_PIPELINE,
-                        skip_unreadable=True)
+                        skip_unreadable=True, check_images=False)
     assert ds[1]['data_samples'].gt_value == 9.0  # the next readable sample, not a random one
     assert ds[1]['data_samples'].gt_value == 9.0 and ds.num_unreadable == 1
     assert ds[0]['data_samples'].gt_value == 1.0
@@ -209,11 +209,11 @@ def test_label_shift_indices():
 def test_dataset_few_shot_from_config(tmp_path):
     lines = ''.join(f'{i}.jpg {20 + i % 3}\n' for i in range(30))
     _write(tmp_path / 'ann.txt', lines)
-    cfg = dict(type='OrdinalDataset', ann_file=str(tmp_path / 'ann.txt'), num_shots=4, seed=3)
+    cfg = dict(type='OrdinalDataset', ann_file=str(tmp_path / 'ann.txt'), num_shots=4, seed=3, check_images=False)
     a, b = DATASETS.build(cfg), DATASETS.build(cfg)
     assert len(a) == 12
     assert [a.get_data_info(i)['img_path'] for i in range(12)] == [b.get_data_info(i)['img_path'] for i in range(12)]
-    shifted = DATASETS.build(dict(type='OrdinalDataset', ann_file=str(tmp_path / 'ann.txt'),
+    shifted = DATASETS.build(dict(type='OrdinalDataset', ann_file=str(tmp_path / 'ann.txt'), check_images=False,
                                   label_shift=dict(num_topk=1, ratio=0.2)))
     assert len(shifted) == 2 + 10 + 10
 
@@ -221,7 +221,7 @@ def test_dataset_few_shot_from_config(tmp_path):
 # ---------------------------------------------------------------- task layouts
 def test_morph_layout(tmp_path):
     _write(tmp_path / 'ET_proto_train.txt', 'Album2/001_0M16.JPG 16\nAlbum2/002_1M77.JPG 77\n')
-    ds = DATASETS.build(dict(type='MorphDataset', data_root=str(tmp_path), data_prefix='images'))
+    ds = DATASETS.build(dict(check_images=False, type='MorphDataset', data_root=str(tmp_path), data_prefix='images'))
     assert isinstance(ds, MorphDataset) and ds.task.name == 'age'
     assert ds.get_data_info(1)['img_path'] == osp.join(str(tmp_path), 'images', 'Album2/002_1M77.JPG')
     assert ds.get_gt_labels().tolist() == [1, 4]
@@ -229,10 +229,10 @@ def test_morph_layout(tmp_path):
 
 def test_hci_layout_and_one_based(tmp_path):
     _write(tmp_path / 'labels/fold_2/test.txt', '1930s/a.jpg 0\n1970s/b.jpg 4\n')
-    ds = HCIDataset(data_root=str(tmp_path), fold=2, split='test')
+    ds = HCIDataset(check_images=False, data_root=str(tmp_path), fold=2, split='test')
     assert ds.get_gt_labels().tolist() == [0, 4] and ds.metainfo['classes'][4] == '1970s'
     _write(tmp_path / 'labels/fold_0/train.txt', '1930s/a.jpg 1\n1970s/b.jpg 5\n')
-    ds = HCIDataset(data_root=str(tmp_path), fold=0, split='train', one_based=True)
+    ds = HCIDataset(check_images=False, data_root=str(tmp_path), fold=0, split='train', one_based=True)
     assert ds.get_gt_values().tolist() == [0.0, 4.0]
     with pytest.raises(ValueError, match=r'fold_0/train.txt: line 2: value 5 lies outside'):
         HCIDataset(data_root=str(tmp_path), fold=0, split='train')
@@ -241,11 +241,11 @@ def test_hci_layout_and_one_based(tmp_path):
 def test_aesthetics_categories(tmp_path):
     for i, cat in enumerate(('animals', 'nature', 'people', 'urban')):
         _write(tmp_path / f'{cat}_train.txt', f'{cat}/1.jpg {i}\n{cat}/2.jpg 4\n')
-    every = AestheticsDataset(data_root=str(tmp_path), category='all', split='train')
+    every = AestheticsDataset(check_images=False, data_root=str(tmp_path), category='all', split='train')
     assert len(every) == 8
     assert [every.get_data_info(i)['img_path'].split('/')[-2] for i in (0, 2, 4, 6)] == [
         'animals', 'nature', 'people', 'urban']
-    people = AestheticsDataset(data_root=str(tmp_path), category='people', split='train')
+    people = AestheticsDataset(check_images=False, data_root=str(tmp_path), category='people', split='train')
     assert people.get_gt_values().tolist() == [2.0, 4.0]
     with pytest.raises(ValueError, match='unknown aesthetics categories'):
         AestheticsDataset(data_root=str(tmp_path), category='cats')
@@ -273,7 +273,7 @@ def test_adience_layout(tmp_path):
            + _adience_row('u2', 's.jpg', 10, 'None') + _adience_row('u3', 't.jpg', 11, '16'))
     with pytest.raises(ValueError, match=r"fold_1_data.txt: line 3: cannot parse value 'None'"):
         AdienceDataset(data_root=str(tmp_path), folds=[0, 1])
-    ds = DATASETS.build(dict(type='AdienceDataset', data_root=str(tmp_path), folds=[0, 1], drop_unlabelled=True))
+    ds = DATASETS.build(dict(check_images=False, type='AdienceDataset', data_root=str(tmp_path), folds=[0, 1], drop_unlabelled=True))
     assert len(ds) == 4 and ds.num_dropped == 1
     assert ds.get_data_info(0)['img_path'] == osp.join(str(tmp_path), 'faces/u1/coarse_tilt_aligned_face.7.p.jpg')
     assert ds.get_gt_labels().tolist() == [4, 7, 1, 3]  # '16' lies in (15, 20)
@@ -285,3 +285,84 @@ def test_bgr_decoding_matches_cv2(tmp_path):
     out = LoadOrdinalImage()(dict(img_bytes=buf.tobytes()))
     np.testing.assert_array_equal(out['img'], rgb[..., ::-1])
     assert 'img_bytes' not in out
+
+
+# ---------------------------------------------------------------- hostile annotation files name the file and line
+@pytest.mark.parametrize('name, content, message', [
+    ('empty.csv', '', r'empty.csv: empty annotation file \(0 bytes\)'),
+    ('header.csv', 'path,value\n', r"no annotation rows in \[.*header.csv'\]"),
+    ('extra.csv', 'path,value\na.png,3\nb.png,4,5\n', r"extra.csv: line 3: 3 fields where the header has 2 \('b.png,4,5'\)"),
+    ('bad.csv', 'path,value\na.png,3\nb.png,abc\n', r"bad.csv: line 3: cannot parse value 'abc'"),
+    ('nan.csv', 'path,value\na.png,nan\n', r"nan.csv: line 2: cannot parse value 'nan'"),
+    ('quote.csv', 'path,value\na.png,3\n"b.png,4\n', r'quote.csv: .*unterminated quote'),
+    ('allextra.csv', 'path,value\na.png,3,x\nb.png,4,y\n', r'allextra.csv: line 2: 3 fields where the header has 2'),
+    ('empty.txt', '', r"no annotation rows in \[.*empty.txt'\]"),
+    ('empty.parquet', '', r'empty.parquet: cannot read the Parquet annotation file \(0 bytes'),
+    ('short.tsv', 'path\tvalue\na.png\t1\nb.png\t2\tx\n', r"short.tsv: line 3: 3 fields"),
+])
+def test_hostile_annotation_files_name_file_and_line(tmp_path, name, content, message):
+    path = _write(tmp_path / name, content)
+    with pytest.raises(ValueError, match=message):
+        OrdinalDataset(ann_file=path, task='count')
+
+
+def test_list_file_not_utf8_names_the_line(tmp_path):
+    (tmp_path / 'ann.txt').write_bytes(b'a.png 1\nb\xff.png 2\n')
+    with pytest.raises(ValueError, match=r'ann.txt: line 2: not UTF-8 text'):
+        OrdinalDataset(ann_file=str(tmp_path / 'ann.txt'), task='count')
+
+
+def test_adience_malformed_fold_file_names_file_and_line(tmp_path):
+    header = 'user_id\toriginal_image\tface_id\tage\n'
+    _write(tmp_path / 'fold_0_data.txt', header + 'u\ti.jpg\t1\t(0, 2)\textra\n')
+    with pytest.raises(ValueError, match=r'fold_0_data.txt: line 2: 5 fields where the header has 4'):
+        AdienceDataset(data_root=str(tmp_path), folds=[0])
+
+
+# ---------------------------------------------------------------- up-front image check
+def _images_with_holes(tmp_path):
+    (tmp_path / 'ok.png').write_bytes(_png())
+    (tmp_path / 'broken.png').write_bytes(b'broken')
+    (tmp_path / 'bomb.png').write_bytes(png_claiming_size(20000, 20000))
+    return _write(tmp_path / 'ann.txt', 'ok.png 1\nmissing.png 2\nbroken.png 3\nok.png 4\nbomb.png 5\n')
+
+
+def test_check_images_lists_missing_and_unreadable_up_front(tmp_path):
+    _images_with_holes(tmp_path)
+    with pytest.raises(UnreadableImageError) as info:
+        OrdinalDataset(ann_file='ann.txt', task='count', data_root=str(tmp_path), pipeline=TEST_PIPELINE)
+    text = str(info.value)
+    assert '3 of 5 images' in text
+    assert 'sample 1: image file not found: ' in text and 'missing.png' in text
+    assert 'sample 2 (' in text and 'broken.png): cannot decode' in text
+    assert 'sample 4 (' in text and 'bomb.png' in text and 'max_pixels' in text
+    assert 'ok.png' not in text.replace('ok.png 1', '')  # the good samples are not listed
+
+
+def test_check_images_with_skip_unreadable_leaves_them_out(tmp_path):
+    _images_with_holes(tmp_path)
+    ds = OrdinalDataset(ann_file='ann.txt', task='count', data_root=str(tmp_path), pipeline=TEST_PIPELINE,
+                        skip_unreadable=True)
+    assert len(ds) == 2 and [ds.get_data_info(i)['gt_value'] for i in range(2)] == [1.0, 4.0]
+    assert len(ds.unreadable_images) == 3 and ds[1]['data_samples'].gt_value == 4.0
+
+
+def test_check_images_auto_only_for_small_sets(tmp_path, monkeypatch):
+    import numclip_mm.datasets.ordinal_dataset as module
+    _images_with_holes(tmp_path)
+    monkeypatch.setattr(module, 'CHECK_IMAGES_AUTO_LIMIT', 4)  # 5 samples: above the limit, not checked
+    assert len(OrdinalDataset(ann_file='ann.txt', task='count', data_root=str(tmp_path))) == 5
+    with pytest.raises(UnreadableImageError, match='3 of 5'):  # forced on
+        OrdinalDataset(ann_file='ann.txt', task='count', data_root=str(tmp_path), check_images=True)
+    with pytest.raises(ValueError, match='check_images'):
+        OrdinalDataset(ann_file='ann.txt', task='count', data_root=str(tmp_path), check_images='yes')
+
+
+def test_check_images_uses_the_pipeline_pixel_limit(tmp_path):
+    (tmp_path / 'a.png').write_bytes(_png(size=(40, 30)))
+    _write(tmp_path / 'ann.txt', 'a.png 1\n')
+    pipeline = [dict(type='LoadOrdinalImage', max_pixels=1000), dict(type='PackInputs')]
+    with pytest.raises(UnreadableImageError, match='(?s)1 of 1 images.*1200 pixels exceeds'):
+        OrdinalDataset(ann_file='ann.txt', task='count', data_root=str(tmp_path), pipeline=pipeline)
+    pipeline[0]['max_pixels'] = None
+    assert len(OrdinalDataset(ann_file='ann.txt', task='count', data_root=str(tmp_path), pipeline=pipeline)) == 1

@@ -3,9 +3,11 @@
 One class reads every annotation layout the task loaders need (CSV, Parquet, and the whitespace ``path value`` lists
 of OrdinalCLIP/NumCLIP), so the task-specific datasets only say where their files are.
 """
+import csv
 import io
 import logging
 import os.path as osp
+import warnings
 from typing import Dict, List, Optional, Sequence, Union
 
 import mmengine
@@ -19,12 +21,59 @@ from mmpretrain.datasets.base_dataset import BaseDataset
 from mmpretrain.registry import DATASETS
 
 from ..tasks import TaskLike, get_task
+from .image_check import find_unreadable_images, log_progress
 from .sampling import few_shot_indices, label_shift_indices
-from .transforms import UnreadableImageError
+from .transforms import DEFAULT_MAX_PIXELS, LoadOrdinalImage, UnreadableImageError
+
+# check_images='auto' reads every image up front when the data set has at most this many samples (seconds of work).
+CHECK_IMAGES_AUTO_LIMIT = 2000
+
 
 def _where(ann_file: str, row: int, kind: str) -> str:
     """Human position of a table row: physical line for text files, row index for Parquet."""
     return f'{ann_file}: {kind} {row}'
+
+
+def read_csv_table(ann_file: str, content: bytes, sep: str = ',') -> pd.DataFrame:
+    """A CSV/TSV annotation file as strings with a ``_row`` column (its physical line, header = line 1).
+
+    Malformed files (0 bytes, a row with more fields than the header, an open quote, not UTF-8) raise a ValueError
+    naming the file and the line, instead of a bare pandas traceback. A row with fewer fields leaves the missing
+    values empty, which the value check then reports with its line.
+    """
+    if not content.strip():
+        raise ValueError(f'{ann_file}: empty annotation file ({len(content)} bytes); expected a header line '
+                         f'naming the columns, then one row per image')
+    try:
+        text = content.decode('utf-8-sig')
+    except UnicodeDecodeError as err:
+        line = content[:err.start].count(b'\n') + 1
+        raise ValueError(f'{_where(ann_file, line, "line")}: not UTF-8 text ({err.reason} at byte {err.start})'
+                         ) from None
+    try:
+        with warnings.catch_warnings():
+            # index_col=False: pandas would otherwise turn an extra field on every row into a silent index column
+            warnings.simplefilter('error', pd.errors.ParserWarning)
+            frame = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False,
+                                skip_blank_lines=False, index_col=False)
+    except (pd.errors.ParserError, pd.errors.ParserWarning) as err:
+        raise ValueError(f'{ann_file}: {_describe_bad_row(text, sep)} ({str(err).strip()})') from None
+    frame['_row'] = np.arange(len(frame)) + 2  # line 1 is the header
+    return frame
+
+
+def _describe_bad_row(text: str, sep: str) -> str:
+    """Where a CSV text breaks: the first row whose field count differs from the header's, or an open quote."""
+    reader = csv.reader(io.StringIO(text), delimiter=sep)
+    try:
+        width = len(next(reader))
+        for fields in reader:
+            if len(fields) > width:
+                return (f'line {reader.line_num}: {len(fields)} fields where the header has {width} '
+                        f'({sep.join(fields)!r})')
+    except csv.Error as err:
+        return f'line {reader.line_num}: {err}'
+    return 'malformed CSV (an unterminated quote?)'
 
 
 @DATASETS.register_module()
@@ -50,7 +99,11 @@ class OrdinalDataset(BaseDataset):
         drop_unlabelled (bool): drop rows whose value cannot be parsed (counted in ``num_dropped`` and logged)
             instead of raising.
         skip_unreadable (bool): when an image cannot be decoded, use the next readable sample (deterministically,
-            counted in ``num_unreadable``) instead of raising.
+            counted in ``num_unreadable``) instead of raising; images found by ``check_images`` are left out.
+        check_images (bool | 'auto'): read and decode every image when the data set is built and list the missing
+            or unreadable ones (a ValueError naming them, or, with ``skip_unreadable``, a warning and those samples
+            left out, listed in ``unreadable_images``). 'auto': only for data sets of at most
+            ``CHECK_IMAGES_AUTO_LIMIT`` samples. ``tools/check_dataset.py`` runs the same check for any size.
         num_shots (int, optional): few-shot protocol, keep ``num_shots`` samples per raw value.
         label_shift (dict, optional): ``dict(num_topk=..., ratio=...)``, label-distribution-shift protocol.
         seed (int): seed of the few-shot / label-shift draws.
@@ -70,6 +123,7 @@ class OrdinalDataset(BaseDataset):
                  value_offset: float = 0.0,
                  drop_unlabelled: bool = False,
                  skip_unreadable: bool = False,
+                 check_images: Union[bool, str] = 'auto',
                  num_shots: Optional[int] = None,
                  label_shift: Optional[dict] = None,
                  seed: int = 0,
@@ -83,6 +137,10 @@ class OrdinalDataset(BaseDataset):
         self.value_offset = float(value_offset)
         self.drop_unlabelled = drop_unlabelled
         self.skip_unreadable = skip_unreadable
+        if check_images not in (True, False, 'auto'):
+            raise ValueError(f"check_images must be True, False or 'auto', got {check_images!r}")
+        self.check_images = check_images
+        self.unreadable_images: List[str] = []
         if num_shots is not None and int(num_shots) < 1:
             raise ValueError(f'num_shots must be >= 1, got {num_shots}')
         self.num_shots = num_shots
@@ -125,20 +183,27 @@ class OrdinalDataset(BaseDataset):
         suffix = osp.splitext(ann_file)[1].lower()
         content = mmengine.fileio.get(ann_file)
         if suffix in ('.parquet', '.pq'):
-            frame = pd.read_parquet(io.BytesIO(content))
+            try:
+                frame = pd.read_parquet(io.BytesIO(content))
+            except Exception as err:  # pyarrow raises ArrowInvalid, OSError, ... on truncated or non-Parquet files
+                raise ValueError(f'{ann_file}: cannot read the Parquet annotation file '
+                                 f'({len(content)} bytes; {type(err).__name__}: {err})') from None
             frame['_row'] = np.arange(len(frame))
             frame.attrs['row_kind'] = 'row'
             return frame
         if suffix in ('.csv', '.tsv'):
-            frame = pd.read_csv(io.BytesIO(content), sep='\t' if suffix == '.tsv' else ',', dtype=str,
-                                keep_default_na=False, skip_blank_lines=False)
-            frame['_row'] = np.arange(len(frame)) + 2  # line 1 is the header
-            return frame
+            return read_csv_table(ann_file, content, sep='\t' if suffix == '.tsv' else ',')
         return self._read_list(ann_file, content)
 
     def _read_list(self, ann_file: str, content: bytes) -> pd.DataFrame:
         """``path value`` per line; the value is the last whitespace-separated token, so paths may hold spaces."""
-        lines = pd.Series(content.decode('utf-8').splitlines(), dtype=object).str.strip()
+        try:
+            text = content.decode('utf-8')
+        except UnicodeDecodeError as err:
+            line = content[:err.start].count(b'\n') + 1
+            raise ValueError(f'{_where(ann_file, line, "line")}: not UTF-8 text ({err.reason} at byte {err.start})'
+                             ) from None
+        lines = pd.Series(text.splitlines(), dtype=object).str.strip()
         line_no = np.arange(len(lines)) + 1
         keep = (lines.str.len() > 0) & ~lines.str.startswith('#')
         lines, line_no = lines[keep], line_no[keep.to_numpy()]
@@ -201,7 +266,9 @@ class OrdinalDataset(BaseDataset):
         if not any(self.ann_files):
             raise ValueError(f'{type(self).__name__} needs an ann_file')
         frames = [self._load_one(f) for f in self.ann_files]
-        table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({'_source': [], 'gt_value': []})
+        table = pd.concat(frames, ignore_index=True)
+        if not len(table):
+            raise ValueError(f'no annotation rows in {self.ann_files}: the file(s) hold at most a header')
         values = table['gt_value'].to_numpy(dtype=np.float64)
         keep = np.arange(len(values))
         if self.label_shift is not None:
@@ -213,12 +280,38 @@ class OrdinalDataset(BaseDataset):
         labels = self.task.value_to_bin(values)
         sources = table['_source'].to_numpy()[keep]
         if self.image_column is not None:
-            return [dict(img_bytes=s, gt_value=float(v), gt_label=int(lb))
-                    for s, v, lb in zip(sources, values.tolist(), labels.tolist())]
-        prefix = self.data_prefix.get('img_path', '')
-        paths = [join_path(prefix, p) for p in sources] if prefix else [str(p) for p in sources]
-        return [dict(img_path=p, gt_value=float(v), gt_label=int(lb))
-                for p, v, lb in zip(paths, values.tolist(), labels.tolist())]
+            data_list = [dict(img_bytes=s, gt_value=float(v), gt_label=int(lb))
+                         for s, v, lb in zip(sources, values.tolist(), labels.tolist())]
+        else:
+            prefix = self.data_prefix.get('img_path', '')
+            paths = [join_path(prefix, p) for p in sources] if prefix else [str(p) for p in sources]
+            data_list = [dict(img_path=p, gt_value=float(v), gt_label=int(lb))
+                         for p, v, lb in zip(paths, values.tolist(), labels.tolist())]
+        if self.check_images is True or (self.check_images == 'auto' and len(data_list) <= CHECK_IMAGES_AUTO_LIMIT):
+            data_list = self._drop_unreadable(data_list)
+        return data_list
+
+    def _drop_unreadable(self, data_list: List[dict]) -> List[dict]:
+        """The ``check_images`` pass: raise listing the bad images, or leave them out with ``skip_unreadable``."""
+        loader = next((t for t in getattr(self.pipeline, 'transforms', []) if isinstance(t, LoadOrdinalImage)), None)
+        max_pixels = DEFAULT_MAX_PIXELS if loader is None else loader.max_pixels
+        backend = 'cv2' if loader is None else loader.imdecode_backend
+        if len(data_list) > CHECK_IMAGES_AUTO_LIMIT:
+            print_log(f'checking the {len(data_list)} images of {self.ann_files}', logger='current')
+        bad = find_unreadable_images(data_list, max_pixels, backend, progress=log_progress(
+            lambda msg: print_log(msg, logger='current')) if len(data_list) > CHECK_IMAGES_AUTO_LIMIT else None)
+        if not bad:
+            return data_list
+        self.unreadable_images = [reason for _, reason in bad]
+        listing = '\n  '.join(self.unreadable_images[:20])
+        more = f'\n  ... and {len(bad) - 20} more' if len(bad) > 20 else ''
+        summary = f'{len(bad)} of {len(data_list)} images of {self.ann_files} are missing or unreadable:\n  {listing}{more}'
+        if not self.skip_unreadable:
+            raise UnreadableImageError(f'{summary}\nFix them, set skip_unreadable=True to leave them out, or '
+                                       f'check_images=False to find them only when they are loaded.')
+        print_log(f'{summary}\nleft out (skip_unreadable=True)', logger='current', level=logging.WARNING)
+        dropped = {i for i, _ in bad}
+        return [info for i, info in enumerate(data_list) if i not in dropped]
 
     # ------------------------------------------------------------------ access
     def get_gt_values(self) -> np.ndarray:
@@ -255,6 +348,8 @@ class OrdinalDataset(BaseDataset):
     def extra_repr(self) -> List[str]:
         body = super().extra_repr()
         body.append(f'Task: {self.task.name} ({self.task.num_bins} bins)')
+        if self.unreadable_images:
+            body.append(f'Unreadable images left out: {len(self.unreadable_images)}')
         if self.num_shots is not None:
             body.append(f'Shots per value: {self.num_shots}')
         if self.label_shift is not None:

@@ -2,7 +2,6 @@
 
 Only the file locations and label conventions differ; parsing, binning, sampling and errors are OrdinalDataset's.
 """
-import io
 from typing import Sequence, Union
 
 import mmengine
@@ -11,7 +10,7 @@ import pandas as pd
 
 from mmpretrain.registry import DATASETS
 
-from .ordinal_dataset import OrdinalDataset
+from .ordinal_dataset import OrdinalDataset, read_csv_table
 
 AESTHETICS_CATEGORIES = ('animals', 'nature', 'people', 'urban')
 # Adience's 8 age groups, as written in the fold files.
@@ -113,14 +112,13 @@ class AdienceDataset(OrdinalDataset):
     def read_table(self, ann_file: str) -> pd.DataFrame:
         if not mmengine.fileio.exists(ann_file):
             raise FileNotFoundError(f'annotation file {ann_file} does not exist')
-        frame = pd.read_csv(io.BytesIO(mmengine.fileio.get(ann_file)), sep='\t', dtype=str, keep_default_na=False)
+        frame = read_csv_table(ann_file, mmengine.fileio.get(ann_file), sep='\t')
         frame.columns = [c.strip() for c in frame.columns]
         missing = [c for c in ('user_id', 'original_image', 'face_id', 'age') if c not in frame.columns]
         if missing:
             raise ValueError(f'{ann_file}: missing column(s) {missing}; the file has {list(frame.columns)}')
         frame['path'] = (self.face_dir + '/' + frame['user_id'].str.strip() + '/coarse_tilt_aligned_face.'
                          + frame['face_id'].str.strip() + '.' + frame['original_image'].str.strip())
-        frame['_row'] = np.arange(len(frame)) + 2  # line 1 is the header
         return frame
 
     def parse_values(self, raw: pd.Series) -> np.ndarray:
