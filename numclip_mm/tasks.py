@@ -4,7 +4,7 @@ A task is everything NumCLIP needs to know about a number range. Datasets use ``
 bin; the model uses ``concepts``/``context`` to build prompts and ``anchors`` for the fine stage. A new task is a
 new entry here or an inline ``dict`` in a config: no code.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -30,7 +30,6 @@ class OrdinalTask:
     context: str
     anchors: Optional[Tuple[float, ...]] = None
     upper: Optional[float] = None
-    meta: Dict[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, 'edges', tuple(float(e) for e in self.edges))
@@ -69,36 +68,42 @@ class OrdinalTask:
                              f'[{self.edges[0]}, {self.upper if self.upper is not None else "inf"}]')
         return np.searchsorted(np.asarray(self.edges), values, side='right') - 1
 
-    def bin_to_value(self, bins) -> np.ndarray:
-        """Anchor value of each bin index (the number a bin prediction stands for)."""
-        return np.asarray(self.anchors)[np.asarray(bins, dtype=np.int64)]
-
     def anchors_tensor(self) -> torch.Tensor:
         return torch.tensor(self.anchors, dtype=torch.float32)
 
 
-def _graded(name, concepts, context, **meta) -> OrdinalTask:
-    """A task whose labels already are K grades 0..K-1 (HCI decades, aesthetic grades)."""
+def graded_task(name: str, concepts: Sequence[str], context: str) -> OrdinalTask:
+    """A task whose labels already are K grades 0..K-1 (HCI decades, aesthetic grades, Adience groups)."""
     k = len(concepts)
-    return OrdinalTask(name, tuple(range(k)), tuple(concepts), context, upper=k - 1, meta=meta)
+    return OrdinalTask(name, tuple(range(k)), tuple(concepts), context, upper=k - 1)
+
+
+def rank_task(name: str, values: Sequence[float], context: str, words: Optional[Sequence[str]] = None) -> OrdinalTask:
+    """One bin per integer rank (the OrdinalCLIP baseline); the concepts are the numbers themselves unless given."""
+    values = tuple(float(v) for v in values)
+    concepts = tuple(words) if words is not None else tuple(f'{v:g}' for v in values)
+    return OrdinalTask(name, values, concepts, context, upper=values[-1])
 
 
 TASKS: Dict[str, OrdinalTask] = {t.name: t for t in [
-    # MORPH II: thresholds on the true age (the released code applies them to age-1, see the method doc 2.8).
+    # MORPH II: thresholds on the true age (the released code applies them to age - 1; docs/method.md, "Data").
     OrdinalTask('age', (0, 13, 19, 35, 65),
                 ('child', 'teenager', 'young adult', 'middle adult', 'older adult'),
                 'age estimation: the person is a', upper=120),
     # HCI: labels are decades 0..4 (1930s..1970s). The official concept file is missing; decades are the natural words.
-    _graded('hci', ('1930s', '1940s', '1950s', '1960s', '1970s'), 'a photo taken in the'),
+    graded_task('hci', ('1930s', '1940s', '1950s', '1960s', '1970s'), 'a photo taken in the'),
     # Image aesthetics: 5 grades; the concept words of the official code are missing, these are the dataset's names.
-    _graded('aesthetics', ('unacceptable', 'flawed', 'ordinary', 'professional', 'exceptional'),
-            'aesthetics assessment: the quality of the photo is'),
+    graded_task('aesthetics', ('unacceptable', 'flawed', 'ordinary', 'professional', 'exceptional'),
+                'aesthetics assessment: the quality of the photo is'),
     # Adience: 8 age groups, labels are group indices 0..7.
-    _graded('adience', ('baby', 'toddler', 'child', 'teenager', 'young adult', 'adult', 'middle adult',
-                        'older adult'), 'age estimation from facial image: the person is a'),
+    graded_task('adience', ('baby', 'toddler', 'child', 'teenager', 'young adult', 'adult', 'middle adult',
+                            'older adult'), 'age estimation from facial image: the person is a'),
     # The embedded demo: images showing 0..9 objects, binned into 5 everyday quantity words.
     OrdinalTask('count', (0, 2, 4, 6, 8), ('none', 'few', 'several', 'many', 'lots'),
                 'a picture of objects, there are', anchors=(0, 2, 4, 6, 8), upper=9),
+    # The OrdinalCLIP baseline's rank tasks: one bin per count 0..9 and per MORPH II age 16..77.
+    rank_task('count_ranks', range(10), 'a picture of objects, the number of objects is'),
+    rank_task('age_ranks', range(16, 78), 'age estimation: the age of the person is'),
 ]}
 
 
@@ -125,9 +130,3 @@ def get_task(task: TaskLike) -> OrdinalTask:
         return OrdinalTask(**task)
     raise TypeError(f'task must be a name, dict or OrdinalTask, got {type(task).__name__}')
 
-
-def rank_task(name: str, values: Sequence[float], context: str, words: Optional[Sequence[str]] = None) -> OrdinalTask:
-    """One bin per integer rank (OrdinalCLIP-style), concepts are the numbers themselves unless given."""
-    values = tuple(float(v) for v in values)
-    concepts = tuple(words) if words is not None else tuple(f'{v:g}' for v in values)
-    return OrdinalTask(name, values, concepts, context, upper=values[-1])

@@ -1,17 +1,9 @@
-# OrdinalCLIP-style baseline on MORPH II: one prompt per age 16..77 (62 ranks) interpolated from 3 learnable base
-# rank embeddings, learnable context, plain CE + plain KL, number = expectation over the ranks. Metrics on the age
-# bins of task 'age' (the evaluator bins the predicted number).
-_base_ = ['../numclip_morph.py']
-rank_task = dict(name='age_ranks', edges=list(range(16, 78)), concepts=[str(v) for v in range(16, 78)],
-                 context='age estimation: the age of the person is', upper=77)
-model = dict(
-    neck=None,
-    head=dict(task=dict(_delete_=True, **rank_task),
-              prompt_learner=dict(_delete_=True, type='InterpolatedRankPromptLearner', num_base_ranks=3,
-                                  learn_context=True),
-              regressor=None, i2t_loss=dict(distance_weighted=False), t2i_loss=dict(distance_weighted=False),
-              reg_loss=None, prediction='expectation'),
-)
+# OrdinalCLIP-style baseline on MORPH II: one prompt per age 16..77 (task 'age_ranks', 62 ranks; head in
+# configs/_base_/models/ordinalclip_head.py). Metrics on the age bins of task 'age' (the evaluator bins the number).
+_base_ = ['../numclip_morph.py', '../_base_/models/ordinalclip_head.py']
+rank_task = 'age_ranks'
+rank_head = dict(_base_.ordinalclip_head, task=rank_task)
+model = dict(neck=None, head=rank_head)
 train_dataloader = dict(dataset=dict(task=rank_task))
 val_dataloader = dict(dataset=dict(task=rank_task))
 test_dataloader = val_dataloader

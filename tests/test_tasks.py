@@ -1,0 +1,45 @@
+"""The task table: graded and rank tasks as data, and the OrdinalCLIP configs naming one rank task each."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mmengine.config import Config
+
+from numclip_mm.tasks import TASKS, get_task, graded_task, rank_task
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_rank_tasks_one_bin_per_value():
+    count = get_task('count_ranks')
+    assert count.edges == tuple(float(v) for v in range(10)) and count.concepts == tuple(str(v) for v in range(10))
+    assert count.upper == 9.0 and count.anchors == count.edges
+    np.testing.assert_array_equal(count.value_to_bin([0, 3, 9, 8.5]), [0, 3, 9, 8])
+    age = get_task('age_ranks')
+    assert age.num_bins == 62 and age.edges[0] == 16 and age.upper == 77
+    with pytest.raises(ValueError, match='outside the bins'):
+        age.value_to_bin([15])
+    words = rank_task('r', [1, 2], 'ctx', words=['one', 'two'])
+    assert words.concepts == ('one', 'two') and words.upper == 2.0
+
+
+def test_graded_task_is_grades_0_to_k_minus_1():
+    task = graded_task('g', ['low', 'mid', 'high'], 'quality:')
+    assert task.edges == (0.0, 1.0, 2.0) and task.upper == 2.0
+    assert TASKS['hci'].edges == (0.0, 1.0, 2.0, 3.0, 4.0)
+
+
+@pytest.mark.parametrize('name, rank, metric_task', [('demo', 'count_ranks', 'count'), ('morph', 'age_ranks', 'age')])
+def test_ordinalclip_configs_name_one_rank_task(name, rank, metric_task):
+    cfg = Config.fromfile(ROOT / 'configs' / 'baselines' / f'ordinalclip_{name}.py')
+    assert cfg.model.head.task == rank
+    assert {cfg[f'{s}_dataloader'].dataset.task for s in ('train', 'val', 'test')} == {rank}
+    assert cfg.val_evaluator.task == metric_task
+    assert cfg.model.head.prompt_learner.type == 'InterpolatedRankPromptLearner' and cfg.model.neck is None
+
+
+@pytest.mark.parametrize('name', ['adience', 'aesthetics', 'hci'])
+def test_ordinalclip_graded_configs_share_the_head(name):
+    cfg = Config.fromfile(ROOT / 'configs' / 'baselines' / f'ordinalclip_{name}.py')
+    assert cfg.model.head.task == name and cfg.model.head.prediction == 'expectation'
+    assert cfg.model.head.regressor is None and cfg.model.head.i2t_loss.distance_weighted is False
