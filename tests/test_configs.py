@@ -11,6 +11,10 @@ CONFIGS = sorted(p for p in (ROOT / 'configs').rglob('*.py') if '_base_' not in 
 DEMO = [p for p in CONFIGS if p.stem.endswith('_demo')]
 
 
+def test_test_only_configs_stay_out_of_user_configs():
+    assert not (ROOT / 'configs' / 'numclip_tiny.py').exists() and (ROOT / 'tests' / 'configs' / 'numclip_tiny.py').exists()
+
+
 def test_every_task_has_numclip_and_baseline_configs():
     names = {p.relative_to(ROOT / 'configs').as_posix() for p in CONFIGS}
     for task in ('demo', 'hci', 'aesthetics', 'morph', 'adience'):
@@ -35,8 +39,7 @@ def test_config_builds_its_model(path):
     """Real-data configs name CLIP ViT-B/16 weights that are not on this machine: their model is built with the
     same structure on the tiny CLIP instead, which checks every component name and argument."""
     cfg = Config.fromfile(path)
-    if 'train_cfg' in cfg:  # configs/numclip_tiny.py is inference-only
-        assert cfg.train_cfg.max_epochs >= 1 and cfg.test_evaluator.type == 'OrdinalMetric'
+    assert cfg.train_cfg.max_epochs >= 1 and cfg.test_evaluator.type == 'OrdinalMetric'  # user configs train
     if 'clip' in cfg.model:
         cfg.model.clip = dict(model_name='numclip-tiny', pretrained=None)
     cfg.model.backbone.setdefault('model_name', 'numclip-tiny')

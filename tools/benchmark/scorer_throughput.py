@@ -147,7 +147,7 @@ def main():
 
     config, checkpoint = args.config, args.checkpoint
     if config is None:
-        config = str(REPO / 'configs' / 'numclip_tiny.py')
+        config = str(REPO / 'tests' / 'configs' / 'numclip_tiny.py')
         if checkpoint is None:
             torch.manual_seed(0)
             checkpoint = str(work / 'tiny.pth')

@@ -1,4 +1,4 @@
-# A tiny random-initialised NumCLIP (32x32 inputs) for smoke tests, the predictor/batch-scorer tests and benchmarks.
+# A tiny random-initialised NumCLIP (32x32 inputs) for tests and benchmarks only (inference: no schedule, no data).
 custom_imports = dict(imports=['numclip_mm'], allow_failed_imports=False)
 default_scope = 'mmpretrain'
 model = dict(
