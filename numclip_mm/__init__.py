@@ -1,17 +1,14 @@
 """numclip-mm: NumCLIP (ECCV 2024) ordinal regression as an MMPretrain plugin.
 
 Importing the package (or naming it in a config's ``custom_imports``) registers the models, datasets,
-transforms and metrics into mmpretrain's registries.
+transforms and metrics into mmpretrain's registries. Everything else the import changes in the process (a
+torchvision fallback where its compiled ops cannot load, weights-only checkpoint pickling, the tiny open_clip model
+configs) is listed and explained in :mod:`numclip_mm._setup`.
 """
-from .utils.torchvision_compat import ensure_torchvision_importable
+from . import _setup
 
-ensure_torchvision_importable()  # must run before anything imports torchvision (open_clip, mmpretrain)
+_setup.apply_all()  # before the imports below: torchvision must be importable first
 
-from .utils.checkpoint import register_safe_globals  # noqa: E402
-
-register_safe_globals()
-
-from . import datasets, engine, evaluation, models  # noqa: E402,F401  (registration side effects)
 from .tasks import TASKS, OrdinalTask, get_task  # noqa: E402
 from .version import __version__  # noqa: E402
 

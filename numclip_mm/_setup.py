@@ -1,0 +1,51 @@
+"""Everything ``import numclip_mm`` changes in the process besides defining its own names, in one place.
+
+Each effect is needed by some part of the plugin, runs once, and is recorded in :data:`APPLIED`:
+
+1. ``torchvision_fallback`` (:mod:`numclip_mm.utils.torchvision_compat`): only when torchvision's compiled ops
+   cannot load beside the installed torch (a CUDA torchvision wheel next to a CPU torch), define the
+   ``torchvision::nms``/``qnms`` op schemas so that ``import torchvision`` (done by open_clip and mmpretrain)
+   succeeds. A working torchvision is untouched. Must run before torchvision is first imported.
+2. ``checkpoint_pickling`` (:mod:`numclip_mm.utils.checkpoint`): a ``copyreg`` reducer that pickles MMEngine's
+   ``HistoryBuffer`` as its fields rebuilt by ``numclip_mm.utils.checkpoint.rebuild_history_buffer``, and that
+   function plus numpy's array/scalar helpers added to torch's weights-only allow-list
+   (``torch.serialization.add_safe_globals``), so that MMEngine's own ``load_checkpoint``/``--resume`` load
+   weights-only. Consequence: a checkpoint written by a process that imported numclip_mm refers to
+   ``numclip_mm.utils.checkpoint.rebuild_history_buffer`` in its ``message_hub``; see README "Checkpoints".
+3. ``open_clip_model_configs`` (:mod:`numclip_mm.models.clip_loader`): the JSON model configs shipped in
+   ``numclip_mm/models/model_configs`` (``numclip-tiny``, ``numclip-demo``) are added to open_clip's model table.
+4. ``registries``: importing the subpackages registers the models, datasets, transforms, metrics and hooks into
+   mmpretrain's registries (what ``custom_imports = dict(imports=['numclip_mm'])`` in a config relies on).
+"""
+from typing import Dict
+
+APPLIED: Dict[str, bool] = {}
+
+
+def prepare_torchvision() -> None:
+    """Effect 1; call before anything imports torchvision."""
+    from .utils.torchvision_compat import ensure_torchvision_importable
+    APPLIED['torchvision_fallback'] = ensure_torchvision_importable()
+
+
+def prepare_checkpoint_pickling() -> None:
+    """Effect 2."""
+    from .utils.checkpoint import register_safe_globals
+    register_safe_globals()
+    APPLIED['checkpoint_pickling'] = True
+
+
+def register_components() -> None:
+    """Effects 3 and 4: import the subpackages (their modules register themselves)."""
+    from . import datasets, engine, evaluation, models  # noqa: F401
+    APPLIED['open_clip_model_configs'] = True
+    APPLIED['registries'] = True
+
+
+def apply_all() -> None:
+    """The import-time setup of ``numclip_mm``, in the order the effects need."""
+    if APPLIED.get('registries'):
+        return
+    prepare_torchvision()
+    prepare_checkpoint_pickling()
+    register_components()

@@ -1,0 +1,36 @@
+"""``import numclip_mm`` changes the process only as numclip_mm/_setup.py lists, each effect observable."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PROBE = r'''
+import copyreg, sys
+import torch
+import numclip_mm
+from numclip_mm import _setup
+from mmengine.logging.history_buffer import HistoryBuffer
+from numclip_mm.utils.checkpoint import rebuild_history_buffer
+import open_clip
+from mmpretrain.registry import DATASETS, METRICS, MODELS, TRANSFORMS
+assert set(_setup.APPLIED) == {'torchvision_fallback', 'checkpoint_pickling', 'open_clip_model_configs',
+                               'registries'}, _setup.APPLIED
+assert all(_setup.APPLIED[k] for k in ('checkpoint_pickling', 'open_clip_model_configs', 'registries'))
+assert copyreg.dispatch_table[HistoryBuffer] is not None
+assert rebuild_history_buffer in torch.serialization.get_safe_globals()
+assert {'numclip-tiny', 'numclip-demo'} <= set(open_clip.list_models())
+assert MODELS.get('NumCLIP') and DATASETS.get('OrdinalDataset') and TRANSFORMS.get('LoadOrdinalImage')
+assert METRICS.get('OrdinalMetric')
+import torchvision  # importable whatever the fallback decided
+print('fallback', _setup.APPLIED['torchvision_fallback'])
+'''
+
+
+def test_import_effects_are_the_listed_ones():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, '-c', PROBE], env=env, cwd=str(ROOT), capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() in ('fallback True', 'fallback False')
