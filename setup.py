@@ -1,8 +1,11 @@
 """numclip-mm: NumCLIP ordinal regression as an MMPretrain/MMEngine plugin.
 
-Dependency ranges only: the tested set is pinned in requirements/constraints.txt. torch itself is *not* a hard
-requirement here so that installing never replaces the torch (CPU or CUDA) the user already has; install torch
-first (see README).
+Dependency ranges only: the tested set is pinned in requirements/constraints.txt. torch is required as a range
+(``torch>=2.1``), never pinned, so that pip keeps the torch (CPU or CUDA build) already installed; install torch
+first and pass the constraints file to every later pip call (see README), or pip may pull a CUDA build.
+
+Package data: the tiny open_clip model configs (``numclip_mm/models/model_configs/*.json``) ship in the wheel and the
+sdist (MANIFEST.in), so ``numclip-demo``/``numclip-tiny`` exist in non-editable installs too.
 """
 import re
 from pathlib import Path
@@ -19,6 +22,8 @@ setup(
     long_description_content_type='text/markdown',
     python_requires='>=3.9',
     packages=find_packages(include=['numclip_mm', 'numclip_mm.*', 'batch', 'batch.*']),
+    package_data={'numclip_mm': ['models/model_configs/*.json']},
+    include_package_data=True,
     install_requires=[
         'torch>=2.1',
         'torchvision>=0.16',

@@ -1,0 +1,47 @@
+"""A non-editable install (the wheel `pip install .` builds) carries the package data: the demo model builds from
+outside the checkout."""
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PROBE = r'''
+import os, sys
+import numclip_mm
+from numclip_mm.models.clip_loader import TINY_MODELS, build_open_clip
+assert numclip_mm.__file__.startswith(sys.argv[1]), numclip_mm.__file__
+assert set(TINY_MODELS) >= {'numclip-demo', 'numclip-tiny'}, TINY_MODELS
+model = build_open_clip('numclip-demo')
+print('ok', sum(p.numel() for p in model.parameters()))
+'''
+
+
+def test_wheel_ships_model_configs_and_builds_the_demo_model(tmp_path):
+    source = tmp_path / 'src'  # a copy: building writes build/ and *.egg-info next to setup.py
+    source.mkdir()
+    for name in ('setup.py', 'README.md', 'MANIFEST.in'):
+        shutil.copy(ROOT / name, source / name)
+    for package in ('numclip_mm', 'batch'):
+        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns('__pycache__'))
+    wheels = tmp_path / 'wheels'
+    subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', str(source),
+                    '-w', str(wheels)], check=True, timeout=300, capture_output=True)
+    wheel = next(wheels.glob('numclip_mm-*.whl'))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {'numclip_mm/models/model_configs/numclip-demo.json',
+            'numclip_mm/models/model_configs/numclip-tiny.json'} <= set(names)
+    target = tmp_path / 'site'
+    subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-deps', '-q', '--target', str(target), str(wheel)],
+                   check=True, timeout=300, capture_output=True)
+    outside = tmp_path / 'elsewhere'
+    outside.mkdir()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(target), sysconfig.get_paths()['purelib']]))
+    out = subprocess.run([sys.executable, '-c', PROBE, str(target)], cwd=str(outside), env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[0] == 'ok' and int(out.stdout.split()[1]) > 0
