@@ -2,7 +2,7 @@
 
 A task is everything NumCLIP needs to know about a number range. Datasets use ``edges`` to map a value to its
 bin; the model uses ``concepts``/``context`` to build prompts and ``anchors`` for the fine stage. A new task is a
-new entry here or an inline ``dict`` in a config: no code.
+new entry here or an inline ``dict`` in a config: no code. The table and its choices: docs/method.md §2.
 """
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple, Union
@@ -86,7 +86,7 @@ def rank_task(name: str, values: Sequence[float], context: str, words: Optional[
 
 
 TASKS: Dict[str, OrdinalTask] = {t.name: t for t in [
-    # MORPH II: thresholds on the true age (the released code applies them to age - 1; docs/method.md, "Data").
+    # MORPH II: thresholds on the true age (the released code applies them to age - 1; docs/method.md §2).
     OrdinalTask('age', (0, 13, 19, 35, 65),
                 ('child', 'teenager', 'young adult', 'middle adult', 'older adult'),
                 'age estimation: the person is a', upper=120),

@@ -1,4 +1,4 @@
-"""FCRC losses (method doc 3.1-3.3) against references written straight from the formulas with Python loops."""
+"""FCRC losses (docs/method.md §8.1-8.3) against references written straight from the formulas with Python loops."""
 import math
 
 import numpy as np
@@ -84,7 +84,7 @@ def ref_t2i(logits, labels, num_classes, weighted=True, sharpness=10.0):
 
 
 def _single_class_kl(logits, labels, j, num_classes, sharpness=10.0):
-    """KL(q_j || softmax_b(u_jb l_bj)) of one class j, straight from doc 3.3."""
+    """KL(q_j || softmax_b(u_jb l_bj)) of one class j, straight from docs/method.md §8.3."""
     n = len(labels)
     q_raw = [math.exp(sharpness * (labels[b] == j)) for b in range(n)]
     q = [v / sum(q_raw) for v in q_raw]

@@ -58,7 +58,7 @@ def batch():
 
 
 # --------------------------------------------------------------------------------------------------------------
-# SSRRegressor (doc 2.6)
+# SSRRegressor (docs/method.md §6)
 # --------------------------------------------------------------------------------------------------------------
 def test_ssr_parameter_count():
     reg = SSRRegressor(ANCHORS)
@@ -128,7 +128,7 @@ def test_ssr_gradients_flow_to_logits():
 
 
 # --------------------------------------------------------------------------------------------------------------
-# ResidualAdapter (doc 2.4)
+# ResidualAdapter (docs/method.md §4)
 # --------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize('model_name,width', [('numclip-tiny', 32), ('numclip-demo', 64)])
 def test_adapter_width_from_backbone(model_name, width):
@@ -178,7 +178,7 @@ def test_head_width_mismatch_raises():
 
 
 # --------------------------------------------------------------------------------------------------------------
-# gradients reach exactly the trainable parameters (doc 2.3, 2.4, 4)
+# gradients reach exactly the trainable parameters (docs/method.md §3, §4, §10)
 # --------------------------------------------------------------------------------------------------------------
 def _backward(model, batch):
     x, values = batch

@@ -1,4 +1,4 @@
-"""Prompt learners (method doc 2.3): token layout, initialisation, trainability, OrdinalCLIP interpolation."""
+"""Prompt learners (docs/method.md §3, §9): token layout, initialisation, trainability, OrdinalCLIP interpolation."""
 import pytest
 import torch
 from open_clip.tokenizer import _tokenizer as bpe

@@ -1,4 +1,4 @@
-"""Training-set subsampling protocols of OrdinalCLIP/NumCLIP (method doc section 5), vectorised and seeded.
+"""Training-set subsampling protocols of OrdinalCLIP/NumCLIP (docs/method.md §11), vectorised and seeded.
 
 Both work on the raw values (e.g. each integer age), not on the coarse bins, and return sorted indices so that the
 kept samples stay in annotation order.

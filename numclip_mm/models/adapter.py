@@ -1,4 +1,4 @@
-"""CLIP-Adapter style residual bottleneck on the image feature (NumCLIP's image branch, method doc 2.4)."""
+"""CLIP-Adapter style residual bottleneck on the image feature (NumCLIP's image branch, docs/method.md §4)."""
 from typing import Tuple
 
 import torch

@@ -4,6 +4,8 @@ Two learners share the template machinery:
 - :class:`ConceptPromptLearner` (NumCLIP, CoOp, zero-shot CLIP): each bin's tokens are the embeddings of its concept
   phrase ("young adult"), independent per bin; context and concepts learnable or frozen per config.
 - :class:`InterpolatedRankPromptLearner` (OrdinalCLIP): rank tokens interpolated from a few learnable base ranks.
+
+The formulas and per-task switches: docs/method.md §3 and §9.
 """
 from typing import List, Sequence
 

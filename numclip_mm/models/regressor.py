@@ -1,4 +1,4 @@
-"""NumCLIP's fine stage: a soft-stagewise (SSR-Net style) regressor on the K bin logits (method doc 2.6)."""
+"""NumCLIP's fine stage: a soft-stagewise (SSR-Net style) regressor on the K bin logits (docs/method.md §6)."""
 from typing import Sequence
 
 import torch

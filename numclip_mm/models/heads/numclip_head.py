@@ -1,4 +1,5 @@
-"""NumCLIP's coarse-to-fine head: cosine logits against K text prototypes, then a regressor to the number."""
+"""NumCLIP's coarse-to-fine head: cosine logits against K text prototypes, then a regressor to the number
+(docs/method.md §5-§8)."""
 from typing import List, Optional, Sequence, Tuple
 
 import torch

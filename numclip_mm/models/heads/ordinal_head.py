@@ -21,7 +21,7 @@ class OrdinalHead(ClsHead):
 
     Predictions written by :meth:`predict`: ``pred_score`` (K bin scores), ``pred_label`` (argmax bin),
     ``pred_value`` (the number, clamped to the task's range ``[edges[0], upper]`` unless ``clamp=False``) and
-    ``pred_value_raw`` (the head's own number before clamping).
+    ``pred_value_raw`` (the head's own number before clamping); docs/method.md §7.
 
     Args:
         task: the :class:`~numclip_mm.tasks.OrdinalTask` (name, dict or object).

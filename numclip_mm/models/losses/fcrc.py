@@ -1,4 +1,4 @@
-"""Fine-grained cross-modal ranking-based contrastive (FCRC) losses, fully vectorised (method doc 3.1-3.3)."""
+"""Fine-grained cross-modal ranking-based contrastive (FCRC) losses, fully vectorised (docs/method.md §8.1-8.3)."""
 import torch
 import torch.nn.functional as F
 from mmpretrain.registry import MODELS
