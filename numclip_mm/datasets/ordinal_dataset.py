@@ -29,7 +29,7 @@ from .transforms import DEFAULT_MAX_PIXELS, LoadOrdinalImage, UnreadableImageErr
 CHECK_IMAGES_AUTO_LIMIT = 2000
 
 
-def _where(ann_file: str, row: int, kind: str) -> str:
+def _position(ann_file: str, row: int, kind: str) -> str:
     """Human position of a table row: physical line for text files, row index for Parquet."""
     return f'{ann_file}: {kind} {row}'
 
@@ -48,7 +48,7 @@ def read_csv_table(ann_file: str, content: bytes, sep: str = ',') -> pd.DataFram
         text = content.decode('utf-8-sig')
     except UnicodeDecodeError as err:
         line = content[:err.start].count(b'\n') + 1
-        raise ValueError(f'{_where(ann_file, line, "line")}: not UTF-8 text ({err.reason} at byte {err.start})'
+        raise ValueError(f'{_position(ann_file, line, "line")}: not UTF-8 text ({err.reason} at byte {err.start})'
                          ) from None
     try:
         with warnings.catch_warnings():
@@ -201,7 +201,7 @@ class OrdinalDataset(BaseDataset):
             text = content.decode('utf-8')
         except UnicodeDecodeError as err:
             line = content[:err.start].count(b'\n') + 1
-            raise ValueError(f'{_where(ann_file, line, "line")}: not UTF-8 text ({err.reason} at byte {err.start})'
+            raise ValueError(f'{_position(ann_file, line, "line")}: not UTF-8 text ({err.reason} at byte {err.start})'
                              ) from None
         lines = pd.Series(text.splitlines(), dtype=object).str.strip()
         line_no = np.arange(len(lines)) + 1
@@ -210,7 +210,7 @@ class OrdinalDataset(BaseDataset):
         parts = lines.str.rsplit(n=1, expand=True)
         if len(lines) and (parts.shape[1] < 2 or parts[1].isna().any()):
             bad = 0 if parts.shape[1] < 2 else int(np.flatnonzero(parts[1].isna().to_numpy())[0])
-            raise ValueError(f'{_where(ann_file, line_no[bad], "line")}: expected "path value", '
+            raise ValueError(f'{_position(ann_file, line_no[bad], "line")}: expected "path value", '
                              f'got {lines.iloc[bad]!r}')
         if not len(lines):
             parts = pd.DataFrame({0: [], 1: []}, dtype=object)
@@ -228,7 +228,7 @@ class OrdinalDataset(BaseDataset):
             return raw.to_numpy(dtype=np.float64)
         return pd.to_numeric(raw.astype(str).str.strip(), errors='coerce').to_numpy(dtype=np.float64)
 
-    def _load_one(self, ann_file: str) -> pd.DataFrame:
+    def _read_annotation_rows(self, ann_file: str) -> pd.DataFrame:
         frame = self.read_table(ann_file)
         source_col = self.image_column or self.path_column
         missing = [c for c in (source_col, self.value_column) if c not in frame.columns]
@@ -241,7 +241,7 @@ class OrdinalDataset(BaseDataset):
         if bad.any():
             if not self.drop_unlabelled:
                 i = int(np.flatnonzero(bad)[0])
-                raise ValueError(f'{_where(ann_file, frame["_row"].iat[i], kind)}: cannot parse value '
+                raise ValueError(f'{_position(ann_file, frame["_row"].iat[i], kind)}: cannot parse value '
                                  f'{frame[self.value_column].iat[i]!r} (column {self.value_column!r})')
             self.num_dropped += int(bad.sum())
             print_log(f'{ann_file}: dropped {int(bad.sum())} rows with unparsable values, e.g. '
@@ -250,7 +250,7 @@ class OrdinalDataset(BaseDataset):
         out = ~self.task.in_range(values)
         if out.any():
             i = int(np.flatnonzero(out)[0])
-            raise ValueError(f'{_where(ann_file, frame["_row"].iat[i], kind)}: value {values[i]:g} lies outside '
+            raise ValueError(f'{_position(ann_file, frame["_row"].iat[i], kind)}: value {values[i]:g} lies outside '
                              f'the bins of task {self.task.name!r} '
                              f'[{self.task.edges[0]:g}, {self.task.upper if self.task.upper is not None else "inf"}]')
         result = pd.DataFrame({'_source': frame[source_col].to_numpy(), 'gt_value': values})
@@ -259,13 +259,13 @@ class OrdinalDataset(BaseDataset):
             empty |= result['_source'].astype(str).str.len().to_numpy() == 0
         if self.image_column is None and empty.any():
             i = int(np.flatnonzero(empty)[0])
-            raise ValueError(f'{_where(ann_file, frame["_row"].iat[i], kind)}: empty image path')
+            raise ValueError(f'{_position(ann_file, frame["_row"].iat[i], kind)}: empty image path')
         return result
 
     def load_data_list(self) -> List[dict]:
         if not any(self.ann_files):
             raise ValueError(f'{type(self).__name__} needs an ann_file')
-        frames = [self._load_one(f) for f in self.ann_files]
+        frames = [self._read_annotation_rows(f) for f in self.ann_files]
         table = pd.concat(frames, ignore_index=True)
         if not len(table):
             raise ValueError(f'no annotation rows in {self.ann_files}: the file(s) hold at most a header')

@@ -23,7 +23,7 @@ class NumCLIP(ImageClassifier):
     def __init__(self, backbone: dict, clip: Optional[dict] = None, neck: Optional[dict] = None,
                  head: Optional[dict] = None, **kwargs):
         clip_model = build_open_clip(**clip) if clip is not None else None
-        backbone = MODELS.build(backbone, default_args=_if_given(clip_model=clip_model))
+        backbone = MODELS.build(backbone, default_args=_drop_none(clip_model=clip_model))
         width = backbone.embed_dim
         if neck is not None:
             neck = MODELS.build(neck, default_args=dict(in_channels=width))
@@ -31,9 +31,9 @@ class NumCLIP(ImageClassifier):
             head_type = MODELS.get(head['type']) if isinstance(head['type'], str) else head['type']
             if not (isinstance(head_type, type) and issubclass(head_type, OrdinalHead)):
                 raise TypeError(f"NumCLIP needs an OrdinalHead (task, predict_arrays, predict), got {head['type']!r}")
-            head = MODELS.build(head, default_args=dict(in_channels=width, **_if_given(clip_model=clip_model)))
+            head = MODELS.build(head, default_args=dict(in_channels=width, **_drop_none(clip_model=clip_model)))
         super().__init__(backbone=backbone, neck=neck, head=head, **kwargs)
 
 
-def _if_given(**kwargs) -> dict:
+def _drop_none(**kwargs) -> dict:
     return {k: v for k, v in kwargs.items() if v is not None}

@@ -9,10 +9,10 @@ from mmpretrain.structures import DataSample
 
 from .ordinal_head import OrdinalHead
 
-PREDICTIONS = ('regressor', 'expectation', 'argmax')
+PREDICTION_MODES = ('regressor', 'expectation', 'argmax')
 
 
-def _build_optional(cfg: Optional[dict], **default_args):
+def _build_if_configured(cfg: Optional[dict], **default_args):
     return None if cfg is None else MODELS.build(cfg, default_args=default_args)
 
 
@@ -43,8 +43,8 @@ class NumCLIPHead(OrdinalHead):
                  prediction: str = 'regressor', logit_scale: Optional[float] = None,
                  in_channels: Optional[int] = None, clip_model=None, clamp: bool = True, init_cfg=None):
         super().__init__(task, in_channels=in_channels, clip_model=clip_model, clamp=clamp, init_cfg=init_cfg)
-        if prediction not in PREDICTIONS:
-            raise ValueError(f'prediction must be one of {PREDICTIONS}, got {prediction!r}')
+        if prediction not in PREDICTION_MODES:
+            raise ValueError(f'prediction must be one of {PREDICTION_MODES}, got {prediction!r}')
         if regressor is None and (prediction == 'regressor' or reg_loss is not None):
             raise ValueError("prediction='regressor' and reg_loss need a regressor; without one use "
                              "prediction='expectation' or 'argmax' and reg_loss=None")
@@ -58,9 +58,9 @@ class NumCLIPHead(OrdinalHead):
                                            default_args=dict(text_encoder=self.text_encoder, task=self.task))
         self.regressor = None if regressor is None else MODELS.build(
             regressor, default_args=dict(anchors=self.task.anchors))
-        self.i2t_loss = _build_optional(i2t_loss, num_classes=k)
-        self.t2i_loss = _build_optional(t2i_loss, num_classes=k)
-        self.reg_loss = _build_optional(reg_loss)
+        self.i2t_loss = _build_if_configured(i2t_loss, num_classes=k)
+        self.t2i_loss = _build_if_configured(t2i_loss, num_classes=k)
+        self.reg_loss = _build_if_configured(reg_loss)
         scale = self.text_encoder.logit_scale.exp() if logit_scale is None else torch.tensor(float(logit_scale))
         self.register_buffer('logit_scale', scale.float())
         self.register_buffer('anchors', self.task.anchors_tensor(), persistent=False)
@@ -103,7 +103,8 @@ class NumCLIPHead(OrdinalHead):
         image = self.pre_logits(feats)
         return self.logit_scale * image @ self.text_prototypes().to(image.dtype).t()
 
-    def predict_value(self, logits: torch.Tensor) -> torch.Tensor:
+    def value_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The number of each row of logits, chosen by ``prediction`` (docs/method.md §7)."""
         if self.prediction == 'regressor':
             return self.regressor(logits)
         anchors = self.anchors.to(logits.dtype)
@@ -131,4 +132,4 @@ class NumCLIPHead(OrdinalHead):
     def predict_arrays(self, feats: Tuple[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         """Bin probabilities ``softmax(l)`` (B, K) and the numbers chosen by ``prediction`` (B,)."""
         logits = self(feats)
-        return logits.softmax(dim=-1), self.predict_value(logits)
+        return logits.softmax(dim=-1), self.value_from_logits(logits)
