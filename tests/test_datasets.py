@@ -37,7 +37,8 @@ def _write(path, text):
 # ---------------------------------------------------------------- list, CSV and Parquet annotations
 def test_list_file_paths_values_and_bins(tmp_path):
     _write(tmp_path / 'ann.txt', '# comment\nimgs/a.jpg 23\n\nimgs/with space.jpg 64.5\nb.jpg 65\n')
-    ds = OrdinalDataset(check_images=False, ann_file='ann.txt', task='age', data_root=str(tmp_path), data_prefix='images')
+    ds = OrdinalDataset(check_images=False, ann_file='ann.txt', task='age', data_root=str(tmp_path),
+                        data_prefix='images')
     assert len(ds) == 3
     infos = [ds.get_data_info(i) for i in range(3)]
     assert infos[0]['img_path'] == osp.join(str(tmp_path), 'images', 'imgs/a.jpg')
@@ -51,7 +52,8 @@ def test_list_file_paths_values_and_bins(tmp_path):
 
 def test_csv_and_custom_columns(tmp_path):
     pd.DataFrame({'file': ['x.png', 'y.png'], 'grade': [0, 4]}).to_csv(tmp_path / 'ann.csv', index=False)
-    ds = OrdinalDataset(check_images=False, ann_file=str(tmp_path / 'ann.csv'), task='hci', path_column='file', value_column='grade')
+    ds = OrdinalDataset(check_images=False, ann_file=str(tmp_path / 'ann.csv'), task='hci', path_column='file',
+                        value_column='grade')
     assert [ds.get_data_info(i)['img_path'] for i in range(2)] == ['x.png', 'y.png']
     assert ds.get_gt_labels().tolist() == [0, 4]
 
@@ -273,7 +275,8 @@ def test_adience_layout(tmp_path):
            + _adience_row('u2', 's.jpg', 10, 'None') + _adience_row('u3', 't.jpg', 11, '16'))
     with pytest.raises(ValueError, match=r"fold_1_data.txt: line 3: cannot parse value 'None'"):
         AdienceDataset(data_root=str(tmp_path), folds=[0, 1])
-    ds = DATASETS.build(dict(check_images=False, type='AdienceDataset', data_root=str(tmp_path), folds=[0, 1], drop_unlabelled=True))
+    ds = DATASETS.build(dict(check_images=False, type='AdienceDataset', data_root=str(tmp_path), folds=[0, 1],
+                             drop_unlabelled=True))
     assert len(ds) == 4 and ds.num_dropped == 1
     assert ds.get_data_info(0)['img_path'] == osp.join(str(tmp_path), 'faces/u1/coarse_tilt_aligned_face.7.p.jpg')
     assert ds.get_gt_labels().tolist() == [4, 7, 1, 3]  # '16' lies in (15, 20)
@@ -291,7 +294,8 @@ def test_bgr_decoding_matches_cv2(tmp_path):
 @pytest.mark.parametrize('name, content, message', [
     ('empty.csv', '', r'empty.csv: empty annotation file \(0 bytes\)'),
     ('header.csv', 'path,value\n', r"no annotation rows in \[.*header.csv'\]"),
-    ('extra.csv', 'path,value\na.png,3\nb.png,4,5\n', r"extra.csv: line 3: 3 fields where the header has 2 \('b.png,4,5'\)"),
+    ('extra.csv', 'path,value\na.png,3\nb.png,4,5\n',
+     r"extra.csv: line 3: 3 fields where the header has 2 \('b.png,4,5'\)"),
     ('bad.csv', 'path,value\na.png,3\nb.png,abc\n', r"bad.csv: line 3: cannot parse value 'abc'"),
     ('nan.csv', 'path,value\na.png,nan\n', r"nan.csv: line 2: cannot parse value 'nan'"),
     ('quote.csv', 'path,value\na.png,3\n"b.png,4\n', r'quote.csv: .*unterminated quote'),

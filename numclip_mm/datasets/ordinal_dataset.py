@@ -305,7 +305,8 @@ class OrdinalDataset(BaseDataset):
         self.unreadable_images = [reason for _, reason in bad]
         listing = '\n  '.join(self.unreadable_images[:20])
         more = f'\n  ... and {len(bad) - 20} more' if len(bad) > 20 else ''
-        summary = f'{len(bad)} of {len(data_list)} images of {self.ann_files} are missing or unreadable:\n  {listing}{more}'
+        summary = (f'{len(bad)} of {len(data_list)} images of {self.ann_files} are missing or unreadable:'
+                   f'\n  {listing}{more}')
         if not self.skip_unreadable:
             raise UnreadableImageError(f'{summary}\nFix them, set skip_unreadable=True to leave them out, or '
                                        f'check_images=False to find them only when they are loaded.')

@@ -21,7 +21,8 @@ ADIENCE_GROUPS = ((0, 2), (4, 6), (8, 12), (15, 20), (25, 32), (38, 43), (48, 53
 class MorphDataset(OrdinalDataset):
     """MORPH II with the OrdinalCLIP/NumCLIP lists (``ET_proto_train.txt``: ``path age`` per line), task 'age'.
 
-    Bins are applied to the true age (docs/method.md §2, §12: the released code's ``age - 1`` shift is not reproduced).
+    Bins are applied to the true age (docs/method.md §2, §12: the released code's ``age - 1`` shift is not
+    reproduced).
     """
 
     def __init__(self, ann_file='ET_proto_train.txt', task='age', **kwargs):
