@@ -8,7 +8,8 @@ nothing in the stack would import.
 :func:`ensure_torchvision_importable` defines those two schemas (with a pure-PyTorch CPU ``nms``) *only* when the
 compiled extension cannot be loaded. A working torchvision (any GPU install) is left untouched. The transforms keep
 working; ``torch.ops.torchvision.nms`` runs the reference below; the other compiled ops (roi_align, deform_conv, io
-decoding) stay unavailable, and NumCLIP uses none of them.
+decoding) stay unavailable, and NumCLIP uses none of them. ``import numclip_mm`` applies it first
+(:mod:`numclip_mm._setup`, which lists every import-time effect).
 """
 import importlib.util
 import os
