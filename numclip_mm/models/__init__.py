@@ -12,6 +12,6 @@ from .text_encoder import OpenCLIPTextEncoder
 __all__ = [
     'CheckpointMismatchError', 'ConceptPromptLearner', 'FCRCImageTextLoss', 'FCRCTextImageLoss',
     'InterpolatedRankPromptLearner', 'L1RegressionLoss', 'NumCLIP', 'NumCLIPHead', 'OpenCLIPTextEncoder',
-    'OpenCLIPVisionBackbone', 'OrdinalHead', 'OrdinalRegressionHead', 'ResidualAdapter', 'SSRRegressor', 'build_open_clip',
-    'ordinal_distance_weights', 'resolve_pretrained'
+    'OpenCLIPVisionBackbone', 'OrdinalHead', 'OrdinalRegressionHead', 'ResidualAdapter', 'SSRRegressor',
+    'build_open_clip', 'ordinal_distance_weights', 'resolve_pretrained'
 ]
