@@ -165,6 +165,11 @@ def sidecar_path(checkpoint: str) -> str:
     return str(checkpoint) + SIDECAR_SUFFIX
 
 
+def find_calibration(checkpoint: Optional[str]) -> Optional[str]:
+    """The calibration sidecar of a checkpoint if one exists, else None."""
+    return sidecar_path(checkpoint) if checkpoint and osp.isfile(sidecar_path(checkpoint)) else None
+
+
 @dataclass
 class Calibration:
     """Fitted split-conformal thresholds of every method for some coverage levels, plus where they came from.
