@@ -258,6 +258,14 @@ class Calibration:
 CalibrationLike = Union[str, dict, Calibration]
 
 
+def check_checkpoint(calibration: Calibration, checkpoint: str) -> None:
+    """Raise if the calibration was fitted for another checkpoint (its thresholds would not hold for this one)."""
+    want = calibration.source.get('checkpoint_sha256')
+    if want and file_digest(checkpoint) != want:
+        raise ValueError(f'the calibration was fitted for another checkpoint than {checkpoint} (sha256 differs); '
+                         f'run tools/calibrate.py again for this checkpoint')
+
+
 def get_calibration(calibration: Optional[CalibrationLike]) -> Optional[Calibration]:
     """A :class:`Calibration` from a file path, a dict (a config) or itself; None stays None."""
     if calibration is None or isinstance(calibration, Calibration):
