@@ -22,7 +22,7 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)
 from numclip_mm.datasets.sampling import label_shift_indices  # noqa: E402
 from numclip_mm.evaluation.conformal import (DEFAULT_METHOD, METHODS, coverage_and_width,  # noqa: E402
-                                             fit_calibration, score_columns)
+                                             fit_calibration, interval_bounds, nonconformity, score_columns)
 from numclip_mm.evaluation.dump import load_predictions  # noqa: E402
 from numclip_mm.tasks import get_task  # noqa: E402
 
@@ -85,6 +85,23 @@ def score(calibration, frame, keep=None):
     return out
 
 
+def width_at_exact_coverage(calibration, frame):
+    """{method: {level: mean width}} when each method's threshold is the test set's own ``level``-quantile of its
+    scores: every method then covers the same share of the test set, so widths compare at equal coverage without
+    the calibration set's sampling noise (an oracle for comparison only, not an interval one can use)."""
+    p, probs, y = arrays(frame)
+    out = {}
+    for method in METHODS:
+        out[method] = {}
+        for level in calibration.levels:
+            scores = nonconformity(method, p, probs, y, calibration.anchors, level, calibration.scale_floor)
+            q = float(np.quantile(scores, level, method='higher'))
+            low, high = interval_bounds(method, q, p, probs, calibration.anchors, calibration.value_range, level,
+                                        calibration.scale_floor)
+            out[method][f'{level:g}'] = float((high - low).mean())
+    return out
+
+
 def per_value_coverage(calibration, frame, level):
     p, probs, y = arrays(frame)
     low, high = calibration.intervals(p, probs, [level])[f'{level:g}']
@@ -108,6 +125,7 @@ def main(argv=None):
         result = dict(seed=seed, n_cal=len(val), n_test=len(test), mae=float(np.abs(arrays(test)[0] -
                                                                                     arrays(test)[2]).mean()),
                       exchangeable=score(cal, test), shifted_test={}, shifted_calibration={},
+                      width_at_exact_coverage=width_at_exact_coverage(cal, test),
                       per_value_coverage={m: per_value_coverage(
                           fit_calibration(*arrays(val), task, args.levels, method=m), test, max(args.levels))
                           for m in METHODS})
@@ -142,6 +160,10 @@ def main(argv=None):
             lines.append(f'| {label} | {m} | ' + ' | '.join(
                 f"{row[k]['coverage']:.1f} +- {row[k]['coverage_std']:.1f} | {row[k]['width']:.3f} +- "
                 f"{row[k]['width_std']:.3f}" for k in keys) + ' |')
+    exact = {m: {k: mean_std([r['width_at_exact_coverage'][m][k] for r in runs]) for k in keys} for m in METHODS}
+    lines += ['', 'mean width at exactly equal test coverage (oracle threshold on the test set, for comparison only):']
+    lines += [f'  {m}: ' + ', '.join(f'@{k} {w:.3f} +- {sd:.3f}' for k, (w, sd) in exact[m].items())
+              for m in METHODS]
     per_value = {m: {v: float(np.mean([r['per_value_coverage'][m][v] for r in runs]))
                      for v in runs[0]['per_value_coverage'][m]} for m in METHODS}
     lines += ['', f'coverage % @{keys[-1]} per true value (mean over seeds):']
@@ -152,6 +174,7 @@ def main(argv=None):
     with open(out, 'w') as f:
         json.dump(dict(config=CONFIG, epochs=args.epochs, levels=args.levels, num_samples=args.num_samples,
                        default_method=DEFAULT_METHOD, shifts=list(SHIFTS), summary=summary,
+                       width_at_exact_coverage=exact,
                        per_value_coverage=per_value, runs=runs, table='\n'.join(lines)), f, indent=1)
     print(out)
     return out
