@@ -16,7 +16,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pandas as pd
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)
