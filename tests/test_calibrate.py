@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from numclip_mm.datasets.demo import generate_count_images
-from numclip_mm.evaluation.conformal import Calibration, file_digest, sidecar_path
+from numclip_mm.evaluation.conformal import Calibration, file_digest, fit_calibration, sidecar_path
 from numclip_mm.inference import Predictor
 
 from test_tools import ROOT, run_tool
@@ -63,6 +63,17 @@ def test_test_tool_columns_and_predictor_agree(calibrated, tmp_path):
     np.testing.assert_allclose(cols['low_0.9'], table['pred_low_0.9'][:5], atol=1e-4)
     np.testing.assert_allclose(cols['high_0.9'], table['pred_high_0.9'][:5], atol=1e-4)
     assert set(predictor.predict(list(images[:2]))) == {'value', 'label', 'label_index', 'probability'}
+
+    # --preds: calibrate from a prediction file without running the model; same thresholds as fitting it directly
+    cal_file = tmp_path / 'from_preds.json'
+    run_tool('tools/calibrate.py', calibrated['cfg'], calibrated['ckpt'], '--coverage', 0.8, '--preds', out,
+             '--out', cal_file)
+    cols = [f'pred_score_{k}' for k in range(5)]
+    want = fit_calibration(table['pred_value'], table[cols], table['gt_value'], 'count', [0.8])
+    got = Calibration.load(str(cal_file))
+    assert set(got.quantiles) == set(want.quantiles) and got.source['split'].startswith('predictions')
+    for method, table_q in want.quantiles.items():
+        assert got.quantiles[method] == pytest.approx(table_q)
     with pytest.raises(KeyError, match='--coverage 0.8'):
         predictor.predict(list(images[:1]), intervals=[0.8])
 

@@ -79,6 +79,9 @@ def main(argv=None):
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
     task = model_task(cfg)
+    if args.split in ('train', 'test') and not args.preds:
+        print_log(f'calibrating on the {args.split} split: coverage measured on that split later is not a held-out '
+                  'estimate (train: optimistic scores; test: no test set left)', logger='current', level=30)
     if args.preds:
         frame = load_predictions(args.preds)
     else:
