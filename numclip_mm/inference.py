@@ -102,6 +102,7 @@ class Predictor:
 
     def check_intervals(self, levels: Sequence[float]) -> None:
         """Raise a clear error now (not mid-pipeline) if intervals at ``levels`` cannot be produced."""
+        levels = tuple(levels)
         if levels and self.calibration is None:
             raise ValueError(f'prediction intervals {[level_key(v) for v in levels]} asked, but the checkpoint has '
                              'no conformal calibration: run tools/calibrate.py CONFIG CHECKPOINT --coverage '
@@ -114,6 +115,7 @@ class Predictor:
                         intervals: Sequence[float] = ()) -> Dict[str, np.ndarray]:
         """Preprocessed CHW uint8 tensors (a list or a stacked batch) -> prediction columns; plus ``low_<level>``
         and ``high_<level>`` (conformal interval bounds) for each level of ``intervals``."""
+        intervals = tuple(intervals)
         self.check_intervals(intervals)
         data = self.model.data_preprocessor(dict(inputs=inputs), False)
         probs, values = self.model.head.predict_arrays(self.model.extract_feat(data['inputs']))

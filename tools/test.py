@@ -21,7 +21,7 @@ from mmengine.runner import Runner
 from numclip_mm.engine import init_cpu_distributed
 
 from numclip_mm.evaluation import DumpOrdinalPredictions, OrdinalMetric
-from numclip_mm.evaluation.conformal import find_calibration, get_calibration
+from numclip_mm.evaluation.conformal import check_checkpoint, find_calibration, get_calibration
 
 
 def parse_args():
@@ -76,6 +76,8 @@ def main():
     init_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     calibration = get_calibration(args.calibration or find_calibration(args.checkpoint))
+    if calibration is not None and args.calibration is None:
+        check_checkpoint(calibration, args.checkpoint)  # a sidecar left next to other weights would mislead
     if calibration is not None:  # intervals: coverage/width in the metrics, low/high columns in --out
         print_log(f'conformal calibration: levels {list(calibration.levels)}, method {calibration.method}',
                   logger='current')
