@@ -15,6 +15,7 @@ from mmengine.config import Config
 from mmengine.dataset import Compose
 
 from .datasets.transforms import DEFAULT_MAX_PIXELS, decode_bgr
+from .evaluation.conformal import CalibrationLike, check_checkpoint, find_calibration, get_calibration, level_key
 from .models.heads import OrdinalHead
 from .tasks import OrdinalTask
 from .utils.checkpoint import CheckpointMismatchError, check_state_dict, load_weights_only
@@ -94,9 +95,12 @@ class Predictor:
             (zero-shot). Loaded weights-only with numclip_mm's allow-list; a checkpoint that does not fit the config
             raises ``CheckpointMismatchError`` naming the keys.
         device: 'cpu', 'cuda', 'cuda:1', ...
+        calibration: conformal calibration for prediction intervals (docs/intervals.md); by default the
+            ``<checkpoint>.calibration.json`` sidecar written by tools/calibrate.py when it exists, else none.
     """
 
-    def __init__(self, config: ConfigLike, checkpoint: Optional[str] = None, device: str = 'cpu'):
+    def __init__(self, config: ConfigLike, checkpoint: Optional[str] = None, device: str = 'cpu',
+                 calibration: Optional[CalibrationLike] = None):
         from mmpretrain.registry import MODELS
         cfg = load_config(config)
         self.model = MODELS.build(cfg.model)
@@ -110,25 +114,48 @@ class Predictor:
         self.task: OrdinalTask = self.model.head.task
         self.concepts = np.asarray(self.task.concepts, dtype=object)
         self.preprocessor = ImagePreprocessor(cfg)
+        self.calibration = get_calibration(calibration or find_calibration(checkpoint))
+        if self.calibration is not None and calibration is None:
+            check_checkpoint(self.calibration, checkpoint)
+
+    def check_intervals(self, levels: Sequence[float]) -> None:
+        """Raise a clear error now (not mid-pipeline) if intervals at ``levels`` cannot be produced."""
+        levels = tuple(levels)
+        if levels and self.calibration is None:
+            raise ValueError(f'prediction intervals {[level_key(v) for v in levels]} asked, but the checkpoint has '
+                             'no conformal calibration: run tools/calibrate.py CONFIG CHECKPOINT --coverage '
+                             f'{" ".join(level_key(v) for v in levels)} (writes <checkpoint>.calibration.json)')
+        for level in levels:
+            self.calibration.threshold(level)
 
     @torch.no_grad()
-    def predict_tensors(self, inputs: Union[torch.Tensor, Sequence[torch.Tensor]]) -> Dict[str, np.ndarray]:
-        """Preprocessed CHW uint8 tensors (a list or a stacked batch) -> prediction columns."""
+    def predict_tensors(self, inputs: Union[torch.Tensor, Sequence[torch.Tensor]],
+                        intervals: Sequence[float] = ()) -> Dict[str, np.ndarray]:
+        """Preprocessed CHW uint8 tensors (a list or a stacked batch) -> prediction columns; plus ``low_<level>``
+        and ``high_<level>`` (conformal interval bounds) for each level of ``intervals``."""
+        intervals = tuple(intervals)
+        self.check_intervals(intervals)
         data = self.model.data_preprocessor(dict(inputs=inputs), False)
         head: OrdinalHead = self.model.head
         probs, raw = head.predict_arrays(self.model.extract_feat(data['inputs']))
         values = head.to_task_range(raw)
         probs, values, raw = (t.float().cpu().numpy() for t in (probs, values, raw))
         index = probs.argmax(axis=1)
-        return dict(value=values, value_raw=raw, label=self.concepts[index], label_index=index,
-                    probability=probs[np.arange(len(index)), index])
+        out = dict(value=values, value_raw=raw, label=self.concepts[index], label_index=index,
+                   probability=probs[np.arange(len(index)), index])
+        if intervals:
+            for key, (low, high) in self.calibration.intervals(values, probs, intervals).items():
+                out[f'low_{key}'], out[f'high_{key}'] = low, high
+        return out
 
-    def predict(self, images: Sequence[Union[np.ndarray, bytes]]) -> Dict[str, np.ndarray]:
+    def predict(self, images: Sequence[Union[np.ndarray, bytes]], intervals: Sequence[float] = ()
+                ) -> Dict[str, np.ndarray]:
         """RGB uint8 arrays (or encoded image bytes) -> columns ``value`` (clamped to the task's range, see
         :class:`OrdinalHead`), ``value_raw`` (unclamped), ``label``, ``label_index``, ``probability`` (of the
-        predicted bin), one row per image, in order."""
+        predicted bin), and ``low_<level>``/``high_<level>`` per level of ``intervals``; one row per image, in
+        order."""
         return self.predict_tensors([self.preprocessor.from_bytes(i) if isinstance(i, (bytes, bytearray))
-                                     else self.preprocessor(i) for i in images])
+                                     else self.preprocessor(i) for i in images], intervals)
 
 
 def load_model_checkpoint(model: torch.nn.Module, checkpoint: str) -> None:

@@ -52,3 +52,31 @@ def test_plot_predictions_rejects_missing_columns(tmp_path):
     pd.DataFrame({'x': [1]}).to_csv(bad, index=False)
     with pytest.raises(ValueError, match=r"bad.csv: missing prediction column\(s\) \['gt_value', 'pred_value'\]"):
         _load_tool().main([bad, '--out-dir', str(tmp_path / 'plots')])
+
+
+def test_plot_draws_intervals_from_columns_or_a_calibration(tmp_path):
+    from numclip_mm.evaluation import Calibration
+    tool = _load_tool()
+    frame = _predictions(n=40)
+    frame['pred_low_0.9'], frame['pred_high_0.9'] = frame['pred_value'] - 1.0, frame['pred_value'] + 1.0
+    covered = ((frame['gt_value'] >= frame['pred_low_0.9']) & (frame['gt_value'] <= frame['pred_high_0.9'])).mean()
+    assert tool.interval_levels(frame) == ['0.9']
+    title = tool.plot_scatter(frame, str(tmp_path / 'a.png'), '0.9')
+    assert f'coverage {100 * covered:.1f}%, mean width 2.000' in title
+    plain = tool.plot_scatter(frame, str(tmp_path / 'b.png'))
+    assert 'coverage' not in plain
+    with Image.open(tmp_path / 'a.png') as a, Image.open(tmp_path / 'b.png') as b:
+        assert np.abs(np.asarray(a.convert('L'), float) - np.asarray(b.convert('L'), float)).mean() > 1  # bars drawn
+
+    pred_file = write_predictions(frame, str(tmp_path / 'preds.csv'))
+    with pytest.raises(SystemExit):  # a level the file has no columns for
+        tool.main([pred_file, '--out-dir', str(tmp_path / 'p'), '--level', '0.5'])
+    # from a calibration and the bin probabilities: plain method, half-width 0.5
+    for k in range(5):
+        frame[f'pred_score_{k}'] = 0.2
+    cal = Calibration(method='absolute', levels=(0.5,), quantiles={'absolute': {'0.5': 0.5}},
+                      anchors=(0, 2, 4, 6, 8), value_range=(0, 9), scale_floor=0.1, task='count')
+    cal_file = cal.save(str(tmp_path / 'cal.json'))
+    pred_file = write_predictions(frame, str(tmp_path / 'preds2.csv'))
+    paths = tool.main([pred_file, '--out-dir', str(tmp_path / 'q'), '--level', '0.5', '--calibration', cal_file])
+    assert len(paths) == 3

@@ -8,8 +8,8 @@ from mmengine.evaluator import Evaluator
 
 from mmpretrain.registry import METRICS
 from mmpretrain.structures import DataSample
-from numclip_mm.evaluation import (DumpOrdinalPredictions, OrdinalMetric, average_ranks, load_predictions,
-                                   quadratic_weighted_kappa, spearman)
+from numclip_mm.evaluation import (Calibration, DumpOrdinalPredictions, OrdinalMetric, average_ranks,
+                                   load_predictions, quadratic_weighted_kappa, spearman)
 
 # Task 'count' (edges 0, 2, 4, 6, 8). gt values 1, 4, 5, 3 -> bins 0, 2, 2, 1.
 PRED_VALUE = [1.0, 2.5, 6.0, 9.0]
@@ -135,3 +135,37 @@ def test_task_bins_the_numbers_instead_of_the_labels():
     # a predicted number beyond the last edge is clamped into the last bin, below the first into the first
     out = metric.calculate([12.0, -3.0], [9.0, 0.0], [0, 0], [0, 0])
     assert out['accuracy'] == pytest.approx(100.0)
+
+
+def _absolute_calibration():
+    """Hand-set thresholds of the plain method: half-widths 0.5 (level 0.5) and 1.5 (level 0.9), range [0, 9]."""
+    return Calibration(method='absolute', levels=(0.5, 0.9), quantiles={'absolute': {'0.5': 0.5, '0.9': 1.5}},
+                       anchors=(0, 2, 4, 6, 8), value_range=(0, 9), scale_floor=0.1, task='count')
+
+
+def test_metric_coverage_and_width_hand_values(tmp_path):
+    # level 0.9: [0, 2.5] [1, 4] [4.5, 7.5] [7.5, 9] (clipped) hold 1, 4, 5 but not 3; widths 2.5, 3, 3, 1.5
+    # level 0.5: [0.5, 1.5] [2, 3] [5.5, 6.5] [8.5, 9] hold only 1; widths 1, 1, 1, 0.5
+    want = {'coverage@0.9': 75.0, 'width@0.9': 2.5, 'coverage@0.5': 25.0, 'width@0.5': 0.875}
+    path = _absolute_calibration().save(str(tmp_path / 'm.pth.calibration.json'))
+    metric = METRICS.build(dict(type='OrdinalMetric', items=('mae',), calibration=path))  # from a config
+    evaluator = Evaluator(metric)
+    evaluator.process(_samples()[:3])
+    evaluator.process(_samples()[3:])
+    assert evaluator.evaluate(4) == pytest.approx({'mae': 2.125, **want})
+    plain = OrdinalMetric(items=('mae',), calibration=_absolute_calibration())
+    with pytest.raises(ValueError, match='pred_score'):
+        plain.calculate(PRED_VALUE, GT_VALUE, PRED_LABEL, GT_LABEL)
+    with pytest.raises(KeyError, match="no 'scaled' calibration"):  # asked for a method it was not fitted for
+        OrdinalMetric(calibration=_absolute_calibration(), interval_method='scaled')
+
+
+def test_dump_writes_interval_columns(tmp_path):
+    out = tmp_path / 'preds.csv'
+    metric = DumpOrdinalPredictions(str(out), calibration=_absolute_calibration())
+    metric.process({}, _samples())
+    metric.compute_metrics(metric.results)
+    frame = load_predictions(str(out))
+    np.testing.assert_allclose(frame['pred_low_0.9'], [0, 1, 4.5, 7.5])
+    np.testing.assert_allclose(frame['pred_high_0.9'], [2.5, 4, 7.5, 9])
+    np.testing.assert_allclose(frame['pred_low_0.5'], [0.5, 2, 5.5, 8.5])

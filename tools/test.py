@@ -3,6 +3,9 @@
 ``checkpoint`` may be omitted to evaluate the weights the config itself builds (zero-shot CLIP baselines).
 ``--out`` ending in ``.csv``/``.parquet`` writes one row of predictions per sample (for tools/analysis);
 ``.pkl`` dumps the DataSamples with mmengine's ``DumpResults`` as mmpretrain does.
+With a conformal calibration (``<checkpoint>.calibration.json`` from tools/calibrate.py, or ``--calibration``) the
+prediction file gets ``pred_low_<level>``/``pred_high_<level>`` columns and OrdinalMetric reports
+``coverage@<level>``/``width@<level>`` (docs/intervals.md).
 """
 import argparse
 import os.path as osp
@@ -17,7 +20,8 @@ from mmengine.runner import Runner
 
 from numclip_mm.engine import init_cpu_distributed
 
-from numclip_mm.evaluation import DumpOrdinalPredictions
+from numclip_mm.evaluation import DumpOrdinalPredictions, OrdinalMetric
+from numclip_mm.evaluation.conformal import check_checkpoint, find_calibration, get_calibration
 
 
 def parse_args():
@@ -32,6 +36,8 @@ def parse_args():
     parser.add_argument('--interval', type=int, default=1, help='visualise every N-th sample')
     parser.add_argument('--wait-time', type=float, default=2, help='display time of every window (s)')
     parser.add_argument('--tta', action='store_true', help='flip test-time augmentation')
+    parser.add_argument('--calibration', help='conformal calibration file (default: <checkpoint>.calibration.json '
+                                              'when it exists)')
     add_common_args(parser)
     return finish_args(parser.parse_args())
 
@@ -69,9 +75,19 @@ def main():
     cfg = merge_args(Config.fromfile(args.config), args)
     init_cpu_distributed(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    calibration = get_calibration(args.calibration or find_calibration(args.checkpoint))
+    if calibration is not None and args.calibration is None:
+        check_checkpoint(calibration, args.checkpoint)  # a sidecar left next to other weights would mislead
+    if calibration is not None:  # intervals: coverage/width in the metrics, low/high columns in --out
+        print_log(f'conformal calibration: levels {list(calibration.levels)}, method {calibration.method}',
+                  logger='current')
+        for metric in runner.test_evaluator.metrics:
+            if isinstance(metric, OrdinalMetric) and metric.calibration is None:
+                metric.calibration = calibration
     if args.out:
         if osp.splitext(args.out)[1] in ('.csv', '.parquet'):
-            runner.test_evaluator.metrics.append(DumpOrdinalPredictions(out_file_path=args.out))
+            runner.test_evaluator.metrics.append(DumpOrdinalPredictions(out_file_path=args.out,
+                                                                        calibration=calibration))
         elif args.out_item in (None, 'pred'):
             runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
     metrics = runner.test()

@@ -16,6 +16,7 @@ from mmengine.logging import print_log
 
 from mmpretrain.registry import METRICS
 
+from .conformal import CalibrationLike, add_interval_columns, get_calibration
 from .ordinal_metric import to_scalar
 
 TABLE_FORMATS = ('.csv', '.parquet', '.pq')
@@ -59,13 +60,16 @@ def samples_to_frame(samples: Sequence[dict], value_source: str = 'pred_value') 
 class DumpOrdinalPredictions(BaseMetric):
     """Write one row per sample to ``out_file_path`` (``.csv`` or ``.parquet``), sorted by ``sample_idx``.
 
-    Columns: ``sample_idx, img_path, gt_value, gt_label, pred_value, pred_label, pred_score_0..K-1``.
+    Columns: ``sample_idx, img_path, gt_value, gt_label, pred_value, pred_label, pred_score_0..K-1``, and with a
+    conformal ``calibration`` (path, dict or Calibration; docs/intervals.md) ``pred_low_<level>`` and
+    ``pred_high_<level>`` for each calibrated level (``interval_method`` overrides the calibration's method).
     Returns no metrics.
     """
     default_prefix: Optional[str] = None
 
-    def __init__(self, out_file_path: str, value_source: str = 'pred_value', collect_device: str = 'cpu',
-                 prefix: Optional[str] = None):
+    def __init__(self, out_file_path: str, value_source: str = 'pred_value',
+                 calibration: Optional[CalibrationLike] = None, interval_method: Optional[str] = None,
+                 collect_device: str = 'cpu', prefix: Optional[str] = None):
         super().__init__(collect_device=collect_device, prefix=prefix or 'dump')
         self.prefix = prefix
         ext = _table_format(out_file_path)
@@ -73,6 +77,8 @@ class DumpOrdinalPredictions(BaseMetric):
             raise ValueError(f'{out_file_path}: DumpOrdinalPredictions writes {TABLE_FORMATS} only (no pickle)')
         self.out_file_path = out_file_path
         self.value_source = value_source
+        self.calibration = get_calibration(calibration)
+        self.interval_method = interval_method
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
         # One plain-typed row per sample, so that collect_results can gather them across ranks.
@@ -82,6 +88,8 @@ class DumpOrdinalPredictions(BaseMetric):
         frame = pd.DataFrame(results)
         if len(frame):
             frame = frame.sort_values('sample_idx', kind='stable').reset_index(drop=True)
+            if self.calibration is not None:
+                add_interval_columns(frame, self.calibration, method=self.interval_method)
         write_predictions(frame, self.out_file_path)
         print_log(f'wrote {len(frame)} predictions to {self.out_file_path}', logger='current')
         return {}

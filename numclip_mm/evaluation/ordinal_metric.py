@@ -8,6 +8,7 @@ from mmengine.evaluator import BaseMetric
 from mmpretrain.registry import METRICS
 
 from ..tasks import TaskLike, get_task
+from .conformal import CalibrationLike, coverage_and_width, get_calibration
 
 ALL_ITEMS = ('mae', 'accuracy', 'off_by_one', 'cs', 'spearman', 'qwk', 'mae_bin')
 
@@ -66,6 +67,8 @@ class OrdinalMetric(BaseMetric):
     - ``spearman``: Pearson correlation of the ranks of ``p`` and ``y``, ties given their average rank.
     - ``qwk``: quadratic weighted kappa of ``c'`` against ``c`` (see :func:`quadratic_weighted_kappa`).
     - ``mae_bin_{k}``: ``mean |p - y|`` over the samples whose true *bin* is k (each bin present).
+    - ``coverage@{level}`` (%) and ``width@{level}``, only with a ``calibration``: the share of truths inside the
+      conformal interval of each calibrated level and the intervals' mean width (docs/intervals.md).
 
     The classes are the bins (``pred_label``/``gt_label``) with ``accuracy_from='bin'``; with ``'value'`` they are
     ``round(p)`` and ``y`` (the HCI/aesthetics protocol of the released code, where the number is the grade).
@@ -82,6 +85,9 @@ class OrdinalMetric(BaseMetric):
         task (optional): an OrdinalTask (name/dict). When given, the classes of every class-based metric are the
             task's bins of the numbers (``bin(y)`` and ``bin(p)``, ``p`` clamped into the bins), not the labels:
             models with other bins (OrdinalCLIP's one class per rank) are then scored on the same bins as the rest.
+        calibration (optional): a conformal calibration (the sidecar path written by tools/calibrate.py, its dict,
+            or a :class:`~numclip_mm.evaluation.conformal.Calibration`): adds ``coverage@``/``width@`` per level.
+        interval_method (str, optional): the interval method to score; defaults to the calibration's own.
     """
     default_prefix: Optional[str] = None
 
@@ -92,6 +98,8 @@ class OrdinalMetric(BaseMetric):
                  value_source: str = 'pred_value',
                  num_classes: Optional[int] = None,
                  task: Optional[TaskLike] = None,
+                 calibration: Optional[CalibrationLike] = None,
+                 interval_method: Optional[str] = None,
                  collect_device: str = 'cpu',
                  prefix: Optional[str] = None):
         super().__init__(collect_device=collect_device, prefix=prefix or 'ordinal')  # no "prefix not set" warning
@@ -109,6 +117,11 @@ class OrdinalMetric(BaseMetric):
         if num_classes is None and self.task is not None:
             num_classes = self.task.num_bins
         self.num_classes = num_classes
+        self.calibration = get_calibration(calibration)
+        self.interval_method = interval_method
+        if self.calibration is not None:  # fail now, not after a whole test epoch
+            for level in self.calibration.levels:
+                self.calibration.threshold(level, interval_method)
 
     def process(self, data_batch, data_samples: Sequence[dict]) -> None:
         for sample in data_samples:
@@ -118,18 +131,25 @@ class OrdinalMetric(BaseMetric):
             if pred_label is None:
                 pred_label = torch.as_tensor(sample['pred_score']).argmax()
             gt_label = sample['gt_label']
-            self.results.append(dict(
+            row = dict(
                 pred_value=to_scalar(sample[self.value_source]),
                 pred_label=int(to_scalar(pred_label)),
                 gt_value=to_scalar(sample['gt_value'] if 'gt_value' in sample else gt_label),
-                gt_label=int(to_scalar(gt_label))))
+                gt_label=int(to_scalar(gt_label)))
+            if self.calibration is not None:  # the intervals need the bin probabilities (plain floats: collectable)
+                row['pred_score'] = torch.as_tensor(sample['pred_score']).detach().float().cpu().reshape(-1).tolist()
+            self.results.append(row)
 
     def compute_metrics(self, results: List[dict]) -> Dict[str, float]:
-        cols = {k: np.array([r[k] for r in results]) for k in ('pred_value', 'gt_value', 'pred_label', 'gt_label')}
+        keys = ('pred_value', 'gt_value', 'pred_label', 'gt_label')
+        cols = {k: np.array([r[k] for r in results]) for k in keys}
+        if self.calibration is not None:
+            cols['pred_score'] = np.array([r['pred_score'] for r in results], dtype=np.float64)
         return self.calculate(**cols)
 
-    def calculate(self, pred_value, gt_value, pred_label, gt_label) -> Dict[str, float]:
-        """The metrics of arrays of predictions (usable without a runner)."""
+    def calculate(self, pred_value, gt_value, pred_label, gt_label, pred_score=None) -> Dict[str, float]:
+        """The metrics of arrays of predictions (usable without a runner); ``pred_score`` (N, K) only for the
+        interval metrics."""
         p, y = np.asarray(pred_value, np.float64), np.asarray(gt_value, np.float64)
         pb, gb = np.asarray(pred_label, np.int64), np.asarray(gt_label, np.int64)
         if not len(p):
@@ -163,4 +183,11 @@ class OrdinalMetric(BaseMetric):
             sums = np.bincount(inverse, weights=err)
             counts = np.bincount(inverse)
             out.update({f'mae_bin_{b}': float(s / c) for b, s, c in zip(bins.tolist(), sums, counts)})
+        if self.calibration is not None:
+            if pred_score is None:
+                raise ValueError('OrdinalMetric: a calibration needs the bin probabilities (pred_score)')
+            bounds = self.calibration.intervals(p, np.asarray(pred_score, np.float64), method=self.interval_method)
+            for key, (low, high) in bounds.items():
+                cov, width = coverage_and_width(low, high, y)
+                out[f'coverage@{key}'], out[f'width@{key}'] = 100.0 * cov, width
         return out
