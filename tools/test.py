@@ -3,19 +3,18 @@
 ``checkpoint`` may be omitted to evaluate the weights the config itself builds (zero-shot CLIP baselines).
 ``--out`` ending in ``.csv``/``.parquet`` writes one row of predictions per sample (for tools/analysis);
 ``.pkl`` dumps the DataSamples with mmengine's ``DumpResults`` as mmpretrain does.
+
+The checkpoint is loaded weights-only and strictly (numclip_mm.engine.StrictLoadRunner): a checkpoint of another
+config ends the run with exit code 1 and an error naming the file and the first missing/unexpected keys.
 """
 import argparse
 import os.path as osp
 from copy import deepcopy
 
-from common import add_common_args, finish_args, set_dataloader_defaults, set_work_dir
+from common import add_common_args, build_runner, finish_args, run_cli, set_dataloader_defaults, set_work_dir
 from mmengine.config import Config, ConfigDict
 from mmengine.evaluator import DumpResults
 from mmengine.logging import print_log
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
-
-from numclip_mm.engine import init_cpu_distributed
 
 from numclip_mm.evaluation import DumpOrdinalPredictions
 
@@ -67,8 +66,7 @@ def merge_args(cfg, args):
 def main():
     args = parse_args()
     cfg = merge_args(Config.fromfile(args.config), args)
-    init_cpu_distributed(cfg)
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    runner = build_runner(cfg)
     if args.out:
         if osp.splitext(args.out)[1] in ('.csv', '.parquet'):
             runner.test_evaluator.metrics.append(DumpOrdinalPredictions(out_file_path=args.out))
@@ -81,4 +79,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)
