@@ -175,6 +175,10 @@ def test_amp_configs_fall_back_on_cpu(monkeypatch):
     assert cfg.optim_wrapper.type == 'OptimWrapper' and 'loss_scale' not in cfg.optim_wrapper
     assert cfg.optim_wrapper.optimizer.type == 'RAdam'
     assert len(notices) == 1 and 'OptimWrapper' in notices[0] and '\n' not in notices[0]
+    # README's explicit swap leaves AMP's loss_scale behind, which OptimWrapper would reject: it is dropped
+    cfg = Config.fromfile(str(ROOT / 'configs/numclip_morph.py'))
+    cfg.merge_from_dict({'optim_wrapper.type': 'OptimWrapper'})
+    assert not fall_back_from_amp(cfg) and 'loss_scale' not in cfg.optim_wrapper
 
 
 def test_schedule_trains_every_trainable_group_at_the_method_lr():

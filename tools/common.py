@@ -54,11 +54,19 @@ def set_dataloader_defaults(cfg, fields, no_pin_memory: bool, persistent_workers
         loader.update(deepcopy(cfg[field]))
         if persistent_workers:
             loader.setdefault('persistent_workers', loader.get('num_workers', 0) > 0)
-        if loader.get('num_workers', 0) == 0:
-            loader['persistent_workers'] = False
         if no_pin_memory:
             loader['pin_memory'] = False
         cfg[field] = loader
+    drop_persistent_workers_without_workers(cfg, fields)
+
+
+def drop_persistent_workers_without_workers(cfg, fields) -> None:
+    """``persistent_workers=False`` wherever ``num_workers`` is 0 (PyTorch rejects the pair); run again after
+    ``--cfg-options`` (``test_dataloader.num_workers=0`` on a config that sets persistent workers)."""
+    for field in fields:
+        loader = cfg.get(field, None)
+        if loader is not None and loader.get('num_workers', 0) == 0 and loader.get('persistent_workers'):
+            loader['persistent_workers'] = False
 
 
 def build_runner(cfg):

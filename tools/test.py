@@ -11,7 +11,8 @@ import argparse
 import os.path as osp
 from copy import deepcopy
 
-from common import add_common_args, build_runner, finish_args, run_cli, set_dataloader_defaults, set_work_dir
+from common import (add_common_args, build_runner, drop_persistent_workers_without_workers, finish_args, run_cli,
+                    set_dataloader_defaults, set_work_dir)
 from mmengine.config import Config, ConfigDict
 from mmengine.evaluator import DumpResults
 from mmengine.logging import print_log
@@ -60,6 +61,7 @@ def merge_args(cfg, args):
     set_dataloader_defaults(cfg, ('test_dataloader',), args.no_pin_memory, persistent_workers=False)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
+        drop_persistent_workers_without_workers(cfg, ('test_dataloader',))
     return cfg
 
 

@@ -1,7 +1,8 @@
 """Train a model from an mmpretrain-style config (NumCLIP's or mmpretrain's own), like mmpretrain's tools/train.py."""
 import argparse
 
-from common import add_common_args, build_runner, finish_args, run_cli, set_dataloader_defaults, set_work_dir
+from common import (add_common_args, build_runner, drop_persistent_workers_without_workers, finish_args, run_cli,
+                    set_dataloader_defaults, set_work_dir)
 from mmengine.config import Config
 
 from numclip_mm.engine import fall_back_from_amp
@@ -46,6 +47,7 @@ def merge_args(cfg, args):
                             persistent_workers=not args.no_persistent_workers)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
+        drop_persistent_workers_without_workers(cfg, ('train_dataloader', 'val_dataloader', 'test_dataloader'))
     fall_back_from_amp(cfg)  # AMP configs on a CPU-only machine: fp32 OptimWrapper, with a notice
     return cfg
 

@@ -32,17 +32,25 @@ def amp_available() -> bool:
     return is_cuda_available() or is_npu_available() or is_mlu_available()
 
 
+AMP_ONLY_KEYS = ('loss_scale', 'dtype', 'use_fsdp')
+
+
 def fall_back_from_amp(cfg) -> bool:
     """On a machine without an AMP device, turn ``AmpOptimWrapper`` into ``OptimWrapper`` (fp32) with a notice.
 
-    Returns True when it did so. The AMP-only keys (``loss_scale``, ``dtype``, ``use_fsdp``) are dropped.
+    Also drops the AMP-only keys (``loss_scale``, ``dtype``, ``use_fsdp``) from any non-AMP wrapper, so that
+    ``--cfg-options optim_wrapper.type=OptimWrapper`` on an AMP config works (``OptimWrapper`` rejects them).
+    Returns True when it switched the wrapper type.
     """
     wrapper = cfg.get('optim_wrapper')
-    if not wrapper or wrapper.get('type') != 'AmpOptimWrapper' or amp_available():
+    if not wrapper:
         return False
-    wrapper['type'] = 'OptimWrapper'
-    for key in ('loss_scale', 'dtype', 'use_fsdp'):
-        wrapper.pop(key, None)
-    print_log('no CUDA device: training in fp32 with OptimWrapper instead of AmpOptimWrapper '
-              '(the same as --cfg-options optim_wrapper.type=OptimWrapper)', logger='current', level=30)
-    return True
+    switched = wrapper.get('type') == 'AmpOptimWrapper' and not amp_available()
+    if switched:
+        wrapper['type'] = 'OptimWrapper'
+        print_log('no CUDA device: training in fp32 with OptimWrapper instead of AmpOptimWrapper '
+                  '(the same as --cfg-options optim_wrapper.type=OptimWrapper)', logger='current', level=30)
+    if wrapper.get('type') != 'AmpOptimWrapper':
+        for key in AMP_ONLY_KEYS:
+            wrapper.pop(key, None)
+    return switched
