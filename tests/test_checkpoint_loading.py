@@ -200,3 +200,17 @@ def test_schedule_trains_every_trainable_group_at_the_method_lr():
         assert any(n.endswith('concepts') for n in trainable)
         assert any(n.endswith('context') for n in trainable) == context_trains
         assert not any('text_encoder' in n or 'logit_scale' in n for n in trainable)
+
+
+def test_train_tool_partial_load_is_opt_in(files, tmp_path):
+    """README: `tools/train.py CONFIG --partial-load --cfg-options load_from=CKPT` fine-tunes from a checkpoint of
+    another config; without the flag the same command stops with the mismatch."""
+    tiny_train = [*TINY_DEMO, 'train_dataloader.dataset.num_samples=8', 'train_dataloader.dataset.image_size=32',
+                  'val_dataloader.dataset.num_samples=8', 'val_dataloader.dataset.image_size=32',
+                  'train_cfg.max_epochs=1', f'load_from={files["good"]}']
+    args = ['tools/train.py', 'configs/ablations/no_adapter_demo.py', '--work-dir', tmp_path, '--cfg-options']
+    proc = run_tool(*args, *tiny_train)
+    assert proc.returncode == 1 and 'neck.down.weight' in proc.stderr.strip().splitlines()[-1]
+    proc = run_tool(*args[:-1], '--partial-load', '--cfg-options', *tiny_train)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'partial load of' in proc.stdout + proc.stderr and (tmp_path / 'epoch_1.pth').is_file()
