@@ -103,6 +103,15 @@ def test_runner_loads_strictly_and_names_file_and_keys(files, tmp_path):
     assert str(files['good']) in msg and 'unexpected keys' in msg and 'neck.down.weight' in msg
 
 
+def test_runner_unwraps_test_time_augmentation(files, tmp_path):
+    """tools/test.py --tta wraps the model (keys 'module.*'); the checkpoint still fits, as MMEngine unwraps it."""
+    from mmpretrain.models import AverageClsScoreTTA
+    model = build_model(ROOT / 'configs/numclip_demo.py', **{'model.clip.model_name': 'numclip-tiny'})
+    tta = AverageClsScoreTTA(module=model)
+    make_runner(tmp_path, tta).load_checkpoint(str(files['good']))
+    assert torch.equal(model.state_dict()['neck.down.weight'], files['state']['neck.down.weight'])
+
+
 def test_partial_load_is_an_explicit_opt_in(files, tmp_path):
     no_adapter = build_model(ROOT / 'configs/numclip_demo.py',
                              **{'model.clip.model_name': 'numclip-tiny', 'model.neck': None})

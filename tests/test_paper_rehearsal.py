@@ -20,7 +20,7 @@ import torch
 from mmengine.config import Config
 from open_clip.transformer import QuickGELU
 
-from numclip_mm.engine import StrictLoadRunner
+from numclip_mm.engine import StrictLoadRunner, fall_back_from_amp
 from numclip_mm.models.clip_loader import build_open_clip, checkpoint_format
 from numclip_mm.utils import CheckpointMismatchError
 
@@ -124,13 +124,13 @@ def test_paper_config_trains_and_tests_in_process(openai_archive, tmp_path, data
     start = time.perf_counter()
     FABRICATE[dataset](tmp_path / 'data')
     cfg = Config.fromfile(str(ROOT / f'configs/numclip_{dataset}.py'))
-    options = {**{k: v for k, v in SMALL_RUN.items() if not k.startswith('val_')}, 'model.clip.pretrained': str(openai_archive['path']),
-               'optim_wrapper.type': 'OptimWrapper', 'work_dir': str(tmp_path / 'work'),
-               'default_hooks.checkpoint': None, 'val_cfg': None, 'val_dataloader': None, 'val_evaluator': None}
+    options = {**{k: v for k, v in SMALL_RUN.items() if not k.startswith('val_')},
+               'model.clip.pretrained': str(openai_archive['path']), 'optim_wrapper.type': 'OptimWrapper',
+               'work_dir': str(tmp_path / 'work'), 'default_hooks.checkpoint': None,
+               'val_cfg': None, 'val_dataloader': None, 'val_evaluator': None}
     cfg.merge_from_dict(options)
     for split in ('train', 'test'):  # validation runs in the tools test below; here it would only add time
         cfg[f'{split}_dataloader'].dataset.data_root = str(tmp_path / 'data')
-    from numclip_mm.engine import fall_back_from_amp
     fall_back_from_amp(cfg)  # what tools/train.py does: drops AMP's loss_scale that OptimWrapper rejects
     runner = StrictLoadRunner.from_cfg(cfg)
     built = time.perf_counter()

@@ -14,7 +14,7 @@ starts the process group.
 import copy
 
 from mmengine.logging import print_log
-from mmengine.model import is_model_wrapper
+from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model
@@ -44,7 +44,9 @@ class StrictLoadRunner(Runner):
         strict = self.load_strict
         checkpoint = _load_checkpoint(filename, map_location=map_location)
         self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
-        model = self.model.module if is_model_wrapper(self.model) else self.model
+        model = self.model
+        while is_model_wrapper(model) or isinstance(model, BaseTTAModel):  # DDP, --tta: as MMEngine unwraps them
+            model = model.module
         state = model_state_dict(checkpoint, revise_keys)
         if strict:
             check_state_dict(model, state, filename)

@@ -67,9 +67,10 @@ def resolve_pretrained(model_name: str, pretrained: Optional[str], cache_dir: Op
     For a tag, the places searched, in order:
     1. ``cache_dir`` (default :func:`default_cache_dir`) / the file name of the tag's URL (``ViT-B-16.pt`` for
        ``ViT-B-16``/``openai``), i.e. where OpenAI's ``clip`` package keeps its downloads;
-    2. the Hugging Face hub cache (:func:`hf_hub_cache_dir`) for the tag's repo (``timm/vit_base_patch16_clip_224.openai``
-       for ``ViT-B-16``/``openai``): ``models--<org>--<name>/snapshots/<refs/main>/`` with
-       ``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin``.
+    2. the Hugging Face hub cache (:func:`hf_hub_cache_dir`) for the tag's repo
+       (``timm/vit_base_patch16_clip_224.openai`` for ``ViT-B-16``/``openai``):
+       ``models--<org>--<name>/snapshots/<refs/main>/`` with ``open_clip_model.safetensors`` or
+       ``open_clip_pytorch_model.bin``.
     """
     if not pretrained:
         return None

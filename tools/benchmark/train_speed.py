@@ -3,7 +3,8 @@
 The model is a paper config's (default ``configs/numclip_morph.py``: ViT-B/16 image and text towers, adapter,
 learnable concept tokens, regressor) with random weights (speed does not depend on their values). One step is
 MMEngine's ``model.train_step``: data preprocessor, forward (under autocast with ``--amp``), the three losses,
-backward and the RAdam update. Batches are synthetic uint8 images of the model's input size (224x224 for ViT-B/16), so data loading is not measured.
+backward and the RAdam update. Batches are synthetic uint8 images of the model's input size (224x224 for
+ViT-B/16), so data loading is not measured.
 
 Peak memory: ``torch.cuda.max_memory_allocated`` on a GPU (tensors only), the process's peak resident set size
 (``ru_maxrss``: model, optimizer state, activations and the Python process) on CPU.
@@ -37,7 +38,8 @@ from numclip_mm.engine import amp_available  # noqa: E402
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--config', default='configs/numclip_morph.py', help='a paper config (its model and optimizer)')
+    parser.add_argument('--config', default='configs/numclip_morph.py',
+                        help='a paper config (its model and optimizer)')
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--iters', type=int, default=10, help='timed training steps')
     parser.add_argument('--warmup', type=int, default=2, help='untimed steps first')
@@ -110,7 +112,8 @@ def main():
         start = time.perf_counter()
         losses = step()
         times.append(time.perf_counter() - start)
-        print(f'step {i + 1}/{args.iters}: {times[-1]:.2f} s, loss {float(torch.as_tensor(losses["loss"]).detach()):.3f}', flush=True)
+        loss = float(torch.as_tensor(losses['loss']).detach())
+        print(f'step {i + 1}/{args.iters}: {times[-1]:.2f} s, loss {loss:.3f}', flush=True)
     total = sum(times)
     if device.type == 'cuda':
         peak_mib, peak_kind = torch.cuda.max_memory_allocated(device) / 2**20, 'cuda_max_memory_allocated'
@@ -118,7 +121,8 @@ def main():
         peak_mib, peak_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 'peak_rss'
     result = dict(
         benchmark='train_speed', config=args.config, model=cfg.model.clip.model_name, device=device_name(device),
-        amp=args.amp, batch_size=args.batch_size, image_size=list(image_size), timed_iters=args.iters, warmup_iters=args.warmup,
+        amp=args.amp, batch_size=args.batch_size, image_size=list(image_size), timed_iters=args.iters,
+        warmup_iters=args.warmup,
         images_per_s=args.batch_size * args.iters / total, s_per_iter=total / args.iters,
         s_per_iter_min=min(times), s_per_iter_max=max(times), peak_memory_mib=peak_mib, peak_memory_kind=peak_kind,
         torch=torch.__version__, date=datetime.date.today().isoformat(),
