@@ -5,6 +5,6 @@ _base_ = [
     './_base_/default_runtime.py'
 ]
 model = dict(head=dict(task='aesthetics', prediction='expectation', prompt_learner=dict(learn_context=True)))
-optim_wrapper = dict(type='AmpOptimWrapper', loss_scale='dynamic')
+optim_wrapper = dict(type='AmpOptimWrapper', loss_scale='dynamic')  # fp16 as the paper; fp32 OptimWrapper on CPU
 train_cfg = dict(max_epochs=100)
 randomness = dict(seed=114514, deterministic=True)

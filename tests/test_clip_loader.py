@@ -1,12 +1,18 @@
-"""Offline CLIP loading: random init, checkpoint round trips, strict key/shape checks, the local tag cache."""
+"""Offline CLIP loading: random init, every published file format, strict key/shape/architecture checks, the local
+tag caches (the layout README's "CLIP weights" section documents)."""
 import os
+from pathlib import Path
 
 import open_clip
 import pytest
 import torch
+from open_clip.transformer import QuickGELU
 
-from numclip_mm.models.clip_loader import (TINY_MODELS, CheckpointMismatchError, build_open_clip, load_clip_weights,
-                                           resolve_pretrained)
+from numclip_mm.models.clip_loader import (TINY_MODELS, CheckpointMismatchError, build_open_clip, checkpoint_format,
+                                           load_clip_weights, read_clip_state_dict, resolve_pretrained)
+from numclip_mm.utils import CheckpointLoadError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
@@ -137,7 +143,7 @@ def test_checkpoint_of_other_model_is_a_mismatch(tiny_state):
 def test_unreadable_checkpoint(tmp_path):
     path = tmp_path / 'garbage.pt'
     path.write_bytes(b'this is not a checkpoint')
-    with pytest.raises(CheckpointMismatchError, match='garbage.pt'):
+    with pytest.raises(CheckpointLoadError, match='garbage.pt'):
         build_open_clip('numclip-tiny', pretrained=str(path))
 
 
@@ -202,3 +208,148 @@ def test_known_tag_found_in_cache(empty_caches):
 def test_existing_file_is_returned_as_is(tiny_state):
     _, path = tiny_state
     assert resolve_pretrained('numclip-tiny', str(path)) == str(path)
+
+
+# ---------------------------------------------------------------- the published file formats
+def save_openai_archive(model: torch.nn.Module, path, image_size: int) -> None:
+    """OpenAI's release format: a TorchScript archive (traced forward) holding fp16 weights."""
+    model = model.eval()
+    image = torch.zeros(1, 3, image_size, image_size)
+    text = torch.zeros(1, model.context_length, dtype=torch.long)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, (image, text), check_trace=False)
+    traced.half().save(str(path))
+
+
+@pytest.fixture(scope='module')
+def tiny_files(tiny_state, tmp_path_factory):
+    """The tiny weights in each format, under misleading extensions: the format is told by content."""
+    state, _ = tiny_state
+    folder = tmp_path_factory.mktemp('formats')
+    torch.manual_seed(0)
+    source = build_open_clip('numclip-tiny', quick_gelu=True)
+    source.load_state_dict(state)
+    save_openai_archive(source, folder / 'openai_archive.bin', image_size=32)
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / 'open_clip_model.pt'))
+    torch.save(state, folder / 'open_clip_pytorch_model.safetensors')
+    torch.save({'epoch': 3, 'state_dict': {f'module.{k}': v for k, v in state.items()}}, folder / 'training.pt')
+    torch.save({k: v.half() for k, v in state.items()}, folder / 'fp16_state.pt')
+    return folder
+
+
+def test_format_told_by_content(tiny_files):
+    assert checkpoint_format(str(tiny_files / 'openai_archive.bin')) == 'torchscript'
+    assert checkpoint_format(str(tiny_files / 'open_clip_model.pt')) == 'safetensors'
+    assert checkpoint_format(str(tiny_files / 'open_clip_pytorch_model.safetensors')) == 'pickle'
+
+
+@pytest.mark.parametrize('name,fp16', [('openai_archive.bin', True), ('open_clip_model.pt', False),
+                                       ('open_clip_pytorch_model.safetensors', False), ('training.pt', False),
+                                       ('fp16_state.pt', True)])
+def test_each_format_round_trips(tiny_state, tiny_files, name, fp16):
+    """Loaded weights equal the source (rounded to fp16 where the file stores fp16), always as fp32 parameters."""
+    state, _ = tiny_state
+    torch.manual_seed(5)
+    loaded = build_open_clip('numclip-tiny', pretrained=str(tiny_files / name))
+    got = loaded.state_dict()
+    assert set(got) == set(state)
+    for key, value in state.items():
+        expected = value.half().float() if fp16 and value.is_floating_point() else value
+        assert got[key].dtype == value.dtype, key
+        assert torch.equal(got[key], expected), key
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+
+
+def test_openai_archive_reads_weights_only_fp32(tiny_state, tiny_files):
+    state, _ = tiny_state
+    read = read_clip_state_dict(str(tiny_files / 'openai_archive.bin'))
+    assert set(read) == set(state)  # the archive's attn_mask buffer is not a weight
+    assert read['visual.conv1.weight'].dtype == torch.float32
+    with pytest.raises(RuntimeError, match='TorchScript'):  # why a dedicated reader is needed
+        torch.load(tiny_files / 'openai_archive.bin', weights_only=True)
+
+
+def uses_quick_gelu(model) -> bool:
+    return isinstance(model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
+
+
+def test_quick_gelu_follows_the_source(tiny_files):
+    """OpenAI's archives were trained with QuickGELU; a plain state dict keeps the config's GELU unless told."""
+    assert uses_quick_gelu(build_open_clip('numclip-tiny', pretrained=str(tiny_files / 'openai_archive.bin')))
+    assert not uses_quick_gelu(build_open_clip('numclip-tiny', pretrained=str(tiny_files / 'training.pt')))
+    assert uses_quick_gelu(build_open_clip('numclip-tiny', pretrained=str(tiny_files / 'training.pt'),
+                                           quick_gelu=True))
+    assert not uses_quick_gelu(build_open_clip('numclip-tiny', pretrained=str(tiny_files / 'openai_archive.bin'),
+                                               quick_gelu=False))
+
+
+def test_file_of_another_architecture_names_both(tmp_path):
+    torch.manual_seed(1)
+    demo = build_open_clip('numclip-demo')
+    path = tmp_path / 'demo_weights.pt'
+    torch.save(demo.state_dict(), path)
+    with pytest.raises(CheckpointMismatchError) as err:
+        build_open_clip('numclip-tiny', pretrained=str(path))
+    msg = str(err.value)
+    assert str(path) in msg and 'numclip-tiny' in msg and 'numclip-demo' in msg
+    assert 'width 96' in msg and 'width 32' in msg
+
+
+def test_pickle_payload_in_clip_file_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+    marker = tmp_path / 'executed'
+    path = tmp_path / 'evil.pt'
+    torch.save({'visual.conv1.weight': Payload(str(marker))}, path)
+    with pytest.raises(CheckpointLoadError, match='evil.pt'):
+        build_open_clip('numclip-tiny', pretrained=str(path))
+    assert not marker.exists()
+
+
+class Payload:
+    """Unpickling this object would create ``marker``: proof that pickled code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+# ---------------------------------------------------------------- the caches README documents
+def test_hf_cache_layout_is_found_offline(empty_caches):
+    """HF_HUB_CACHE/models--timm--vit_base_patch16_clip_224.openai/snapshots/<rev>/ + refs/main, HF_HUB_OFFLINE=1."""
+    hub = Path(os.environ['HF_HUB_CACHE'])
+    repo = hub / 'models--timm--vit_base_patch16_clip_224.openai'
+    revision = '0123456789abcdef0123456789abcdef01234567'
+    snapshot = repo / 'snapshots' / revision
+    snapshot.mkdir(parents=True)
+    (repo / 'refs').mkdir()
+    (repo / 'refs' / 'main').write_text(revision)
+    (snapshot / 'open_clip_pytorch_model.bin').write_bytes(b'placeholder')
+    assert resolve_pretrained('ViT-B-16', 'openai') == str(snapshot / 'open_clip_pytorch_model.bin')
+    (snapshot / 'open_clip_model.safetensors').write_bytes(b'placeholder')  # preferred, as open_clip does
+    assert resolve_pretrained('ViT-B-16', 'openai') == str(snapshot / 'open_clip_model.safetensors')
+    # OpenAI's own file in the CLIP cache comes first
+    (empty_caches / 'ViT-B-16.pt').write_bytes(b'placeholder')
+    assert resolve_pretrained('ViT-B-16', 'openai') == str(empty_caches / 'ViT-B-16.pt')
+
+
+def test_hf_cache_via_hf_home(tmp_path, monkeypatch):
+    monkeypatch.delenv('HF_HUB_CACHE', raising=False)
+    monkeypatch.setenv('HF_HOME', str(tmp_path / 'home'))
+    monkeypatch.setenv('NUMCLIP_CLIP_CACHE', str(tmp_path / 'none'))
+    snapshot = tmp_path / 'home/hub/models--laion--CLIP-ViT-B-16-laion2B-s34B-b88K/snapshots/abc'
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / 'refs').mkdir()
+    (snapshot.parents[1] / 'refs' / 'main').write_text('abc')
+    (snapshot / 'open_clip_pytorch_model.bin').write_bytes(b'placeholder')
+    assert resolve_pretrained('ViT-B-16', 'laion2b_s34b_b88k') == str(snapshot / 'open_clip_pytorch_model.bin')
+
+
+def test_readme_documents_the_searched_places():
+    text = (ROOT / 'README.md').read_text()
+    for place in ('~/.cache/clip/ViT-B-16.pt', '$NUMCLIP_CLIP_CACHE', '$HF_HUB_CACHE', '$HF_HOME/hub',
+                  'models--timm--vit_base_patch16_clip_224.openai/snapshots/', 'refs/main',
+                  'open_clip_model.safetensors', 'open_clip_pytorch_model.bin'):
+        assert place in text, place

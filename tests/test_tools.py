@@ -146,3 +146,20 @@ def test_distributed_train_and_test_with_two_processes(tmp_path):
     assert single.keys() == double.keys() and 'mae' in single
     for key in single:
         assert double[key] == pytest.approx(single[key], abs=1e-6), key
+
+
+def test_train_speed_benchmark_reports_figures(tmp_path):
+    """tools/benchmark/train_speed.py on the small demo model: the figures it prints are the ones it writes."""
+    out = tmp_path / 'speed.json'
+    proc = run_tool('tools/benchmark/train_speed.py', '--config', 'configs/numclip_demo.py', '--batch-size', 3,
+                    '--iters', 2, '--warmup', 1, '--threads', 1, '--out', out)
+    result = json.loads(out.read_text())
+    assert result['batch_size'] == 3 and result['timed_iters'] == 2 and result['image_size'] == [64, 64]
+    assert result['images_per_s'] == pytest.approx(3 / result['s_per_iter'])
+    assert result['device'].startswith('CPU') and result['peak_memory_kind'] == 'peak_rss'
+    assert result['peak_memory_mib'] > 100  # torch + the model: a real resident set, in MiB
+    assert f"{result['images_per_s']:.2f} images/s" in proc.stdout
+    import torch
+    if not torch.cuda.is_available():  # --amp needs a GPU: without one it stops and says what to pass
+        refused = run_tool('tools/benchmark/train_speed.py', '--amp', '--out', tmp_path / 'x.json', check=False)
+        assert refused.returncode != 0 and 'drop --amp' in refused.stderr

@@ -12,6 +12,10 @@ import numclip_mm  # noqa: E402,F401
 
 import torch  # noqa: E402
 from mmengine.config import ConfigDict, DictAction  # noqa: E402
+from mmengine.registry import RUNNERS  # noqa: E402
+
+from numclip_mm.engine import StrictLoadRunner, init_cpu_distributed, resolve_dist_backend  # noqa: E402
+from numclip_mm.utils import CheckpointLoadError  # noqa: E402
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -50,8 +54,37 @@ def set_dataloader_defaults(cfg, fields, no_pin_memory: bool, persistent_workers
         loader.update(deepcopy(cfg[field]))
         if persistent_workers:
             loader.setdefault('persistent_workers', loader.get('num_workers', 0) > 0)
-        if loader.get('num_workers', 0) == 0:
-            loader['persistent_workers'] = False
         if no_pin_memory:
             loader['pin_memory'] = False
         cfg[field] = loader
+    drop_persistent_workers_without_workers(cfg, fields)
+
+
+def drop_persistent_workers_without_workers(cfg, fields) -> None:
+    """``persistent_workers=False`` wherever ``num_workers`` is 0 (PyTorch rejects the pair); run again after
+    ``--cfg-options`` (``test_dataloader.num_workers=0`` on a config that sets persistent workers)."""
+    for field in fields:
+        loader = cfg.get(field, None)
+        if loader is not None and loader.get('num_workers', 0) == 0 and loader.get('persistent_workers'):
+            loader['persistent_workers'] = False
+
+
+def build_runner(cfg):
+    """Resolve the device-dependent settings, start CPU DDP where needed, and build the runner.
+
+    Configs without ``runner_type`` (mmpretrain's own) get :class:`StrictLoadRunner` too, so every checkpoint the
+    tools load is read weights-only and strictly.
+    """
+    resolve_dist_backend(cfg)
+    init_cpu_distributed(cfg)
+    return StrictLoadRunner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+
+
+def run_cli(main) -> None:
+    """Run a tool's ``main``; a checkpoint that cannot be used (missing, refused, not fitting) ends the process
+    with exit code 1 and the one-line reason on stderr instead of a traceback."""
+    try:
+        main()
+    except (CheckpointLoadError, FileNotFoundError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        sys.exit(1)

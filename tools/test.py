@@ -6,19 +6,19 @@
 With a conformal calibration (``<checkpoint>.calibration.json`` from tools/calibrate.py, or ``--calibration``) the
 prediction file gets ``pred_low_<level>``/``pred_high_<level>`` columns and OrdinalMetric reports
 ``coverage@<level>``/``width@<level>`` (docs/intervals.md).
+
+The checkpoint is loaded weights-only and strictly (numclip_mm.engine.StrictLoadRunner): a checkpoint of another
+config ends the run with exit code 1 and an error naming the file and the first missing/unexpected keys.
 """
 import argparse
 import os.path as osp
 from copy import deepcopy
 
-from common import add_common_args, finish_args, set_dataloader_defaults, set_work_dir
+from common import (add_common_args, build_runner, drop_persistent_workers_without_workers, finish_args, run_cli,
+                    set_dataloader_defaults, set_work_dir)
 from mmengine.config import Config, ConfigDict
 from mmengine.evaluator import DumpResults
 from mmengine.logging import print_log
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
-
-from numclip_mm.engine import init_cpu_distributed
 
 from numclip_mm.evaluation import DumpOrdinalPredictions, OrdinalMetric
 from numclip_mm.evaluation.conformal import check_checkpoint, find_calibration, get_calibration
@@ -67,14 +67,14 @@ def merge_args(cfg, args):
     set_dataloader_defaults(cfg, ('test_dataloader',), args.no_pin_memory, persistent_workers=False)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
+        drop_persistent_workers_without_workers(cfg, ('test_dataloader',))
     return cfg
 
 
 def main():
     args = parse_args()
     cfg = merge_args(Config.fromfile(args.config), args)
-    init_cpu_distributed(cfg)
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    runner = build_runner(cfg)
     calibration = get_calibration(args.calibration or find_calibration(args.checkpoint))
     if calibration is not None and args.calibration is None:
         check_checkpoint(calibration, args.checkpoint)  # a sidecar left next to other weights would mislead
@@ -97,4 +97,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -1,12 +1,11 @@
 """Train a model from an mmpretrain-style config (NumCLIP's or mmpretrain's own), like mmpretrain's tools/train.py."""
 import argparse
 
-from common import add_common_args, finish_args, set_dataloader_defaults, set_work_dir
+from common import (add_common_args, build_runner, drop_persistent_workers_without_workers, finish_args, run_cli,
+                    set_dataloader_defaults, set_work_dir)
 from mmengine.config import Config
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
 
-from numclip_mm.engine import init_cpu_distributed
+from numclip_mm.engine import fall_back_from_amp
 
 
 def parse_args():
@@ -19,6 +18,9 @@ def parse_args():
                         help='scale the learning rate by the actual over the base batch size')
     parser.add_argument('--no-persistent-workers', action='store_true',
                         help='disable persistent_workers in dataloaders')
+    parser.add_argument('--partial-load', action='store_true',
+                        help='let load_from/--resume load a checkpoint that fits the model only partly (fine-tuning '
+                             'from another task); without it a mismatch is an error')
     add_common_args(parser)
     return finish_args(parser.parse_args())
 
@@ -35,6 +37,8 @@ def merge_args(cfg, args):
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
+    if args.partial_load:
+        cfg.load_strict = False
     if args.auto_scale_lr:
         if 'auto_scale_lr' not in cfg:
             raise ValueError('--auto-scale-lr needs auto_scale_lr = dict(base_batch_size=...) in the config')
@@ -43,16 +47,16 @@ def merge_args(cfg, args):
                             persistent_workers=not args.no_persistent_workers)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
+        drop_persistent_workers_without_workers(cfg, ('train_dataloader', 'val_dataloader', 'test_dataloader'))
+    fall_back_from_amp(cfg)  # AMP configs on a CPU-only machine: fp32 OptimWrapper, with a notice
     return cfg
 
 
 def main():
     args = parse_args()
     cfg = merge_args(Config.fromfile(args.config), args)
-    init_cpu_distributed(cfg)
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.train()
+    build_runner(cfg).train()
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

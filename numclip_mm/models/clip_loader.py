@@ -2,32 +2,76 @@
 
 Nothing here downloads. ``pretrained`` may be
 - ``None``: random initialisation (tests, the embedded demo);
-- a file path: an open_clip/OpenAI state dict (``.pt``/``.bin``, weights-only), a ``.safetensors`` file or OpenAI's
-  TorchScript archive;
-- a tag (``'openai'``, ``'laion2b_s34b_b88k'``, ...): open_clip's registry names the file, which must already be in
-  ``cache_dir`` (default ``~/.cache/clip``) or in the Hugging Face cache (looked up with ``local_files_only``).
+- a file path, in any of the formats CLIP weights are published in (told apart by content, not by extension):
+  OpenAI's TorchScript archive (``ViT-B-16.pt``), open_clip/Hugging Face ``open_clip_pytorch_model.bin`` (a pickled
+  state dict, read weights-only), ``open_clip_model.safetensors``, or any plain state dict saved with ``torch.save``;
+- a tag (``'openai'``, ``'laion2b_s34b_b88k'``, ...): open_clip's table names the files, which must already be in
+  one of the places :func:`resolve_pretrained` searches (README "CLIP weights" lists the same places).
+
+Weights always come back as fp32 (OpenAI's files hold fp16): precision is decided at run time by the optimizer
+wrapper (AMP), not by the file.
 """
+import math
 import os
+import zipfile
 from pathlib import Path
-from typing import Optional
+from typing import Dict, List, Optional
 
 import open_clip
 import torch
-from open_clip.factory import load_state_dict
 
-from ..utils.checkpoint import CheckpointMismatchError, check_state_dict
+from ..utils.checkpoint import CheckpointLoadError, CheckpointMismatchError, check_state_dict, load_weights_only
 
 _CONFIG_DIR = Path(__file__).parent / 'model_configs'
 open_clip.add_model_config(_CONFIG_DIR)  # tiny configs for tests and the embedded demo
 TINY_MODELS = tuple(sorted(p.stem for p in _CONFIG_DIR.glob('*.json')))
 
+# Entries of OpenAI's archives that are not weights of open_clip's CLIP: hyper-parameters stored as tensors, and the
+# causal attention mask (a buffer open_clip rebuilds itself and does not save).
+_NON_WEIGHT_KEYS = ('input_resolution', 'context_length', 'vocab_size', 'attn_mask')
+# The file names open_clip's Hugging Face repos hold, in the order open_clip itself prefers them.
+HF_WEIGHT_FILES = ('open_clip_model.safetensors', 'open_clip_pytorch_model.bin')
+
 
 def default_cache_dir() -> str:
+    """Where OpenAI-format files are looked up by file name: ``$NUMCLIP_CLIP_CACHE``, else ``~/.cache/clip``."""
     return os.environ.get('NUMCLIP_CLIP_CACHE', os.path.expanduser('~/.cache/clip'))
 
 
+def hf_hub_cache_dir() -> str:
+    """The Hugging Face hub cache, read from the environment at call time, as huggingface_hub resolves it:
+    ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``."""
+    if os.environ.get('HF_HUB_CACHE'):
+        return os.environ['HF_HUB_CACHE']
+    hf_home = os.environ.get('HF_HOME') or os.path.join(
+        os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'huggingface')
+    return os.path.join(hf_home, 'hub')
+
+
+def _find_in_hf_cache(repo_id: str, filenames) -> Optional[str]:
+    """A file of ``repo_id`` at the revision ``refs/main`` points to, purely from the local cache (no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover  (open_clip depends on huggingface_hub)
+        return None
+    for filename in filenames:
+        found = try_to_load_from_cache(repo_id, filename, cache_dir=hf_hub_cache_dir())
+        if isinstance(found, str) and os.path.isfile(found):
+            return found
+    return None
+
+
 def resolve_pretrained(model_name: str, pretrained: Optional[str], cache_dir: Optional[str] = None) -> Optional[str]:
-    """Turn ``pretrained`` into a local file path (or None) without touching the network."""
+    """Turn ``pretrained`` into a local file path (or None) without touching the network.
+
+    For a tag, the places searched, in order:
+    1. ``cache_dir`` (default :func:`default_cache_dir`) / the file name of the tag's URL (``ViT-B-16.pt`` for
+       ``ViT-B-16``/``openai``), i.e. where OpenAI's ``clip`` package keeps its downloads;
+    2. the Hugging Face hub cache (:func:`hf_hub_cache_dir`) for the tag's repo
+       (``timm/vit_base_patch16_clip_224.openai`` for ``ViT-B-16``/``openai``):
+       ``models--<org>--<name>/snapshots/<refs/main>/`` with ``open_clip_model.safetensors`` or
+       ``open_clip_pytorch_model.bin``.
+    """
     if not pretrained:
         return None
     if os.path.isfile(pretrained):
@@ -47,44 +91,166 @@ def resolve_pretrained(model_name: str, pretrained: Optional[str], cache_dir: Op
         if os.path.isfile(candidate):
             return candidate
     if cfg.get('hf_hub'):
-        repo_id, filename = os.path.split(cfg['hf_hub'])
-        searched.append(f'Hugging Face cache: {repo_id}/{filename or "open_clip_pytorch_model.bin"}')
-        try:
-            from huggingface_hub import hf_hub_download
-            return hf_hub_download(repo_id, filename or 'open_clip_pytorch_model.bin', local_files_only=True)
-        except Exception:  # noqa: BLE001  (not cached, or huggingface_hub missing: report below)
-            pass
+        parts = cfg['hf_hub'].rstrip('/').split('/')
+        repo_id, filename = '/'.join(parts[:2]), '/'.join(parts[2:])
+        names = (filename,) if filename else HF_WEIGHT_FILES
+        hub = hf_hub_cache_dir()
+        searched.append(f'{hub}/models--{repo_id.replace("/", "--")}/snapshots/<refs/main>/{"|".join(names)}')
+        found = _find_in_hf_cache(repo_id, names)
+        if found:
+            return found
     raise FileNotFoundError(f'weights for {model_name}/{pretrained} are not in the local cache (searched: '
                             f'{searched}); numclip-mm never downloads: put the file there or pass its path')
 
 
-def load_clip_weights(model: torch.nn.Module, path: str) -> None:
-    """Load a CLIP checkpoint strictly (weights-only unpickling for ``.pt``/``.bin``)."""
+def checkpoint_format(path: str) -> str:
+    """``'torchscript'``, ``'safetensors'`` or ``'pickle'`` (a ``torch.save`` file), from the file's content.
+
+    A TorchScript archive is a zip holding ``constants.pkl`` and a ``code/`` folder (a ``torch.save`` zip has
+    neither); safetensors starts with an 8-byte little-endian header length followed by a JSON object.
+    """
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        if any(n.endswith('/constants.pkl') or n == 'constants.pkl' for n in names) and any(
+                '/code/' in n or n.startswith('code/') for n in names):
+            return 'torchscript'
+        return 'pickle'
+    with open(path, 'rb') as f:
+        head = f.read(9)
+    if len(head) == 9 and head[8:9] == b'{' and 0 < int.from_bytes(head[:8], 'little') < os.path.getsize(path):
+        return 'safetensors'
+    return 'pickle'
+
+
+def read_torchscript_weights(path: str) -> Dict[str, torch.Tensor]:
+    """The state dict of a TorchScript archive (OpenAI's CLIP files).
+
+    ``torch.jit.load`` is acceptable here although the archive is not read weights-only: TorchScript's C++ loader
+    does not unpickle arbitrary Python globals (its unpickler knows only tensors, containers and TorchScript classes,
+    and the archive's code is TorchScript compiled by TorchScript, not Python), and we never call the loaded module;
+    only ``state_dict()`` is read. ``torch.load(weights_only=True)`` refuses such archives outright.
+    """
+    module = torch.jit.load(path, map_location='cpu')
+    state = dict(module.state_dict())
+    for key in _NON_WEIGHT_KEYS:
+        state.pop(key, None)
+    return state
+
+
+def read_clip_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    """Read CLIP weights from any supported file format as an fp32 state dict with open_clip's key names.
+
+    Pickled files are read weights-only with the project's allow-list; ``{'state_dict': ...}`` wrappers (open_clip's
+    training checkpoints) and DDP's ``module.`` prefix are removed.
+    """
+    fmt = checkpoint_format(path)
     try:
-        state = load_state_dict(path, weights_only=True)
-    except Exception as err:  # noqa: BLE001
-        raise CheckpointMismatchError(f'cannot read CLIP checkpoint {path}: {err}') from err
-    if 'logit_scale' in state and state['logit_scale'].ndim != model.logit_scale.ndim:
+        if fmt == 'torchscript':
+            state = read_torchscript_weights(path)
+        elif fmt == 'safetensors':
+            from safetensors.torch import load_file
+            state = load_file(path, device='cpu')
+        else:
+            state = load_weights_only(path)
+    except CheckpointLoadError:
+        raise
+    except Exception as err:  # noqa: BLE001  (any reader's failure becomes one clear error naming the file)
+        raise CheckpointLoadError(f'cannot read CLIP checkpoint {path} (as {fmt}): {err}') from err
+    if isinstance(state, dict) and isinstance(state.get('state_dict'), dict):
+        state = state['state_dict']
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointLoadError(f'CLIP checkpoint {path} holds no state dict of tensors (got {type(state).__name__})')
+    if state and all(k.startswith('module.') for k in state):
+        state = {k[len('module.'):]: v for k, v in state.items()}
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def describe_vit(state: Dict[str, torch.Tensor]) -> Optional[Dict[str, int]]:
+    """Patch size, width, depth, image size and embedding size of the ViT image tower a state dict holds."""
+    conv = state.get('visual.conv1.weight')
+    pos = state.get('visual.positional_embedding')
+    if conv is None or pos is None or conv.ndim != 4:
+        return None
+    layers = {k.split('.')[3] for k in state if k.startswith('visual.transformer.resblocks.')}
+    grid = math.isqrt(max(pos.shape[0] - 1, 0))
+    proj = state.get('visual.proj')
+    return dict(patch_size=int(conv.shape[-1]), width=int(conv.shape[0]), layers=len(layers),
+                image_size=int(grid * conv.shape[-1]), embed_dim=int(proj.shape[1]) if proj is not None else 0)
+
+
+def models_matching(arch: Dict[str, int]) -> List[str]:
+    """open_clip model names whose image tower has this architecture (to name what a file holds)."""
+    names = []
+    for name in open_clip.list_models():
+        cfg = open_clip.get_model_config(name) or {}
+        vision = cfg.get('vision_cfg', {})
+        size = vision.get('image_size')
+        if (vision.get('patch_size') == arch['patch_size'] and vision.get('width') == arch['width']
+                and vision.get('layers') == arch['layers'] and size in (arch['image_size'],
+                                                                       (arch['image_size'],) * 2)
+                and cfg.get('embed_dim') == arch['embed_dim'] and not vision.get('timm_model_name')):
+            names.append(name)
+    return names
+
+
+def check_architecture(model: torch.nn.Module, model_name: str, state: Dict[str, torch.Tensor], path: str) -> None:
+    """Raise :class:`CheckpointMismatchError` naming both architectures when the file holds another ViT."""
+    want, got = describe_vit(model.state_dict()), describe_vit(state)
+    if want is None or got is None or want == got:
+        return
+    like = models_matching(got)
+    raise CheckpointMismatchError(
+        f'CLIP checkpoint {path} holds another architecture than {model_name}: the file has a ViT with '
+        f'{_arch_text(got)}{f" (like {like[0]})" if like else ""}; {model_name} has {_arch_text(want)}. '
+        f'Set model.clip.model_name to the file\'s model or pass the {model_name} file.')
+
+
+def _arch_text(arch: Dict[str, int]) -> str:
+    return (f'patch {arch["patch_size"]}, width {arch["width"]}, {arch["layers"]} layers, '
+            f'image {arch["image_size"]}, embedding {arch["embed_dim"]}')
+
+
+def load_clip_weights(model: torch.nn.Module, path: str, model_name: str = 'the model') -> None:
+    """Load a CLIP checkpoint file (any supported format) into ``model`` strictly, as fp32."""
+    state = read_clip_state_dict(path)
+    if 'logit_scale' in state and state['logit_scale'].shape != model.logit_scale.shape:
         state['logit_scale'] = state['logit_scale'].reshape(model.logit_scale.shape)
+    check_architecture(model, model_name, state, path)
     check_state_dict(model, state, path)
     model.load_state_dict(state, strict=True)
+
+
+def default_quick_gelu(model_name: str, pretrained: Optional[str], path: Optional[str]) -> bool:
+    """Whether the weights were trained with QuickGELU, decided by their source.
+
+    - an open_clip tag: open_clip's own table says (``quick_gelu=True`` for every ``openai`` tag);
+    - a TorchScript archive: that is OpenAI's release format, and all OpenAI CLIP models use QuickGELU;
+    - any other file: the model config's own activation (``-quickgelu`` model names turn it on); pass
+      ``quick_gelu=True`` (``model.clip.quick_gelu=True``) for OpenAI weights converted to a plain state dict.
+    """
+    if pretrained and path is not None and not os.path.isfile(pretrained):
+        return bool(open_clip.get_pretrained_cfg(model_name, pretrained).get('quick_gelu', False))
+    if path is not None and checkpoint_format(path) == 'torchscript':
+        return True
+    return False
 
 
 def build_open_clip(model_name: str, pretrained: Optional[str] = None, cache_dir: Optional[str] = None,
                     quick_gelu: Optional[bool] = None) -> torch.nn.Module:
     """An open_clip ``CLIP`` with the requested weights, on CPU, in fp32.
 
-    ``quick_gelu`` must match how the weights were trained: True for OpenAI's checkpoints (the default when
-    ``pretrained='openai'``), the model config's own choice otherwise.
+    ``quick_gelu``: None picks the activation the weights were trained with (:func:`default_quick_gelu`); True/False
+    force it.
     """
     if model_name not in open_clip.list_models():
         raise ValueError(f'unknown open_clip model {model_name!r}; tiny ones for tests: {TINY_MODELS}')
     path = resolve_pretrained(model_name, pretrained, cache_dir)
     if quick_gelu is None:
-        quick_gelu = pretrained == 'openai'
-    model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
+        quick_gelu = default_quick_gelu(model_name, pretrained, path)
+    model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=bool(quick_gelu))
     if not hasattr(model, 'transformer'):
         raise ValueError(f'{model_name} has a custom text tower; NumCLIP needs a CLIP-style text transformer')
     if path is not None:
-        load_clip_weights(model, path)
+        load_clip_weights(model, path, model_name)
     return model

@@ -8,16 +8,35 @@ A plain pickled ``HistoryBuffer`` also refers to ``getattr`` (for its statistics
 allow-listed. So numclip_mm registers a reducer that pickles a buffer as its three fields and rebuilds it with
 :func:`rebuild_history_buffer`, the one function we allow. Checkpoints written by a process that imported
 numclip_mm (every tools/ script) load weights-only; others raise torch's clear "Weights only load failed".
+
+Every load passes ``weights_only=True`` explicitly, so ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` (which only changes
+calls that leave ``weights_only`` unset) cannot weaken it. MMEngine's own ``CheckpointLoader`` leaves it unset, so
+:func:`register_weights_only_loader` replaces its loaders for local files, http(s) and s3/petrel URLs (the
+``Runner``'s ``load_from``/``resume``, ``init_cfg=dict(type='Pretrained')``) with :func:`load_checkpoint_file`.
+MMEngine's model-zoo schemes (``torchvision://``, ``open-mmlab://``, ``mmcls://``, ``pavi://``) are left alone:
+nothing in numclip-mm uses them.
 """
 import copyreg
-from typing import Dict
+import io
+import os
+import pickle
+import re
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 import torch
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointLoadError(RuntimeError):
+    """A checkpoint that cannot be used: unreadable, refused by the weights-only loader, or not fitting the model."""
+
+
+class CheckpointMismatchError(CheckpointLoadError):
     """A checkpoint whose keys or shapes do not fit the model it is loaded into."""
+
+
+class UnsafeCheckpointError(CheckpointLoadError):
+    """A checkpoint that refers to Python objects outside the allow-list (or is no torch file at all)."""
 
 
 def _numpy_globals():
@@ -52,10 +71,56 @@ def register_safe_globals() -> None:
     torch.serialization.add_safe_globals(safe_globals())
 
 
-def load_weights_only(path, map_location='cpu'):
-    """``torch.load`` with weights-only unpickling and the allow-list, whatever torch's default is."""
-    with torch.serialization.safe_globals(safe_globals()):
-        return torch.load(path, map_location=map_location, weights_only=True)
+def load_weights_only(source, map_location='cpu', name=None):
+    """``torch.load`` with weights-only unpickling and the allow-list, whatever torch's default or the environment say.
+
+    ``source`` is a path or a binary file object (``name`` then names it in errors). Raises FileNotFoundError for a
+    missing path and :class:`UnsafeCheckpointError` naming the file when the weights-only unpickler refuses it.
+    """
+    name = name or source
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            # an open file, not the path: torch.load dispatches by file name (".safetensors") otherwise
+            with open(source, 'rb') as f, torch.serialization.safe_globals(safe_globals()):
+                return torch.load(f, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(safe_globals()):
+            return torch.load(source, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        detail = [line for line in str(err).splitlines() if 'Unsupported' in line or 'GLOBAL' in line]
+        raise UnsafeCheckpointError(
+            f'refusing to load checkpoint {name}: it is not a weights-only torch file '
+            f'({(detail or str(err).splitlines() or ["?"])[0].strip()}). numclip-mm never unpickles arbitrary '
+            f'objects; re-save the weights (tensors only) with torch.save(model.state_dict(), ...).') from None
+
+
+def load_checkpoint_file(filename: str, map_location=None):
+    """MMEngine ``CheckpointLoader`` scheme: a local file or a URL that ``mmengine.fileio`` can read, weights-only."""
+    if '://' not in filename:
+        if not os.path.isfile(filename):
+            raise FileNotFoundError(f'checkpoint not found: {filename}')
+        return load_weights_only(filename, map_location)
+    from mmengine.fileio import get
+    with io.BytesIO(get(filename)) as buffer:
+        return load_weights_only(buffer, map_location, name=filename)
+
+
+WEIGHTS_ONLY_SCHEMES = ('', 'http://', 'https://', r'(\S+\:)?s3://', r'(\S+\:)?petrel://')
+
+
+def register_weights_only_loader() -> None:
+    """Make MMEngine's ``CheckpointLoader`` read local files and http(s)/s3 URLs with :func:`load_checkpoint_file`."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+    CheckpointLoader.register_scheme(prefixes=list(WEIGHTS_ONLY_SCHEMES), loader=load_checkpoint_file, force=True)
+
+
+def model_state_dict(checkpoint, revise_keys: Sequence[Tuple[str, str]] = ((r'^module\.', ''),)):
+    """The model weights of a Runner checkpoint (``state_dict`` inside) or of a bare state dict, with MMEngine's
+    ``revise_keys`` substitutions (DDP's ``module.`` prefix removed) applied."""
+    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else checkpoint
+    state = {k: v for k, v in state.items() if k != '_metadata'}
+    for pattern, replacement in revise_keys:
+        state = {re.sub(pattern, replacement, k): v for k, v in state.items()}
+    return state
 
 
 def check_state_dict(model: torch.nn.Module, state: Dict[str, torch.Tensor], path: str) -> None:
@@ -66,8 +131,11 @@ def check_state_dict(model: torch.nn.Module, state: Dict[str, torch.Tensor], pat
     shapes = [f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}'
               for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
     if missing or unexpected or shapes:
-        def head(items):
-            return f'{items[:8]}{" ..." if len(items) > 8 else ""} ({len(items)})'
         raise CheckpointMismatchError(
-            f'checkpoint {path} does not fit the model: missing keys {head(missing)}, unexpected keys '
-            f'{head(unexpected)}, shape mismatches {head(shapes)}')
+            f'checkpoint {path} does not fit the model: missing keys {first_items(missing)}, unexpected keys '
+            f'{first_items(unexpected)}, shape mismatches {first_items(shapes)}')
+
+
+def first_items(items, shown: int = 8) -> str:
+    """The first ``shown`` items of a list and its length, for error messages."""
+    return f'{items[:shown]}{" ..." if len(items) > shown else ""} ({len(items)})'

@@ -1,15 +1,9 @@
-# The method's schedule (doc section 4): RAdam, weight decay 0, per-group learning rates, x0.1 at epoch 60.
-# Learning rates by parameter name: image encoder, adapter, regressor and concept tokens 1e-5; context tokens
-# follow the model's `learn_context` (0 when frozen: frozen parameters get no gradient).
-optim_wrapper = dict(
-    optimizer=dict(type='RAdam', lr=1e-5, betas=(0.9, 0.999), weight_decay=0.0),
-    paramwise_cfg=dict(custom_keys={
-        'backbone': dict(lr_mult=1.0),
-        'neck': dict(lr_mult=1.0),
-        'head.regressor': dict(lr_mult=1.0),
-        'head.prompt_learner': dict(lr_mult=1.0),
-    }),
-)
+# The method's schedule (docs/method.md, hyper-parameters): RAdam, weight decay 0, x0.1 at epoch 60, no warm-up.
+# One learning rate for everything that trains: the method gives the image encoder, the adapter, the regressor, the
+# concept tokens and (aesthetics only) the context tokens the same 1e-5, so no per-group lr_mult is needed. Its
+# "lr 0" groups (text tower, logit scale, frozen context tokens) are frozen in the model (requires_grad=False):
+# they get no gradient and RAdam never changes them.
+optim_wrapper = dict(optimizer=dict(type='RAdam', lr=1e-5, betas=(0.9, 0.999), weight_decay=0.0))
 param_scheduler = dict(type='MultiStepLR', by_epoch=True, milestones=[60], gamma=0.1)
 train_cfg = dict(by_epoch=True, max_epochs=100, val_interval=1)
 val_cfg = dict()
