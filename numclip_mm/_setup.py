@@ -12,7 +12,8 @@ Each effect is needed by some part of the plugin, runs once, and is recorded in 
    (``torch.serialization.add_safe_globals``), so that MMEngine's own ``load_checkpoint``/``--resume`` load
    weights-only; and MMEngine's ``CheckpointLoader`` schemes for local files, http(s) and s3 replaced by ones that
    always pass ``weights_only=True`` (``register_weights_only_loader``), so that no environment variable such as
-   ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` can make ``load_from``/``--resume`` unpickle arbitrary code. Consequence: a checkpoint written by a process that imported numclip_mm refers to
+   ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` can make ``load_from``/``--resume`` unpickle arbitrary code.
+   Consequence: a checkpoint written by a process that imported numclip_mm refers to
    ``numclip_mm.utils.checkpoint.rebuild_history_buffer`` in its ``message_hub``; see README "Checkpoints".
 3. ``open_clip_model_configs`` (:mod:`numclip_mm.models.clip_loader`): the JSON model configs shipped in
    ``numclip_mm/models/model_configs`` (``numclip-tiny``, ``numclip-demo``) are added to open_clip's model table.

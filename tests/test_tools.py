@@ -87,6 +87,18 @@ def test_train_resume_and_test_on_cpu(tmp_path):
     assert table['pred_value'].between(-1, 20).all()
 
 
+def test_test_tool_out_pq_is_parquet_and_unknown_suffix_is_refused(tmp_path):
+    out = tmp_path / 'pred.pq'
+    run_tool('tools/test.py', 'configs/numclip_demo.py', '--work-dir', tmp_path / 'test', '--out', out,
+             '--cfg-options', *TINY)
+    import pyarrow.parquet as pq
+    assert pq.read_table(out).num_rows == 32  # a Parquet table, not a pickle under a Parquet name
+    proc = run_tool('tools/test.py', 'configs/numclip_demo.py', '--out', tmp_path / 'pred.txt', '--cfg-options',
+                    *TINY, check=False)
+    assert proc.returncode == 2 and '--out' in proc.stderr and '.parquet' in proc.stderr
+    assert not (tmp_path / 'pred.txt').exists()
+
+
 def test_test_tool_bad_checkpoint_path_names_the_file(tmp_path):
     missing = tmp_path / 'nope' / 'epoch_9.pth'
     proc = run_tool('tools/test.py', 'configs/numclip_demo.py', missing, '--work-dir', tmp_path,

@@ -21,14 +21,18 @@ from mmengine.evaluator import DumpResults
 from mmengine.logging import print_log
 
 from numclip_mm.evaluation import DumpOrdinalPredictions, OrdinalMetric
+from numclip_mm.evaluation.dump import TABLE_FORMATS
 from numclip_mm.evaluation.conformal import check_checkpoint, find_calibration, get_calibration
+
+
+PICKLE_FORMATS = ('.pkl', '.pickle')
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description='Test (and eval) a model')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', nargs='?', help='checkpoint file (omit for zero-shot configs)')
-    parser.add_argument('--out', help='write per-sample predictions (.csv/.parquet) or DataSamples (.pkl)')
+    parser.add_argument('--out', help='write per-sample predictions (.csv/.parquet/.pq) or DataSamples (.pkl)')
     parser.add_argument('--out-item', choices=['metrics', 'pred'],
                         help='with a .pkl --out: dump metrics or predictions (default predictions)')
     parser.add_argument('--show-dir', help='save visualised predictions to this directory')
@@ -39,7 +43,11 @@ def parse_args():
     parser.add_argument('--calibration', help='conformal calibration file (default: <checkpoint>.calibration.json '
                                               'when it exists)')
     add_common_args(parser)
-    return finish_args(parser.parse_args())
+    args = parser.parse_args()
+    if args.out and osp.splitext(args.out)[1].lower() not in TABLE_FORMATS + PICKLE_FORMATS:
+        parser.error(f'--out {args.out}: use a table ({", ".join(TABLE_FORMATS)}) or a pickle '
+                     f'({", ".join(PICKLE_FORMATS)}) file name')
+    return finish_args(args)
 
 
 def merge_args(cfg, args):
@@ -85,7 +93,7 @@ def main():
             if isinstance(metric, OrdinalMetric) and metric.calibration is None:
                 metric.calibration = calibration
     if args.out:
-        if osp.splitext(args.out)[1] in ('.csv', '.parquet'):
+        if osp.splitext(args.out)[1].lower() in TABLE_FORMATS:
             runner.test_evaluator.metrics.append(DumpOrdinalPredictions(out_file_path=args.out,
                                                                         calibration=calibration))
         elif args.out_item in (None, 'pred'):

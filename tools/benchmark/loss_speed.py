@@ -1,6 +1,6 @@
 """Speed of the vectorised FCRC losses against a per-sample Python-loop reference of the same formulas.
 
-The reference below is written straight from the method doc (docs/numclip-method.md, sections 3.1-3.3), one sample
+The reference below is written straight from the formulas of docs/method.md §8.1-§8.3, one sample
 (image->text) or one class (text->image) at a time. Before timing, both implementations are checked to agree in
 float64 on every configuration (loss value and gradient w.r.t. the logits, to ``--tol``). Timings are the median of
 several forward+backward passes.
@@ -27,7 +27,7 @@ from numclip_mm.models.losses import FCRCImageTextLoss, FCRCTextImageLoss  # noq
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# loop references (doc 3.1-3.3)
+# loop references (docs/method.md §8.1-§8.3)
 # ----------------------------------------------------------------------------------------------------------------
 def ref_weight(c: int, j: int, k: int) -> float:
     """Doc 3.1: w(c, j) = (K-1)|c-j| / sum_k |c-k| for j != c, and 1 for j == c."""

@@ -1,4 +1,4 @@
-# The method's augmentation (doc section 4): resize 256x256 -> random crop 224 -> horizontal flip; test: resize
+# The method's augmentation (docs/method.md §10): resize 256x256 -> random crop 224 -> horizontal flip; test: resize
 # 256x256 -> centre crop 224. Images may be files or bytes (LoadOrdinalImage reads both).
 train_pipeline = [
     dict(type='LoadOrdinalImage'),

@@ -1,4 +1,4 @@
-# NumCLIP on CLIP ViT-B/16 (method doc 2-4). `pretrained='openai'` is resolved from the local cache
+# NumCLIP on CLIP ViT-B/16 (docs/method.md §3-§5, §10). `pretrained='openai'` is resolved from the local cache
 # (~/.cache/clip/ViT-B-16.pt or $NUMCLIP_CLIP_CACHE); a file path works too. Nothing is downloaded.
 model = dict(
     type='NumCLIP',

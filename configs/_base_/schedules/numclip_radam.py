@@ -1,4 +1,4 @@
-# The method's schedule (docs/method.md, hyper-parameters): RAdam, weight decay 0, x0.1 at epoch 60, no warm-up.
+# The method's schedule (docs/method.md §10): RAdam, weight decay 0, x0.1 at epoch 60, no warm-up.
 # One learning rate for everything that trains: the method gives the image encoder, the adapter, the regressor, the
 # concept tokens and (aesthetics only) the context tokens the same 1e-5, so no per-group lr_mult is needed. Its
 # "lr 0" groups (text tower, logit scale, frozen context tokens) are frozen in the model (requires_grad=False):
