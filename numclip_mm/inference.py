@@ -17,11 +17,19 @@ from .datasets.transforms import decode_image as decode_bytes
 from .tasks import OrdinalTask
 from .utils.checkpoint import CheckpointMismatchError, check_state_dict, load_weights_only
 
-__all__ = ['CheckpointMismatchError', 'ImagePreprocessor', 'Predictor', 'decode_image', 'load_config',
-           'load_model_checkpoint']
+__all__ = ['CheckpointMismatchError', 'ImagePreprocessor', 'Predictor', 'PRECISIONS', 'describe_model',
+           'decode_image', 'default_precision', 'load_config', 'load_model_checkpoint']
 
 ConfigLike = Union[str, Config]
 _LOADERS = ('LoadImageFromFile', 'LoadOrdinalImage')
+PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+
+
+def default_precision(device: str) -> str:
+    """bf16 on CUDA devices that support it (fp16 on older ones), fp32 on CPU (CPU autocast gains little)."""
+    if str(device).startswith('cuda'):
+        return 'bf16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'fp16'
+    return 'fp32'
 
 
 def load_config(config: ConfigLike) -> Config:
@@ -44,12 +52,19 @@ def decode_image(data: bytes) -> np.ndarray:
 
 
 class ImagePreprocessor:
-    """The config's test pipeline minus its loading step: RGB uint8 (H, W, 3) -> CHW uint8 tensor."""
+    """The config's test pipeline minus its loading step: RGB uint8 (H, W, 3) -> CHW uint8 tensor.
 
-    def __init__(self, config: ConfigLike):
+    Args:
+        input_size: (H, W) the model takes. When given, a pipeline output of another size (a config whose test
+            pipeline has no resize, fed an image of another size) is resized to it (bilinear), so every image
+            reaches the model at its input size and one odd image cannot break a batch.
+    """
+
+    def __init__(self, config: ConfigLike, input_size: Optional[Sequence[int]] = None):
         cfg = load_config(config)
         steps = [t for t in cfg.test_dataloader.dataset.pipeline if t['type'] not in _LOADERS]
         self.pipeline_cfg = steps
+        self.input_size = tuple(int(x) for x in input_size) if input_size is not None else None
         self._pipeline = Compose(steps)
 
     def __call__(self, image_rgb: np.ndarray) -> torch.Tensor:
@@ -57,16 +72,22 @@ class ImagePreprocessor:
             raise ValueError(f'expected an RGB image (H, W, 3), got shape {image_rgb.shape}')
         bgr = np.ascontiguousarray(image_rgb[..., ::-1])  # mmpretrain pipelines work in BGR like cv2
         results = self._pipeline(dict(img=bgr, img_shape=bgr.shape[:2], ori_shape=bgr.shape[:2]))
-        return results['inputs']
+        inputs = results['inputs']
+        if self.input_size is not None and tuple(inputs.shape[-2:]) != self.input_size:
+            inputs = torch.nn.functional.interpolate(inputs[None].float(), size=self.input_size, mode='bilinear',
+                                                     antialias=True, align_corners=False)[0]
+            inputs = inputs.round_().clamp_(0, 255).to(torch.uint8)
+        return inputs
 
     def __getstate__(self):
-        return dict(pipeline_cfg=self.pipeline_cfg)
+        return dict(pipeline_cfg=self.pipeline_cfg, input_size=self.input_size)
 
     def __setstate__(self, state):
         import numclip_mm  # noqa: F401
         from mmengine.registry import init_default_scope
         init_default_scope('mmpretrain')
         self.pipeline_cfg = state['pipeline_cfg']
+        self.input_size = state.get('input_size')
         self._pipeline = Compose(self.pipeline_cfg)
 
 
@@ -79,35 +100,97 @@ class Predictor:
             (zero-shot). Loaded weights-only with numclip_mm's allow-list; a checkpoint that does not fit the config
             raises ``CheckpointMismatchError`` naming the keys.
         device: 'cpu', 'cuda', 'cuda:1', ...
+        precision: 'fp32', 'fp16' or 'bf16' (autocast; weights stay fp32); default :func:`default_precision`.
     """
 
-    def __init__(self, config: ConfigLike, checkpoint: Optional[str] = None, device: str = 'cpu'):
+    def __init__(self, config: ConfigLike, checkpoint: Optional[str] = None, device: str = 'cpu',
+                 precision: Optional[str] = None):
         from mmpretrain.registry import MODELS
+        precision = precision or default_precision(device)
+        if precision not in PRECISIONS:
+            raise ValueError(f'precision must be one of {sorted(PRECISIONS)}, got {precision!r}')
         cfg = load_config(config)
         self.model = MODELS.build(cfg.model)
         if checkpoint is not None:
             load_model_checkpoint(self.model, checkpoint)
         self.model.to(device).eval()
         self.device = torch.device(device)
+        self.precision = precision
         self.task: OrdinalTask = self.model.head.task
         self.concepts = np.asarray(self.task.concepts, dtype=object)
-        self.preprocessor = ImagePreprocessor(cfg)
+        self.input_size = _input_size(self.model)
+        self.preprocessor = ImagePreprocessor(cfg, self.input_size)
 
     @torch.no_grad()
     def predict_tensors(self, inputs: Union[torch.Tensor, Sequence[torch.Tensor]]) -> Dict[str, np.ndarray]:
-        """Preprocessed CHW uint8 tensors (a list or a stacked batch) -> prediction columns."""
-        data = self.model.data_preprocessor(dict(inputs=inputs), False)
-        probs, values = self.model.head.predict_arrays(self.model.extract_feat(data['inputs']))
+        """Preprocessed CHW uint8 tensors (a list or a stacked batch) -> prediction columns.
+
+        ``value`` is clamped to the task's range (``[edges[0], upper]``; no upper clamp for an open-ended task);
+        ``value_raw`` is the regressor's number before clamping. On CUDA a stacked batch is copied from pinned host
+        memory without blocking.
+        """
+        if self.device.type == 'cuda' and isinstance(inputs, torch.Tensor):
+            inputs = inputs.pin_memory().to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=PRECISIONS[self.precision],
+                            enabled=self.precision != 'fp32'):
+            data = self.model.data_preprocessor(dict(inputs=inputs), False)
+            probs, values = self.model.head.predict_arrays(self.model.extract_feat(data['inputs']))
         probs, values = probs.float().cpu().numpy(), values.float().cpu().numpy()
         index = probs.argmax(axis=1)
-        return dict(value=values, label=self.concepts[index], label_index=index,
+        upper = np.inf if self.task.upper is None else self.task.upper
+        return dict(value=np.clip(values, self.task.edges[0], upper), value_raw=values,
+                    label=self.concepts[index], label_index=index,
                     probability=probs[np.arange(len(index)), index])
 
     def predict(self, images: Sequence[Union[np.ndarray, bytes]]) -> Dict[str, np.ndarray]:
-        """RGB uint8 arrays (or encoded image bytes) -> columns ``value``, ``label``, ``label_index``,
-        ``probability`` (of the predicted bin), one row per image, in order."""
+        """RGB uint8 arrays (or encoded image bytes) -> columns ``value`` (clamped to the task's range),
+        ``value_raw``, ``label``, ``label_index``, ``probability`` (of the predicted bin), one row per image."""
         arrays: List[np.ndarray] = [decode_image(i) if isinstance(i, (bytes, bytearray)) else i for i in images]
         return self.predict_tensors([self.preprocessor(a) for a in arrays])
+
+
+def _input_size(model: torch.nn.Module) -> Optional[tuple]:
+    """(H, W) of the image tower (open_clip's ``visual.image_size``), None when the model does not say."""
+    size = getattr(getattr(getattr(model, 'backbone', None), 'visual', None), 'image_size', None)
+    if size is None:
+        return None
+    return (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
+
+
+def describe_model(config: ConfigLike, checkpoint: Optional[str] = None) -> Dict[str, object]:
+    """``{'task': OrdinalTask, 'input_size': (H, W) or None}`` of the config's model, and, when ``checkpoint`` is
+    given, the same exact key/shape check as :class:`Predictor` (``CheckpointMismatchError`` naming the keys).
+
+    The model is built without weight initialisation (parameters are allocated but never initialised, and nothing
+    is loaded into them), so a scoring driver can refuse a wrong checkpoint up front at a fraction of a Predictor's
+    cost.
+    """
+    from mmpretrain.registry import MODELS
+    cfg = load_config(config)
+    with _skip_weight_init():
+        model = MODELS.build(cfg.model)
+    if checkpoint is not None:
+        try:
+            state = load_weights_only(checkpoint)
+        except FileNotFoundError:
+            raise FileNotFoundError(f'checkpoint not found: {checkpoint}') from None
+        check_state_dict(model, state.get('state_dict', state), checkpoint)
+    return dict(task=model.head.task, input_size=_input_size(model))
+
+
+class _skip_weight_init:
+    """Make torch.nn.init's in-place initialisers no-ops (the shapes are all a key/shape check needs)."""
+    NAMES = ('uniform_', 'normal_', 'trunc_normal_', 'constant_', 'ones_', 'zeros_', 'xavier_uniform_',
+             'xavier_normal_', 'kaiming_uniform_', 'kaiming_normal_', 'orthogonal_')
+
+    def __enter__(self):
+        self.saved = {n: getattr(torch.nn.init, n) for n in self.NAMES if hasattr(torch.nn.init, n)}
+        for n in self.saved:
+            setattr(torch.nn.init, n, lambda tensor, *a, **k: tensor)
+
+    def __exit__(self, *exc):
+        for n, f in self.saved.items():
+            setattr(torch.nn.init, n, f)
 
 
 def load_model_checkpoint(model: torch.nn.Module, checkpoint: str) -> None:
