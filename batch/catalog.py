@@ -302,6 +302,19 @@ class ImageUnreachable(OSError):
     """An image URI's server could not be reached or answered with an error."""
 
 
+def _server_reachable(url: str, timeout: float = 5.0) -> bool:
+    """Whether a TCP connection to the URL's host and port opens."""
+    import socket
+    from urllib.parse import urlsplit
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == 'https' else 80)),
+                                      timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 class ImageReader:
     """Reads a path cell (local path or any fsspec URI) with at most ``max_bytes`` + 1 bytes, one filesystem per
     protocol per process."""
@@ -322,8 +335,11 @@ class ImageReader:
             with fs.open(path, 'rb') as f:
                 return f.read() if max_bytes is None else f.read(max_bytes + 1)
         except FileNotFoundError:
-            raise ImageNotFound(f'image file not found: {path}' if not remote
-                                else f'image not found ({protocol} server says it does not exist): {path}') from None
+            if not remote:
+                raise ImageNotFound(f'image file not found: {path}') from None
+            if protocol in ('http', 'https') and not _server_reachable(path):  # fsspec says "not found" for both
+                raise ImageUnreachable(f'image URI unreachable: {path} (no connection to its server)') from None
+            raise ImageNotFound(f'image not found ({protocol} server says it does not exist): {path}') from None
         except IsADirectoryError:
             raise ImageNotFound(f'image path is a directory: {path}') from None
         except PermissionError as err:

@@ -18,12 +18,17 @@ from .columns import CELL_CRC, FILE_INDEX, IMAGE_TENSOR, ROW_ERROR, ROW_INDEX, c
 DEFAULT_MAX_PIXELS = 64_000_000
 
 
-def header_pixels(data: bytes) -> Optional[Tuple[int, int]]:
-    """(width, height) read from the image header without decoding pixels; None when PIL cannot parse it."""
+def header_pixels(data: bytes) -> Optional[int]:
+    """The pixel count the image header claims (nothing decoded); None when PIL cannot parse the header."""
+    import re
+
     from PIL import Image
     try:
         with Image.open(io.BytesIO(data)) as im:
-            return im.size
+            return im.size[0] * im.size[1]
+    except Image.DecompressionBombError as err:  # PIL refuses > 2x its own limit at open: the count is in the text
+        found = re.search(r'\((\d+) pixels\)', str(err))
+        return int(found.group(1)) if found else 2 * (Image.MAX_IMAGE_PIXELS or 0) + 1
     except Exception:  # noqa: BLE001  (not an image PIL knows: the decoder proper reports it)
         return None
 
@@ -63,10 +68,10 @@ class CellDecoder:
                 return None, (f'image too large: more than {self.max_bytes} bytes' if self.mode == 'path'
                               else f'image too large: {len(data)} bytes > {self.max_bytes}')
             if self.max_pixels is not None:
-                size = header_pixels(data)
-                if size is not None and size[0] * size[1] > self.max_pixels:
-                    return None, (f'image too large: {size[0]}x{size[1]} pixels > {self.max_pixels} '
-                                  f'(--max-image-pixels)')
+                pixels = header_pixels(data)
+                if pixels is not None and pixels > self.max_pixels:
+                    return None, f'image too large: {pixels} pixels > {self.max_pixels} (--max-image-pixels)'
+
             tensor = self.preprocessor(decode_image(data))
             return np.asarray(tensor.numpy() if hasattr(tensor, 'numpy') else tensor, dtype=np.uint8), None
         except (ValueError, OSError) as err:
