@@ -45,12 +45,13 @@ class InferenceActor:
         torch_threads: ``torch.set_num_threads`` in the actor (None: Ray's OMP setting).
         row_decoder: a :class:`batch.decode.RowGroupDecoder` whose preprocessor this actor replaces by its own
             model's (input size included): set in ``decode_in_actor`` mode.
-        exit_once_marker: fault injection for tests: the first actor to reach its second batch while this file does
-            not exist creates it and exits the process (as a crash would).
+        fault_injection: for tests: ``dict(exit_at_batch=N, marker=path or None)``: the actor process exits (as a
+            crash would) when it reaches its N-th batch; with a marker, only while that file does not exist yet
+            (it is created first: one death), without one at every N-th batch of every incarnation.
     """
 
     def __init__(self, config, checkpoint, device='cpu', precision=None, torch_threads=None, row_decoder=None,
-                 exit_once_marker=None):
+                 fault_injection=None):
         import torch
         if torch_threads:
             torch.set_num_threads(int(torch_threads))
@@ -58,7 +59,7 @@ class InferenceActor:
         self.row_decoder = row_decoder
         if row_decoder is not None:
             row_decoder.decoder.preprocessor = self.predictor.preprocessor
-        self.exit_once_marker = exit_once_marker
+        self.fault_injection = fault_injection or {}
         self.batches = 0
 
     # -- inference -----------------------------------------------------------------------------------------------
@@ -101,8 +102,13 @@ class InferenceActor:
 
     def _maybe_exit(self):
         self.batches += 1
-        if self.exit_once_marker and self.batches == 2 and not os.path.exists(self.exit_once_marker):
-            open(self.exit_once_marker, 'w').close()
+        if self.batches != self.fault_injection.get('exit_at_batch'):
+            return
+        marker = self.fault_injection.get('marker')
+        if marker is None:
+            os._exit(1)
+        if not os.path.exists(marker):
+            open(marker, 'w').close()
             os._exit(1)
 
     # -- Ray Data ------------------------------------------------------------------------------------------------

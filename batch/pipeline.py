@@ -74,7 +74,7 @@ class ScoreOptions:
     address: Optional[str] = None          # None: RAY_ADDRESS or a local instance; 'auto', 'ray://...'
     num_cpus: Optional[int] = None         # only for a local ray.init
     object_store_memory: Optional[int] = None  # only for a local ray.init
-    exit_once_marker: Optional[str] = None  # fault injection (tests): see batch.actor.InferenceActor
+    fault_injection: Optional[dict] = None  # tests only: see batch.actor.InferenceActor
 
 
 @dataclass
@@ -210,7 +210,7 @@ def build_dataset(job: ScoringJob, plans: Sequence[catalog.FilePlan]):
         fn_constructor_kwargs=dict(config=job.config, checkpoint=opts.checkpoint, device='cuda' if gpu else 'cpu',
                                    precision=opts.precision, torch_threads=opts.torch_threads,
                                    row_decoder=row_decoder if in_actor else None,
-                                   exit_once_marker=opts.exit_once_marker),
+                                   fault_injection=opts.fault_injection),
         **remote)
 
 

@@ -338,6 +338,33 @@ def test_path_column_input(env, ray_session, tmp_path):
     np.testing.assert_allclose([table.column('n_value')[i].as_py() for i in good], expected['value'], atol=1e-5)
 
 
+def test_actor_dying_mid_run_is_retried(env, scored, tmp_path):
+    """An inference actor that dies mid-run (its process exits at its 2nd batch) is restarted and its work redone:
+    every output complete, rows out == rows in, predictions identical to an undisturbed run."""
+    marker = tmp_path / 'died'
+    out = tmp_path / 'out'
+    report = score_catalog(_opts(env, input=str(env['cat']), output=str(out),
+                                 fault_injection=dict(exit_at_batch=2, marker=str(marker))))
+    assert marker.exists()  # it did die
+    assert report['files_written'] == 2 and report['rows_scored'] == 20
+    for name in env['kinds']:
+        got, want = pq.read_table(out / name), pq.read_table(scored['out'] / name)
+        assert got.num_rows == pq.read_metadata(env['cat'] / name).num_rows
+        assert got.drop_columns(['count_value', 'count_probability']).equals(
+            want.drop_columns(['count_value', 'count_probability']))
+        np.testing.assert_allclose(np.asarray(got.column('count_value').to_pylist(), dtype=float),
+                                   np.asarray(want.column('count_value').to_pylist(), dtype=float), atol=1e-6)
+
+
+def test_worker_dying_again_and_again_ends_the_job(env, ray_session, tmp_path):
+    """No endless loop: an actor that dies at every attempt ends the job after the bounded retries, with a message."""
+    from batch.pipeline import ScoringFailed
+    with pytest.raises(ScoringFailed, match='retries'):
+        score_catalog(_opts(env, input=str(env['cat'] / 'part-001.parquet'), output=str(tmp_path / 'out'),
+                            max_retries=1, fault_injection=dict(exit_at_batch=1)))
+    assert not (tmp_path / 'out' / 'part-001.parquet').exists()
+
+
 # --------------------------------------------------------------------------------------------------------------
 # errors before any work (no Ray needed: prepare() runs before Ray starts)
 
