@@ -15,7 +15,7 @@ from mmengine.dataset import Compose
 
 from .datasets.transforms import decode_image as decode_bytes
 from .tasks import OrdinalTask
-from .utils.checkpoint import CheckpointMismatchError, check_state_dict, load_weights_only
+from .utils.checkpoint import CheckpointMismatchError, check_state_dict, load_weights_only, safe_globals
 
 __all__ = ['CheckpointMismatchError', 'ImagePreprocessor', 'Predictor', 'PRECISIONS', 'describe_model',
            'decode_image', 'default_precision', 'load_config', 'load_model_checkpoint']
@@ -55,9 +55,10 @@ class ImagePreprocessor:
     """The config's test pipeline minus its loading step: RGB uint8 (H, W, 3) -> CHW uint8 tensor.
 
     Args:
-        input_size: (H, W) the model takes. When given, a pipeline output of another size (a config whose test
-            pipeline has no resize, fed an image of another size) is resized to it (bilinear), so every image
-            reaches the model at its input size and one odd image cannot break a batch.
+        input_size: (H, W) the model takes. When given, every image leaves at that size whatever the pipeline does,
+            so one odd image cannot break a batch: a pipeline that keeps the image size (no resize step, like the
+            demo's) gets the image resized to the input size first (OpenCV, area/bilinear); a pipeline that resizes
+            to another size has its output resized (bilinear, antialiased).
     """
 
     def __init__(self, config: ConfigLike, input_size: Optional[Sequence[int]] = None):
@@ -66,15 +67,29 @@ class ImagePreprocessor:
         self.pipeline_cfg = steps
         self.input_size = tuple(int(x) for x in input_size) if input_size is not None else None
         self._pipeline = Compose(steps)
+        self._resize_first = None  # decided on the first call: does the pipeline leave the image size alone?
+
+    def _run(self, image_rgb: np.ndarray) -> torch.Tensor:
+        bgr = np.ascontiguousarray(image_rgb[..., ::-1])  # mmpretrain pipelines work in BGR like cv2
+        return self._pipeline(dict(img=bgr, img_shape=bgr.shape[:2], ori_shape=bgr.shape[:2]))['inputs']
 
     def __call__(self, image_rgb: np.ndarray) -> torch.Tensor:
         if image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
             raise ValueError(f'expected an RGB image (H, W, 3), got shape {image_rgb.shape}')
-        bgr = np.ascontiguousarray(image_rgb[..., ::-1])  # mmpretrain pipelines work in BGR like cv2
-        results = self._pipeline(dict(img=bgr, img_shape=bgr.shape[:2], ori_shape=bgr.shape[:2]))
-        inputs = results['inputs']
-        if self.input_size is not None and tuple(inputs.shape[-2:]) != self.input_size:
-            inputs = torch.nn.functional.interpolate(inputs[None].float(), size=self.input_size, mode='bilinear',
+        size = self.input_size
+        if size is not None and self._resize_first is None:  # probe once with an image of another size
+            probe = np.zeros((size[0] + 7, size[1] + 3, 3), dtype=np.uint8)
+            self._resize_first = tuple(self._run(probe).shape[-2:]) == probe.shape[:2]
+        if self._resize_first and tuple(image_rgb.shape[:2]) != size:
+            # a pipeline that keeps the size (no resize step): bring the image to the model's size first, on the
+            # small uint8 image (area for shrinking, bilinear for growing) rather than on the pipeline's tensor
+            import cv2
+            shrink = image_rgb.shape[0] >= size[0] and image_rgb.shape[1] >= size[1]
+            image_rgb = cv2.resize(image_rgb, (size[1], size[0]),
+                                   interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        inputs = self._run(image_rgb)
+        if size is not None and tuple(inputs.shape[-2:]) != size:  # a pipeline that resizes, but to another size
+            inputs = torch.nn.functional.interpolate(inputs[None].float(), size=size, mode='bilinear',
                                                      antialias=True, align_corners=False)[0]
             inputs = inputs.round_().clamp_(0, 255).to(torch.uint8)
         return inputs
@@ -89,6 +104,7 @@ class ImagePreprocessor:
         self.pipeline_cfg = state['pipeline_cfg']
         self.input_size = state.get('input_size')
         self._pipeline = Compose(self.pipeline_cfg)
+        self._resize_first = None
 
 
 class Predictor:
@@ -170,10 +186,13 @@ def describe_model(config: ConfigLike, checkpoint: Optional[str] = None) -> Dict
     with _skip_weight_init():
         model = MODELS.build(cfg.model)
     if checkpoint is not None:
-        try:
-            state = load_weights_only(checkpoint)
+        try:  # memory-mapped: only the shapes are looked at, so the tensors' bytes are never read
+            with torch.serialization.safe_globals(safe_globals()):
+                state = torch.load(checkpoint, map_location='cpu', weights_only=True, mmap=True)
         except FileNotFoundError:
             raise FileNotFoundError(f'checkpoint not found: {checkpoint}') from None
+        except RuntimeError:  # a legacy (non-zip) checkpoint cannot be mapped: read it
+            state = load_weights_only(checkpoint)
         check_state_dict(model, state.get('state_dict', state), checkpoint)
     return dict(task=model.head.task, input_size=_input_size(model))
 
