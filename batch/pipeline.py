@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import catalog
-from .columns import CELL_CRC, ERROR, FILE_INDEX, OUTPUT_TYPES, PREDICTION_SCHEMA, ROW_INDEX, cell_crcs, \
+from .columns import CELL_CRC, FILE_INDEX, OUTPUT_TYPES, PREDICTION_SCHEMA, ROW_INDEX, cell_crcs, \
     output_columns
 from .decode import DEFAULT_MAX_PIXELS, CellDecoder, RowGroupDecoder
 
@@ -386,4 +386,4 @@ def score_catalog(opts: ScoreOptions = None, **kwargs) -> Dict[str, Any]:
     return run(prepare(opts))
 
 
-__all__ = ['ERROR', 'ScoreOptions', 'ScoringFailed', 'ScoringJob', 'prepare', 'run', 'score_catalog']
+__all__ = ['ScoreOptions', 'ScoringFailed', 'ScoringJob', 'prepare', 'run', 'score_catalog']

@@ -4,13 +4,14 @@ For each catalog kind (JPEGs of mixed sizes, about 256 to 1024 px, and PNGs of t
 
 1. bare loop: this process reads the Parquet files, decodes, preprocesses and runs the same Predictor
    (images/s, CPU seconds per 1,000 images).
-2. the scorer, started cold (``prepare`` + ``run``, which starts its own local Ray) with 1 and 2 actors:
-   images/s (wall, start-up included), time to the first prediction (from the start of ``prepare``), CPU seconds per
-   1,000 images summed over every process of the run (this driver and every Ray process: the driver's own CPU plus
-   the CPU of all its descendants once Ray has shut down and they were reaped, ``getrusage(RUSAGE_CHILDREN)``; a
-   ``psutil`` sample of the live process tree every 0.2 s is printed as a cross-check), peak RSS summed over the tree,
-   and the bytes the driver process read and wrote (``/proc/self/io`` rchar/wchar) while scoring, next to the
-   catalog's bytes; the one-off bytes of the up-front checks (footers, checkpoint digest) are reported apart.
+2. the scorer, started cold in a child process (the driver: ``prepare``, then a local Ray, then ``run``) with 1 and 2
+   actors: images/s (wall from process start, Python and Ray start-up included), time to the first prediction (from
+   the start of ``prepare``), CPU seconds per 1,000 images summed over every process of the run (the driver, the Ray
+   daemons and every Ray worker: ``psutil`` samples of the whole process tree every 0.2 s, the last value per
+   process; a lower bound by at most 0.2 s per process), peak RSS summed over the tree, and the bytes the driver
+   process read and wrote (its ``/proc/self/io`` rchar/wchar: every read/write call, sockets included) while
+   scoring, next to the catalog's bytes; the one-off bytes of the up-front checks (footers, checkpoint digest) and
+   of starting Ray are reported apart.
 
     python tools/benchmark/scorer_throughput.py [--config configs/numclip_demo.py --checkpoint CKPT]
 
@@ -22,7 +23,6 @@ import io
 import json
 import logging
 import os
-import resource
 import sys
 import tempfile
 import threading
@@ -102,39 +102,44 @@ def proc_io():
         return {k: int(v) for k, v in (line.split(': ') for line in f)}
 
 
-def cpu_self_children():
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
-
-
 class TreeSampler(threading.Thread):
-    """Every ``interval`` s: CPU seconds (max seen per process) and summed RSS of this process's descendants."""
+    """Every ``interval`` s: CPU seconds (the last value seen per process) and summed RSS of the process ``pid`` and
+    all its descendants (the scoring driver, the Ray daemons it starts and every Ray worker)."""
 
-    def __init__(self, interval=0.2):
+    def __init__(self, pid: int, interval=0.2):
         super().__init__(daemon=True)
         import psutil
-        self.psutil, self.interval = psutil, interval
+        self.psutil, self.root, self.interval = psutil, psutil.Process(pid), interval
         self.cpu = {}
+        self.series = []
         self.peak_rss = 0
         self._halt = threading.Event()
 
     def sample(self):
-        me = self.psutil.Process()
-        rss = me.memory_info().rss
-        for p in me.children(recursive=True):
+        try:
+            procs = [self.root] + self.root.children(recursive=True)
+        except self.psutil.NoSuchProcess:
+            return
+        rss = 0
+        for p in procs:
             try:
                 t = p.cpu_times()
-                self.cpu[(p.pid, p.create_time())] = t.user + t.system
+                self.cpu[(p.pid, p.create_time())] = t.user + t.system + t.children_user + t.children_system
                 rss += p.memory_info().rss
             except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
                 pass
         self.peak_rss = max(self.peak_rss, rss)
+        self.series.append((time.time(), sum(self.cpu.values())))
+
+    def cpu_at(self, t: float) -> float:
+        """Summed CPU seconds of the tree at time ``t`` (the last sample before it)."""
+        before = [c for s, c in self.series if s <= t]
+        return before[-1] if before else 0.0
 
     def run(self):
         while not self._halt.is_set():
             self.sample()
             time.sleep(self.interval)
-        self.own_cpu = time.thread_time()
 
     def stop(self):
         self._halt.set()
@@ -158,42 +163,69 @@ def bare_loop(predictor, catalog: Path, batch_size: int):
                 torch_threads=torch.get_num_threads())
 
 
-def scorer_run(config, checkpoint, catalog: Path, out: Path, actors: int, args, catalog_bytes: int):
-    from batch.pipeline import ScoreOptions, prepare, run
-    opts = ScoreOptions(config=config, checkpoint=checkpoint, input=str(catalog), output=str(out),
-                        batch_size=args.batch_size, num_actors=actors, overwrite=True, num_cpus=args.num_cpus,
-                        precision=args.precision, cpus_per_actor=args.num_cpus / actors,
-                        torch_threads=max(1, args.num_cpus // actors), progress_interval_s=1e9)
-    sampler = TreeSampler()
-    cpu_self0, cpu_kids0 = cpu_self_children()
-    io0 = proc_io()
-    t0 = time.perf_counter()
-    sampler.start()
-    job = prepare(opts)
+def driver(spec: dict) -> dict:
+    """The scoring driver (run in its own process by :func:`scorer_run`): prepare, start Ray, score; its own
+    /proc/self/io between phases."""
+    from batch.pipeline import ScoreOptions, ensure_ray, prepare, run
+    opts = ScoreOptions(**spec)
+    io0, t0 = proc_io(), time.perf_counter()
+    job = prepare(opts)  # the up-front checks, then Ray, as the command line does
     t_prepared = time.perf_counter() - t0
+    ensure_ray(opts)
+    import ray.data  # noqa: F401  (the driver's own imports are not catalog bytes)
+    ray.data.DataContext.get_current().enable_progress_bars = False
     io1 = proc_io()
-    report = run(job)  # starts Ray, scores, shuts Ray down (its processes are reaped: RUSAGE_CHILDREN)
-    wall = time.perf_counter() - t0
+    report = run(job)
     io2 = proc_io()
+    scored_at = time.time()
+    import ray
+    ray.shutdown()
+    return dict(images=report['rows_scored'], prepare_s=t_prepared, first_output_s=report['first_output_s'],
+                first_output_at=scored_at - report['seconds'] + report['first_output_s'], scored_at=scored_at,
+                setup_read_bytes=io1['rchar'] - io0['rchar'],
+                driver_read_bytes=io2['rchar'] - io1['rchar'], driver_written_bytes=io2['wchar'] - io1['wchar'])
+
+
+def scorer_run(config, checkpoint, catalog: Path, out: Path, actors: int, args, catalog_bytes: int):
+    import subprocess
+    spec = dict(config=config, checkpoint=checkpoint, input=str(catalog), output=str(out), batch_size=args.batch_size,
+                num_actors=actors, overwrite=True, num_cpus=args.num_cpus, precision=args.precision,
+                cpus_per_actor=args.num_cpus / actors, torch_threads=max(1, args.num_cpus // actors),
+                progress_interval_s=1e9)
+    t0, t0_epoch = time.perf_counter(), time.time()
+    child = subprocess.Popen([sys.executable, __file__, '--driver', json.dumps(spec)], stdout=subprocess.PIPE,
+                             text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    sampler = TreeSampler(child.pid)
+    sampler.start()
+    stdout, _ = child.communicate()
+    wall = time.perf_counter() - t0
     sampler.stop()
-    cpu_self1, cpu_kids1 = cpu_self_children()
-    n = report['rows_scored']
+    if child.returncode != 0:
+        raise RuntimeError(f'the scoring driver failed ({child.returncode})')
+    d = json.loads(stdout.strip().splitlines()[-1])
+    n = d['images']
     out_rows = sum(pq.read_metadata(f).num_rows for f in out.glob('*.parquet'))
     assert out_rows == n == args.num_images, (out_rows, n)
-    driver_cpu = cpu_self1 - cpu_self0 - getattr(sampler, 'own_cpu', 0.0)
-    total_cpu = driver_cpu + (cpu_kids1 - cpu_kids0)
-    sampled = driver_cpu + sum(sampler.cpu.values())
-    scoring_bytes = (io2['rchar'] - io1['rchar']) + (io2['wchar'] - io1['wchar'])
+    cpu = sum(sampler.cpu.values())
+    steady_cpu = sampler.cpu_at(d['scored_at']) - sampler.cpu_at(d['first_output_at'])
+    steady_s = d['scored_at'] - d['first_output_at']
+    steady_n = n - min(n, args.batch_size)  # the images after the first batch
+    scoring_bytes = d['driver_read_bytes'] + d['driver_written_bytes']
     return dict(actors=actors, images=n, seconds=wall, images_per_s=n / wall,
-                first_prediction_s=t_prepared + report['first_output_s'], prepare_s=t_prepared,
-                cpu_s_per_1000=1000 * total_cpu / n, cpu_s_per_1000_sampled=1000 * sampled / n,
-                driver_cpu_s=driver_cpu, peak_rss_mb=sampler.peak_rss / 2 ** 20,
-                driver_read_bytes=io2['rchar'] - io1['rchar'], driver_written_bytes=io2['wchar'] - io1['wchar'],
+                first_prediction_s=d['first_output_at'] - t0_epoch, prepare_s=d['prepare_s'],
+                cpu_s_per_1000=1000 * cpu / n, steady_images_per_s=steady_n / steady_s,
+                steady_cpu_s_per_1000=1000 * steady_cpu / steady_n,
+                peak_rss_mb=sampler.peak_rss / 2 ** 20, processes=len(sampler.cpu),
+                driver_read_bytes=d['driver_read_bytes'], driver_written_bytes=d['driver_written_bytes'],
                 driver_bytes_fraction_of_catalog=scoring_bytes / catalog_bytes,
-                setup_read_bytes=io1['rchar'] - io0['rchar'])
+                setup_read_bytes=d['setup_read_bytes'])
 
 
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == '--driver':
+        logging.basicConfig(level=logging.WARNING)
+        print(json.dumps(driver(json.loads(sys.argv[2]))))
+        return
     args = parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER', '0')
@@ -223,14 +255,18 @@ def main():
             r = scorer_run(args.config, checkpoint, cat, work / f'out-{kind}-{actors}', actors, args, size)
             r['images_per_s_vs_bare'] = r['images_per_s'] / bare['images_per_s']
             r['cpu_vs_bare'] = r['cpu_s_per_1000'] / bare['cpu_s_per_1000']
+            r['steady_images_per_s_vs_bare'] = r['steady_images_per_s'] / bare['images_per_s']
+            r['steady_cpu_vs_bare'] = r['steady_cpu_s_per_1000'] / bare['cpu_s_per_1000']
             entry['scorer'][actors] = r
-            print(f"  scorer, {actors} actor(s): {r['images_per_s']:.1f} img/s incl. start-up "
-                  f"({r['images_per_s_vs_bare']:.2f}x bare), first prediction after {r['first_prediction_s']:.1f} s, "
-                  f"{r['cpu_s_per_1000']:.1f} CPU s / 1000 images over all processes ({r['cpu_vs_bare']:.2f}x bare; "
-                  f"sampled {r['cpu_s_per_1000_sampled']:.1f}), peak RSS {r['peak_rss_mb']:.0f} MiB; driver read "
+            print(f"  scorer, {actors} actor(s): cold (start-up included) {r['images_per_s']:.1f} img/s "
+                  f"({r['images_per_s_vs_bare']:.2f}x bare), {r['cpu_s_per_1000']:.1f} CPU s / 1000 images over "
+                  f"{r['processes']} processes ({r['cpu_vs_bare']:.2f}x bare); after the first prediction "
+                  f"{r['steady_images_per_s']:.1f} img/s ({r['steady_images_per_s_vs_bare']:.2f}x), "
+                  f"{r['steady_cpu_s_per_1000']:.1f} CPU s / 1000 ({r['steady_cpu_vs_bare']:.2f}x); first prediction "
+                  f"after {r['first_prediction_s']:.1f} s; peak RSS {r['peak_rss_mb']:.0f} MiB; driver read "
                   f"{r['driver_read_bytes'] / 1e6:.2f} MB + wrote {r['driver_written_bytes'] / 1e6:.2f} MB while "
-                  f"scoring = {100 * r['driver_bytes_fraction_of_catalog']:.2f} % of the catalog (+ "
-                  f"{r['setup_read_bytes'] / 1e6:.1f} MB once for the up-front checks)", flush=True)
+                  f"scoring = {100 * r['driver_bytes_fraction_of_catalog']:.2f} % of the catalog (once: "
+                  f"{r['setup_read_bytes'] / 1e6:.1f} MB for imports, up-front checks and starting Ray)", flush=True)
         results['catalogs'][kind] = entry
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
