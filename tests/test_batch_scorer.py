@@ -320,7 +320,8 @@ def test_overwrite_and_nothing_to_do(env, scored, tmp_path):
 def test_path_column_input(env, ray_session, tmp_path):
     out = tmp_path / 'out'
     report = score_catalog(_opts(env, input=str(env['pcat']), output=str(out), image_column=None,
-                                 path_column='path', path_root=str(env['images']), prefix='n_', num_actors=2))
+                                 path_column='path', path_root=str(env['images']), prefix='n_', num_actors=2,
+                                 decode_in_actor=False, cpus_per_actor=0.5))  # the GPU layout: decode tasks
     assert report['columns']['value'] == 'n_value'
     table = pq.read_table(out / 'paths.parquet')
     assert table.column_names == ['key', 'path', 'n_value', 'n_label', 'n_probability', 'n_error']
