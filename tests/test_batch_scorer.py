@@ -321,10 +321,13 @@ def test_path_column_input(env, ray_session, tmp_path):
     out = tmp_path / 'out'
     report = score_catalog(_opts(env, input=str(env['pcat']), output=str(out), image_column=None,
                                  path_column='path', path_root=str(env['images']), prefix='n_', num_actors=2,
-                                 decode_in_actor=False, cpus_per_actor=0.5))  # the GPU layout: decode tasks
+                                 decode_in_actor=False, cpus_per_actor=0.5,  # the GPU layout: decode tasks
+                                 keep_raw_value=True))
     assert report['columns']['value'] == 'n_value'
     table = pq.read_table(out / 'paths.parquet')
-    assert table.column_names == ['key', 'path', 'n_value', 'n_label', 'n_probability', 'n_error']
+    assert table.column_names == ['key', 'path', 'n_value', 'n_value_raw', 'n_label', 'n_probability', 'n_error']
+    raw = np.asarray(table.column('n_value_raw').to_pylist(), dtype=float)
+    np.testing.assert_array_equal(np.asarray(table.column('n_value').to_pylist(), dtype=float), np.clip(raw, 0, 9))
     paths = table.column('path').to_pylist()
     errors = table.column('n_error').to_pylist()
     for kind, err in zip(env['path_kinds'], errors):
