@@ -20,7 +20,11 @@ import os
 import sys
 
 if __package__ in (None, ''):  # run as a file (`python batch/score.py`, `ray submit`): import the package instead
-    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.isfile(os.path.join(_ROOT, 'batch', '__init__.py')):  # inside a checkout (else: the installed one)
+        sys.path[0] = _ROOT
+        # and let the workers of a Ray started here import the same code (a checkout that is not installed)
+        os.environ['PYTHONPATH'] = os.pathsep.join(p for p in (_ROOT, os.environ.get('PYTHONPATH')) if p)
 
 from batch import catalog  # noqa: E402
 from batch.decode import DEFAULT_MAX_PIXELS  # noqa: E402

@@ -81,9 +81,11 @@ def test_script_and_console_entry_points(env, tmp_path):
     """`python batch/score.py` (no package context: used to fail with "attempted relative import") scores a catalog;
     the console command declared in setup.py resolves to the same main."""
     out = tmp_path / 'out'
+    script_env = _env()
+    script_env.pop('PYTHONPATH')  # as on a head node: only the script's path, no package context
     done = subprocess.run([PY, str(REPO / 'batch' / 'score.py'), '--config', env['cfg'], '--checkpoint', env['ckpt'],
                            '--input', str(env['cat']), '--output', str(out), '--num-cpus', '2', '--batch-size', '4'],
-                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=240,
+                          cwd=tmp_path, env=script_env, capture_output=True, text=True, timeout=240,
                           start_new_session=True)
     assert done.returncode == 0, done.stderr[-3000:]
     _check(out, env['cat'])
