@@ -248,8 +248,9 @@ def plan_job(input_spec: str, output: str, *, image_column: Optional[str], path_
     to be written. Returns (input filesystem, output filesystem, output folder, plans)."""
     if (image_column is None) == (path_column is None):
         raise ScoringSetupError('use exactly one of an image column (encoded bytes) or a path column')
-    fs_in, files = resolve_inputs(input_spec)
     fs_out, out_dir = url_to_fs(output)
+    fs_out.invalidate_cache()  # fsspec caches listings per process: outputs written by workers since must show
+    fs_in, files = resolve_inputs(input_spec)
     if fs_out.isfile(out_dir):
         raise ScoringSetupError(f'output {output!r} is a file; it must be a folder (one output file per input file)')
     _refuse_overwrite(fs_in, fs_out, files, out_dir)
