@@ -304,7 +304,8 @@ def run(job: ScoringJob) -> Dict[str, Any]:
 def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, Any], start: float) -> None:
     import ray
     opts = job.opts
-    writer = ray.remote(write_output).options(num_cpus=0, max_retries=opts.max_retries)  # I/O bound, never starved
+    writer = ray.remote(write_output).options(  # I/O bound: no CPU reserved (never starved by the actors),
+        num_cpus=0, max_retries=opts.max_retries, scheduling_strategy='SPREAD')  # spread over the nodes
     ds = build_dataset(job, pending)
     buffers: Dict[int, List[pa.Table]] = {i: [] for i in range(len(pending))}
     counts = {i: 0 for i in range(len(pending))}

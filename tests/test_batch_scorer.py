@@ -369,6 +369,30 @@ def test_worker_dying_again_and_again_ends_the_job(env, ray_session, tmp_path):
     assert not (tmp_path / 'out' / 'part-001.parquet').exists()
 
 
+def test_failing_batch_is_retried_row_by_row():
+    """When a batch's inference raises, its rows are retried alone: only the guilty row gets the error, the others
+    their predictions, and a row that already had a decode error keeps it."""
+    from batch.actor import InferenceActor
+
+    class Picky:
+        def predict_tensors(self, inputs):
+            if (inputs[:, 0, 0, 0] == 255).any():
+                raise RuntimeError('cannot score this one')
+            v = inputs[:, 0, 0, 0].double().numpy()
+            return dict(value=v, value_raw=v, probability=np.full(len(v), 0.5),
+                        label=np.array(['few'] * len(v), dtype=object))
+    actor = InferenceActor.__new__(InferenceActor)
+    actor.predictor, actor.row_decoder, actor.fault_injection, actor.batches = Picky(), None, {}, 0
+    tensors = np.zeros((4, 3, 2, 2), dtype=np.uint8)
+    tensors[:, 0, 0, 0] = [1, 255, 3, 4]
+    table = actor.predict_rows(np.arange(4), np.zeros(4), [None, None, None, 'null image'], tensors, 7)
+    assert table.column('value').to_pylist() == [1.0, None, 3.0, None]
+    errors = table.column('error').to_pylist()
+    assert errors[0] is None and errors[2] is None and errors[3] == 'null image'
+    assert errors[1] == 'inference failed: RuntimeError: cannot score this one'
+    assert table.column('__numclip_file').to_pylist() == [7] * 4
+
+
 # --------------------------------------------------------------------------------------------------------------
 # errors before any work (no Ray needed: prepare() runs before Ray starts)
 
