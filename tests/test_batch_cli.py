@@ -125,7 +125,14 @@ def test_killed_driver_then_one_rerun_completes(env, tmp_path):
             time.sleep(0.05)
     finally:
         _kill_group(first)
-    done_before = sorted(p.name for p in out.glob('p*.parquet'))
+    # Ray workers run in their own process groups: one already writing may still commit its (complete) output
+    # before it notices its raylet is gone; wait until the folder is stable
+    done_before, stable_since = None, time.time()
+    while time.time() - stable_since < 5:
+        now = sorted(p.name for p in out.glob('p*.parquet'))
+        if now != done_before:
+            done_before, stable_since = now, time.time()
+        time.sleep(0.5)
     assert 0 < len(done_before) < 6, done_before
     second = subprocess.run(cmd + ['--summary-json', str(tmp_path / 'summary.json')], cwd=REPO, env=_env(),
                             capture_output=True, text=True, timeout=240, start_new_session=True)

@@ -184,3 +184,63 @@ def test_s3_path_column_images(s3, job):
     assert errors[:3] == [None] * 3 and 'not found' in errors[3]
     want = job['reference'].predict(job['images']['p0.parquet'][:3])
     np.testing.assert_allclose(table.column('count_value').to_pylist()[:3], want['value'], atol=1e-5)
+
+
+def test_s3_killed_run_then_one_rerun(s3, job, tmp_path):
+    """Kill the whole scoring process group (driver and its Ray) as soon as its first output object appears: every
+    object under the output prefix is then a complete output (no torn object), and one re-run of the same command
+    completes the rest: rows out == rows in."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    fs = s3['fs']
+    rng = np.random.default_rng(9)
+    for f in range(6):
+        cells = [_png(rng, 24, 24) for _ in range(300)]
+        buf = io.BytesIO()
+        pq.write_table(pa.table({'id': range(300), 'image': pa.array(cells, pa.binary())}), buf, row_group_size=50)
+        fs.pipe_file(f'{BUCKET}/big/p{f}.parquet', buf.getvalue())
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, '-m', 'batch.score', '--config', job['cfg'], '--checkpoint', job['ckpt'], '--input',
+           f's3://{BUCKET}/big/', '--output', f's3://{BUCKET}/big-scored/', '--num-cpus', '2', '--batch-size', '8',
+           '--torch-threads', '1']
+    env = {k: v for k, v in os.environ.items() if not k.startswith('RAY_')}
+    env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER='0', PYTHONPATH=str(repo))
+    first = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    try:
+        deadline = time.time() + 150
+        while True:
+            fs.invalidate_cache()
+            if fs.exists(f'{BUCKET}/big-scored') and fs.ls(f'{BUCKET}/big-scored'):
+                break
+            assert first.poll() is None and time.time() < deadline, 'no output appeared before the run ended'
+            time.sleep(0.1)
+    finally:
+        try:
+            os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray it started (its process group)
+        except ProcessLookupError:
+            pass
+        first.wait(timeout=30)
+    # Ray workers run in their own process groups: one already writing may still commit its (complete) output
+    # before it notices its raylet is gone; wait until the listing is stable
+    done, stable_since = None, time.time()
+    while time.time() - stable_since < 5:
+        fs.invalidate_cache()
+        now = sorted(fs.ls(f'{BUCKET}/big-scored', detail=False))
+        if now != done:
+            done, stable_since = now, time.time()
+        time.sleep(0.5)
+    assert 0 < len(done) < 6, done
+    for key in done:  # whatever the kill interrupted, no object is partial
+        assert _read(fs, key).num_rows == 300
+    again = subprocess.run(cmd + ['--summary-json', str(tmp_path / 's.json')], cwd=repo, env=env,
+                           capture_output=True, text=True, timeout=170, start_new_session=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    import json
+    summary = json.loads((tmp_path / 's.json').read_text())
+    assert summary['files_skipped'] == len(done) and summary['files_written'] == 6 - len(done)
+    for f in range(6):
+        table = _read(fs, f'{BUCKET}/big-scored/p{f}.parquet')
+        assert table.num_rows == 300 and table.column('count_error').null_count == 300
