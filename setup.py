@@ -39,7 +39,9 @@ setup(
     ],
     extras_require={
         'batch': ['ray[default,data]>=2.40'],
-        'tests': ['pytest>=8', 'ray[default,data]>=2.40'],
+        'tests': ['pytest>=8', 'ray[default,data]>=2.40', 'moto[server]>=5', 's3fs', 'boto3', 'psutil'],
+        's3': ['s3fs'],
     },
+    entry_points={'console_scripts': ['numclip-score = batch.score:main']},
     license='Apache-2.0',
 )

@@ -1,5 +1,8 @@
-"""Batch scoring of image catalogs (Parquet) with a trained NumCLIP model on Ray Data.
+"""Batch scoring of image catalogs (Parquet, local or on object stores) with a trained NumCLIP model on Ray Data.
 
-``python -m batch.score --help`` is the command line; :func:`batch.pipeline.score_catalog` the Python entry point.
-This package depends on ``numclip_mm.inference`` only (never on training code or ``tools/``).
+``numclip-score --help`` (or ``python -m batch.score``, ``python batch/score.py``) is the command line;
+:func:`batch.pipeline.score_catalog` the Python entry point. One concern per module: ``columns`` (names, types,
+cell CRCs), ``catalog`` (the only module touching files and URIs), ``decode``, ``actor``, ``pipeline`` (the Ray
+graph and the driver), ``score`` (command line). This package depends on ``numclip_mm.inference`` only (never on
+training code or ``tools/``).
 """

@@ -1,15 +1,31 @@
-"""Everything about the files of a scoring job that can be decided before Ray starts.
+"""The only module that touches files and URIs: input resolution, the job's plan (footers read once), row-group
+reads, image reads, identity checks, and the atomic write of an output file.
 
-Input resolution (one Parquet file, a folder, a glob; local paths or fsspec URIs), schema checks, the output
-plan (one output file per input file, same base name) and the resume test (an output is complete when it exists,
-has the input's row count in its Parquet footer and carries the prediction columns).
+Local paths and fsspec URIs (``s3://``, ``gs://``, ``file://``, ``memory://`` ...) go through the same functions.
+
+Commit (why a killed job never leaves a file that looks finished):
+
+- local: written to ``<out>/.numclip-tmp-<random>-<name>`` and moved over ``<out>/<name>`` with ``os.replace``
+  (atomic on POSIX); the next run removes leftover temporaries.
+- object stores (``s3``, ``gs``, ``abfs`` ...): there is no rename. The output is uploaded to its final key with
+  the upload left open (``autocommit=False``): parts are sent as they are written, and the object only appears when
+  the upload is committed (S3: ``CompleteMultipartUpload``, or a single ``PutObject`` for small files) after the
+  last byte was written. A failure aborts the upload; a killed worker leaves an unfinished multipart upload that
+  never becomes an object (a bucket lifecycle rule ``AbortIncompleteMultipartUpload`` reclaims its parts).
+- any other filesystem: temporary name, then ``fs.mv``.
+
+And whatever the filesystem: an output only counts as complete when its Parquet footer (written last) is readable
+and its ``numclip.scoring`` metadata matches the input's identity, row count and the model (see
+:func:`output_status`), so even a torn file is re-scored, never trusted.
 """
 import glob as globlib
+import hashlib
+import json
 import os
 import posixpath
 import uuid
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import fsspec
 import pyarrow as pa
@@ -17,7 +33,9 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 PARQUET_SUFFIXES = ('.parquet', '.parq', '.pq')
-TMP_PREFIX = '.numclip-tmp-'  # partial outputs: written under this name, renamed when complete
+TMP_PREFIX = '.numclip-tmp-'        # partial local outputs: written under this name, renamed when complete
+METADATA_KEY = b'numclip.scoring'   # Parquet key-value metadata of an output: what it was computed from
+OBJECT_STORES = ('s3', 's3a', 'gs', 'gcs', 'abfs', 'az', 'abfss')  # no rename: commit by completing the upload
 
 
 class ScoringSetupError(ValueError):
@@ -27,12 +45,21 @@ class ScoringSetupError(ValueError):
 @dataclass
 class FilePlan:
     """One input file and the output file it becomes."""
-    input: str                 # path (local, absolute) or URI as given to the filesystem
-    output: str                # output path or URI
-    num_rows: int              # from the input's Parquet footer
-    complete: bool = False     # a complete output already exists (skipped unless overwrite)
+    input: str                          # local absolute path or URI (with protocol)
+    output: str                         # local absolute path or URI
+    num_rows: int                       # from the input's Parquet footer
+    row_group_rows: List[int]           # rows per row group (the unit of a read/decode task)
+    identity: Dict[str, Any]            # size + mtime (local) or ETag (object stores) of the input
+    status: str = 'todo'                # 'todo', 'complete' (skipped) or 'stale: <why>' (re-scored)
     schema: Optional[pa.Schema] = field(default=None, repr=False)
 
+    @property
+    def complete(self) -> bool:
+        return self.status == 'complete'
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# filesystems and names
 
 def is_local(fs) -> bool:
     return isinstance(fs, LocalFileSystem)
@@ -46,13 +73,17 @@ def url_to_fs(path: str) -> Tuple[fsspec.AbstractFileSystem, str]:
     return fs, stripped
 
 
-def _full(fs, path: str) -> str:
+def full_name(fs, path: str) -> str:
     """A path as the user would write it again: local stays a path, others get their protocol back."""
     return path if is_local(fs) else fs.unstrip_protocol(path)
 
 
 def _is_hidden(path: str) -> bool:
     return posixpath.basename(path.rstrip('/')).startswith(('.', '_'))
+
+
+def _protocol(fs) -> str:
+    return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
 
 
 def resolve_inputs(spec: str) -> Tuple[fsspec.AbstractFileSystem, List[str]]:
@@ -81,7 +112,8 @@ def resolve_inputs(spec: str) -> Tuple[fsspec.AbstractFileSystem, List[str]]:
     return fs, files
 
 
-def read_metadata(fs, path: str) -> pq.FileMetaData:
+def read_footer(fs, path: str) -> pq.FileMetaData:
+    """The Parquet footer (schema, row groups, key-value metadata); reads only the file's tail."""
     try:
         if is_local(fs):
             return pq.read_metadata(path)
@@ -90,75 +122,159 @@ def read_metadata(fs, path: str) -> pq.FileMetaData:
     except FileNotFoundError:
         raise
     except Exception as err:  # noqa: BLE001  (pyarrow raises ArrowInvalid & co for non-Parquet files)
-        raise ScoringSetupError(f'cannot read the Parquet footer of {_full(fs, path)}: {err}') from err
+        raise ScoringSetupError(f'cannot read the Parquet footer of {full_name(fs, path)}: {err}') from err
 
 
-def open_parquet(fs, path: str) -> pq.ParquetFile:
-    return pq.ParquetFile(path if is_local(fs) else fs.open(path, 'rb'))
+def file_identity(fs, path: str) -> Dict[str, Any]:
+    """What a file is, for resume and change detection: size + mtime (ns) locally, size + ETag on object stores
+    (mtime where the store has no ETag)."""
+    if is_local(fs):
+        st = os.stat(path)
+        return dict(size=st.st_size, mtime_ns=st.st_mtime_ns)
+    info = fs.info(path)
+    etag = info.get('ETag') or info.get('etag') or info.get('md5Hash')
+    if etag is not None:
+        return dict(size=int(info.get('size') or 0), etag=str(etag).strip('"'))
+    mtime = info.get('LastModified') or info.get('mtime') or info.get('last_modified') or info.get('updated')
+    return dict(size=int(info.get('size') or 0), mtime=str(mtime))
 
 
-def output_is_complete(fs, path: str, num_rows: int, new_columns: Sequence[str]) -> bool:
-    """True when ``path`` holds a finished output: readable footer, ``num_rows`` rows, the prediction columns."""
+def file_digest(path: str, chunk: int = 1 << 24) -> str:
+    """sha256 of a file (local path or URI): the checkpoint's identity in each output's metadata."""
+    fs, p = url_to_fs(path)
+    h = hashlib.sha256()
+    with fs.open(p, 'rb') as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def copy_to_local(uri: str, local: str) -> None:
+    """Download ``uri`` (any fsspec URI) to the local path ``local``."""
+    fs, p = url_to_fs(uri)
+    try:
+        fs.get_file(p, local)
+    except FileNotFoundError:
+        raise FileNotFoundError(f'checkpoint not found: {uri}') from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the plan
+
+def scoring_metadata(plan_input: str, identity: Dict[str, Any], num_rows: int, model: Dict[str, Any],
+                     columns: Dict[str, str]) -> Dict[str, Any]:
+    """What an output records about how it was computed (its ``numclip.scoring`` metadata)."""
+    return dict(input=plan_input, input_identity=identity, rows=num_rows, model=model, columns=columns)
+
+
+def output_status(fs, path: str, expected: Dict[str, Any]) -> str:
+    """'complete' when ``path`` holds a finished output computed from exactly ``expected`` (see
+    :func:`scoring_metadata`), 'todo' when there is none, else 'stale: <what differs>'."""
     try:
         if not fs.isfile(path):
-            return False
-        meta = read_metadata(fs, path)
-    except (FileNotFoundError, ScoringSetupError):
-        return False
-    names = set(meta.schema.to_arrow_schema().names)
-    return meta.num_rows == num_rows and all(c in names for c in new_columns)
+            return 'todo'
+        meta = read_footer(fs, path)
+    except FileNotFoundError:
+        return 'todo'
+    except ScoringSetupError:
+        return 'stale: unreadable footer'
+    raw = (meta.metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        return 'stale: no scoring metadata'
+    recorded = json.loads(raw)
+    for key, what in (('rows', 'row count'), ('input_identity', 'input file (size/mtime/ETag)'),
+                      ('model', 'model (config or checkpoint)'), ('columns', 'output columns')):
+        if recorded.get(key) != expected[key]:
+            return f'stale: {what} changed'
+    if meta.num_rows != expected['rows']:
+        return 'stale: row count'
+    return 'complete'
+
+
+def _check_schema(fs, path: str, schema: pa.Schema, image_column: Optional[str], path_column: Optional[str],
+                  new_columns: Sequence[str]) -> None:
+    column = image_column or path_column
+    if column not in schema.names:
+        kind = 'image' if image_column else 'path'
+        raise ScoringSetupError(f'input {full_name(fs, path)} has no {kind} column {column!r} (columns: '
+                                f'{schema.names}); pick it with --{kind}-column')
+    ctype = schema.field(column).type
+    if image_column and not (pa.types.is_binary(ctype) or pa.types.is_large_binary(ctype)
+                             or pa.types.is_binary_view(ctype)):
+        raise ScoringSetupError(f'image column {column!r} of {full_name(fs, path)} is {ctype}, expected binary '
+                                f'(encoded image bytes); for file paths use --path-column')
+    if path_column and not (pa.types.is_string(ctype) or pa.types.is_large_string(ctype)
+                            or pa.types.is_string_view(ctype)):
+        raise ScoringSetupError(f'path column {column!r} of {full_name(fs, path)} is {ctype}, expected string')
+    clash = [c for c in new_columns if c in schema.names]
+    if clash:
+        raise ScoringSetupError(f'input {full_name(fs, path)} already has the output columns {clash}; '
+                                f'choose another --prefix')
+
+
+def _refuse_overwrite(fs_in, fs_out, files: Sequence[str], out_dir: str) -> None:
+    """No output may be an input: by identity (real paths, same-file) locally, by normalised name elsewhere."""
+    if is_local(fs_in) and is_local(fs_out):
+        real_out = os.path.realpath(out_dir)
+        inodes = {}
+        for f in files:
+            st = os.stat(f)
+            inodes[(st.st_dev, st.st_ino)] = f
+        for f in files:
+            target = os.path.join(real_out, os.path.basename(f))
+            same = os.path.realpath(target) == os.path.realpath(f)
+            if not same and os.path.exists(target):
+                st = os.stat(target)
+                same = (st.st_dev, st.st_ino) in inodes
+            if same:
+                raise ScoringSetupError(
+                    f'output {os.path.join(out_dir, os.path.basename(f))} is the input file '
+                    f'{inodes.get((os.stat(target).st_dev, os.stat(target).st_ino), f)} (same file after resolving '
+                    f'links): it would overwrite the input; choose an output folder other than the input folder')
+    elif _protocol(fs_in) == _protocol(fs_out):
+        inputs = {posixpath.normpath(f) for f in files}
+        for f in files:
+            target = posixpath.normpath(posixpath.join(out_dir, posixpath.basename(f)))
+            if target in inputs:
+                raise ScoringSetupError(f'output {full_name(fs_out, target)} would overwrite the input file '
+                                        f'{full_name(fs_in, target)}; choose an output folder other than the input '
+                                        f'folder')
 
 
 def plan_job(input_spec: str, output: str, *, image_column: Optional[str], path_column: Optional[str],
-             new_columns: Sequence[str], overwrite: bool = False
-             ) -> Tuple[fsspec.AbstractFileSystem, fsspec.AbstractFileSystem, str, List[FilePlan]]:
-    """Resolve inputs, check their schemas, and decide which outputs are still to be written.
-
-    Returns (input filesystem, output filesystem, output folder, plans).
-    """
+             new_columns: Dict[str, str], model: Dict[str, Any], overwrite: bool = False
+             ) -> Tuple[Any, Any, str, List[FilePlan]]:
+    """Resolve inputs, read each footer once, check schemas and output safety, and decide which outputs are still
+    to be written. Returns (input filesystem, output filesystem, output folder, plans)."""
     if (image_column is None) == (path_column is None):
         raise ScoringSetupError('use exactly one of an image column (encoded bytes) or a path column')
-    column = image_column or path_column
-    fs_in, files = resolve_inputs(input_spec)
     fs_out, out_dir = url_to_fs(output)
+    fs_out.invalidate_cache()  # fsspec caches listings per process: outputs written by workers since must show
+    fs_in, files = resolve_inputs(input_spec)
     if fs_out.isfile(out_dir):
         raise ScoringSetupError(f'output {output!r} is a file; it must be a folder (one output file per input file)')
-    same_fs = type(fs_in) is type(fs_out) and fs_in.protocol == fs_out.protocol
-    input_set = {posixpath.normpath(f) for f in files}
-
+    _refuse_overwrite(fs_in, fs_out, files, out_dir)
     plans = []
     for f in files:
-        out_path = posixpath.join(out_dir, posixpath.basename(f))
-        if same_fs and posixpath.normpath(out_path) in input_set:
-            raise ScoringSetupError(
-                f'output {_full(fs_out, out_path)} would overwrite the input file {_full(fs_in, f)}; '
-                f'choose an output folder other than the input folder')
-        meta = read_metadata(fs_in, f)
+        meta = read_footer(fs_in, f)
         schema = meta.schema.to_arrow_schema()
-        if column not in schema.names:
-            kind = 'image' if image_column else 'path'
-            raise ScoringSetupError(
-                f'input {_full(fs_in, f)} has no {kind} column {column!r} (columns: {schema.names}); '
-                f'pick it with --{kind}-column')
-        ctype = schema.field(column).type
-        if image_column and not (pa.types.is_binary(ctype) or pa.types.is_large_binary(ctype)
-                                 or pa.types.is_binary_view(ctype)):
-            raise ScoringSetupError(f'image column {column!r} of {_full(fs_in, f)} is {ctype}, expected binary '
-                                    f'(encoded image bytes); for file paths use --path-column')
-        if path_column and not (pa.types.is_string(ctype) or pa.types.is_large_string(ctype)
-                                or pa.types.is_string_view(ctype)):
-            raise ScoringSetupError(f'path column {column!r} of {_full(fs_in, f)} is {ctype}, expected string')
-        clash = [c for c in new_columns if c in schema.names]
-        if clash:
-            raise ScoringSetupError(f'input {_full(fs_in, f)} already has the output columns {clash}; '
-                                    f'choose another --prefix')
-        complete = (not overwrite) and output_is_complete(fs_out, out_path, meta.num_rows, new_columns)
-        plans.append(FilePlan(_full(fs_in, f), _full(fs_out, out_path), meta.num_rows, complete, schema))
+        _check_schema(fs_in, f, schema, image_column, path_column, list(new_columns.values()))
+        out_path = posixpath.join(out_dir, posixpath.basename(f))
+        plan = FilePlan(full_name(fs_in, f), full_name(fs_out, out_path), meta.num_rows,
+                        [meta.row_group(i).num_rows for i in range(meta.num_row_groups)],
+                        file_identity(fs_in, f), schema=schema)
+        if not overwrite:
+            plan.status = output_status(fs_out, out_path, expected_metadata(plan, model, new_columns))
+        plans.append(plan)
     return fs_in, fs_out, out_dir, plans
 
 
+def expected_metadata(plan: FilePlan, model: Dict[str, Any], columns: Dict[str, str]) -> Dict[str, Any]:
+    return scoring_metadata(plan.input, plan.identity, plan.num_rows, model, columns)
+
+
 def clean_stale_temporaries(fs, out_dir: str) -> List[str]:
-    """Remove partial outputs a killed run left behind. Returns their paths."""
+    """Remove partial local outputs a killed run left behind. Returns their paths."""
     if not fs.isdir(out_dir):
         return []
     stale = [p for p in fs.ls(out_dir, detail=False) if posixpath.basename(p).startswith(TMP_PREFIX)]
@@ -167,23 +283,173 @@ def clean_stale_temporaries(fs, out_dir: str) -> List[str]:
     return stale
 
 
-def temporary_name(fs, out_path: str) -> str:
-    out_dir, name = posixpath.split(out_path)
-    return posixpath.join(out_dir, f'{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{name}')
+# ----------------------------------------------------------------------------------------------------------------
+# worker side: reads
 
-
-def commit(fs, tmp_path: str, out_path: str) -> None:
-    """Move a finished temporary output to its final name (atomic on local filesystems)."""
+def read_row_group_column(uri: str, row_group: int, column: str) -> pa.ChunkedArray:
+    """One row group's image/path column (the only data pages a decode task reads)."""
+    fs, path = url_to_fs(uri)
     if is_local(fs):
-        os.replace(tmp_path, out_path)
-    else:
-        fs.mv(tmp_path, out_path)
+        return pq.ParquetFile(path).read_row_group(row_group, columns=[column]).column(0)
+    with fs.open(path, 'rb') as f:
+        return pq.ParquetFile(f).read_row_group(row_group, columns=[column]).column(0)
 
 
-def strip(fs, path: str) -> str:
-    return path if is_local(fs) else fs._strip_protocol(path)
+class ImageNotFound(OSError):
+    """An image path/URI names nothing."""
 
 
-def summary_counts(plans: Sequence[FilePlan]) -> Dict[str, int]:
-    return dict(files=len(plans), complete=sum(p.complete for p in plans),
-                rows=sum(p.num_rows for p in plans))
+class ImageUnreachable(OSError):
+    """An image URI's server could not be reached or answered with an error."""
+
+
+def _server_reachable(url: str, timeout: float = 5.0) -> bool:
+    """Whether a TCP connection to the URL's host and port opens."""
+    import socket
+    from urllib.parse import urlsplit
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == 'https' else 80)),
+                                      timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class ImageReader:
+    """Reads a path cell (local path or any fsspec URI) with at most ``max_bytes`` + 1 bytes, one filesystem per
+    protocol per process."""
+
+    def __init__(self, path_root: Optional[str] = None):
+        self.path_root = path_root
+        self._filesystems: Dict[str, Any] = {}
+
+    def __call__(self, path: str, max_bytes: Optional[int]) -> bytes:
+        if '://' not in path and self.path_root and not os.path.isabs(path):
+            path = os.path.join(self.path_root, path)
+        protocol = path.split('://', 1)[0] if '://' in path else 'file'
+        fs = self._filesystems.get(protocol)
+        if fs is None:
+            fs = self._filesystems[protocol] = fsspec.filesystem(protocol)
+        remote = protocol not in ('file', 'local')
+        try:
+            with fs.open(path, 'rb') as f:
+                return f.read() if max_bytes is None else f.read(max_bytes + 1)
+        except FileNotFoundError:
+            if not remote:
+                raise ImageNotFound(f'image file not found: {path}') from None
+            if protocol in ('http', 'https') and not _server_reachable(path):  # fsspec says "not found" for both
+                raise ImageUnreachable(f'image URI unreachable: {path} (no connection to its server)') from None
+            raise ImageNotFound(f'image not found ({protocol} server says it does not exist): {path}') from None
+        except IsADirectoryError:
+            raise ImageNotFound(f'image path is a directory: {path}') from None
+        except PermissionError as err:
+            raise ImageUnreachable(f'image not readable (permission denied): {path}') from err
+        except Exception as err:  # noqa: BLE001  (aiohttp/botocore/... errors: the server, not the file)
+            if not remote:
+                raise
+            raise ImageUnreachable(f'image URI unreachable: {path} ({type(err).__name__}: {err})') from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# worker side: the atomic write of one output file
+
+def _read_batch_rows(meta: pq.FileMetaData, target_bytes: int = 64 << 20, cap: int = 4096) -> int:
+    """Rows per read/write batch: about ``target_bytes`` of input, at most ``cap`` rows."""
+    if meta.num_rows == 0:
+        return cap
+    total = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    return int(max(1, min(cap, target_bytes // max(1, total // meta.num_rows))))
+
+
+class _Sink:
+    """Where an output's bytes go until :meth:`commit` (see the module docstring for each filesystem)."""
+
+    def __init__(self, fs, out_path: str):
+        self.fs, self.out_path = fs, out_path
+        if is_local(fs):
+            self.mode = 'rename'
+            self.tmp = posixpath.join(posixpath.dirname(out_path), f'{TMP_PREFIX}{uuid.uuid4().hex[:8]}-'
+                                                                    f'{posixpath.basename(out_path)}')
+            os.makedirs(posixpath.dirname(out_path), exist_ok=True)
+            self.file = open(self.tmp, 'wb')
+        elif _protocol(fs) in OBJECT_STORES:
+            self.mode = 'upload'
+            self.file = fs.open(out_path, 'wb', autocommit=False)
+        else:
+            self.mode = 'move'
+            self.tmp = posixpath.join(posixpath.dirname(out_path), f'{TMP_PREFIX}{uuid.uuid4().hex[:8]}-'
+                                                                    f'{posixpath.basename(out_path)}')
+            fs.makedirs(posixpath.dirname(out_path), exist_ok=True)
+            self.file = fs.open(self.tmp, 'wb')
+
+    def commit(self) -> None:
+        if self.mode == 'rename':
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.tmp, self.out_path)
+        elif self.mode == 'upload':
+            self.file.close()    # uploads the last part; nothing is visible yet
+            self.file.commit()   # PutObject / CompleteMultipartUpload: the object appears whole
+        else:
+            self.file.close()
+            self.fs.mv(self.tmp, self.out_path)
+
+    def abort(self) -> None:
+        try:
+            if self.mode == 'upload':
+                self.file.discard()  # abort the multipart upload
+            else:
+                self.file.close()
+                if self.mode == 'rename':
+                    os.unlink(self.tmp)
+                else:
+                    self.fs.rm(self.tmp)
+        except Exception:  # noqa: BLE001  (best effort: the footer check still rejects a torn file)
+            pass
+
+
+def write_scored_file(plan: FilePlan, predictions: pa.Table, names: Dict[str, str], column: str,
+                      metadata: Dict[str, Any], check_crcs) -> int:
+    """Stream ``plan.input``, attach ``predictions`` (sorted by row, one per input row), write the output with its
+    ``numclip.scoring`` metadata and commit it atomically. Runs on a Ray worker.
+
+    ``check_crcs(input_batch_column, prediction_slice)`` raises when the input changed while it was scored.
+    Returns the number of rows with an error.
+    """
+    from .columns import ERROR, OUTPUT_TYPES
+    fs_in, in_path = url_to_fs(plan.input)
+    fs_out, out_path = url_to_fs(plan.output)
+    if file_identity(fs_in, in_path) != plan.identity:
+        raise RuntimeError(f'{plan.input} changed while it was scored (size/mtime/ETag); nothing was written for '
+                           f'this file: run the job again')
+    src_file = None if is_local(fs_in) else fs_in.open(in_path, 'rb')
+    src = pq.ParquetFile(in_path if src_file is None else src_file)
+    schema = src.schema_arrow
+    for key, name in names.items():
+        schema = schema.append(pa.field(name, OUTPUT_TYPES[key]))
+    schema = schema.with_metadata({**(schema.metadata or {}), METADATA_KEY: json.dumps(metadata).encode()})
+    sink = _Sink(fs_out, out_path)
+    bad = seen = 0
+    try:
+        with pq.ParquetWriter(sink.file, schema) as writer:
+            for batch in src.iter_batches(batch_size=_read_batch_rows(src.metadata), use_threads=False):
+                part = predictions.slice(seen, batch.num_rows)
+                check_crcs(batch.column(column), part, seen)
+                table = pa.Table.from_batches([batch])
+                for key, name in names.items():
+                    table = table.append_column(pa.field(name, OUTPUT_TYPES[key]), part.column(key))
+                writer.write_table(table.cast(schema))
+                bad += batch.num_rows - part.column(ERROR).null_count
+                seen += batch.num_rows
+        if seen != plan.num_rows:
+            raise RuntimeError(f'{plan.input}: read {seen} rows but its footer says {plan.num_rows}')
+        sink.commit()
+    except BaseException:
+        sink.abort()
+        raise
+    finally:
+        if src_file is not None:
+            src_file.close()
+    return bad

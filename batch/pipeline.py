@@ -1,152 +1,153 @@
-"""The Ray Data scoring graph, and the driver loop that turns its output into one Parquet file per input file.
+"""The Ray Data scoring graph and the driver loop.
 
 ::
 
-    from_items(one work item per (input file, row group))
-      -> map_batches(ReadDecode)  read that row group's image/path column, decode + test transforms,
-                                  yield slices tagged (file index, row index, CRC of the cell)   Ray CPU tasks
-                                  (bad rows: error message + placeholder tensor)
-      -> map_batches(InferenceActor, ActorPoolStrategy(size))   one Predictor per actor; flagged rows get null
-                                  predictions; the tensors are dropped here                       Ray actors
-      -> iter_batches on the driver: small prediction columns only, buffered per file
-    driver: when all rows of a file are in, sort them by row index, stream the input file's row groups again,
-            append the prediction columns, write ``<out>/.numclip-tmp-*-<name>``, rename to ``<out>/<name>``.
+    from_items(one work item per (input file, row group))                                    driver: footers only
+      CPU (default): map_batches(InferenceActor, ActorPoolStrategy)   read the row group's image/path column,
+                     decode at the model's input size, infer; pixels never leave the actor
+      GPU:           map_batches(RowGroupDecoder) CPU tasks -> map_batches(InferenceActor, num_gpus=...)
+      -> small prediction columns (file, row, CRC of the cell, value/label/probability/error) to the driver
+    driver: when all rows of a file are in, one Ray task (write_output, on a worker) streams that input file,
+            checks every row's CRC, appends the columns and commits the output atomically (batch.catalog).
 
-Row order: every prediction carries its (file, row) index, so output files have exactly the input's rows in the
-input's order whatever order Ray finishes the work in (``preserve_order`` is still set, which keeps the number of
-half-finished files, and so the driver's buffers, small). The CRC of each image/path cell is compared with the
-input row when writing: a file that changed during the run is not committed.
-Memory: all stages stream (Ray Data's backpressure bounds the object store); only prediction columns travel back
-to the driver (tens of bytes per row); the driver holds one input row group at a time while writing.
-Resume: files whose complete output exists are not read at all; a killed job leaves only ``.numclip-tmp-*``
-files, which the next run removes.
+So the driver reads Parquet footers and prediction columns only (tens of bytes per row), never an image; a 10 TB
+catalog's bytes are read and written by the workers. Row order: every prediction carries its (file, row) index, so
+outputs have exactly the input's rows in the input's order whatever order Ray finishes the work in. Resume: each
+output records the input's identity, its row count and the model in its metadata (batch.catalog.output_status);
+files whose output matches are not read at all; a changed input or model is re-scored.
+Failures: a worker that dies (out of memory, crash) is retried at most ``max_retries`` times, then the job ends
+with a message; the files already committed stay committed and the next run continues from them.
 """
-import gc
+import hashlib
+import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from . import catalog
-from .decode import ERROR, FILE, FP, ROW, TENSOR, Decoder, ReadDecode, fingerprints
+from .columns import CELL_CRC, FILE_INDEX, OUTPUT_TYPES, PREDICTION_SCHEMA, ROW_INDEX, cell_crcs, \
+    output_columns
+from .decode import DEFAULT_MAX_PIXELS, CellDecoder, RowGroupDecoder
 
 logger = logging.getLogger('batch')
 
-VALUE, LABEL, PROBABILITY, ERROR_OUT = 'value', 'label', 'probability', 'error'
-OUTPUT_TYPES = {VALUE: pa.float64(), LABEL: pa.string(), PROBABILITY: pa.float64(), ERROR_OUT: pa.string()}
 
+class ScoringFailed(RuntimeError):
+    """The job stopped while scoring (after Ray's bounded retries, or because an input changed)."""
 
-def output_columns(prefix: str) -> Dict[str, str]:
-    """Suffix -> column name, e.g. {'value': 'age_value', ...}."""
-    return {k: f'{prefix}{k}' for k in OUTPUT_TYPES}
+    def __init__(self, message: str, report: Optional[Dict[str, Any]] = None):
+        super().__init__(message)
+        self.report = report
 
 
 @dataclass
 class ScoreOptions:
     config: Any                            # config path or mmengine Config
-    checkpoint: Optional[str]
+    checkpoint: Optional[str]              # local path or URI; None needs zero_shot=True
     input: str
     output: str
     image_column: Optional[str] = 'image'
     path_column: Optional[str] = None
     prefix: Optional[str] = None           # default: '{task.name}_'
-    batch_size: int = 64
+    zero_shot: bool = False                # score with the config's pretrained CLIP (no checkpoint)
+    keep_raw_value: bool = False           # also write {prefix}value_raw (before clamping to the task's range)
+    batch_size: Optional[int] = None       # default: 64 on CPU, 256 per GPU actor
     num_actors: int = 1
     num_gpus_per_actor: float = 0
-    cpus_per_actor: float = 0.5
+    cpus_per_actor: float = 1
     cpus_per_decode_task: float = 1
+    decode_in_actor: Optional[bool] = None  # default: True on CPU, False with GPUs (decode in CPU tasks)
+    precision: Optional[str] = None        # fp32 | fp16 | bf16; default bf16/fp16 on CUDA, fp32 on CPU
     torch_threads: Optional[int] = None    # torch.set_num_threads in each actor (default: Ray's OMP setting)
     max_image_bytes: Optional[int] = None
+    max_image_pixels: Optional[int] = DEFAULT_MAX_PIXELS
     path_root: Optional[str] = None        # relative paths in the path column are resolved against this folder
     overwrite: bool = False
-    address: Optional[str] = None         # None: RAY_ADDRESS or a local instance; 'auto', 'ray://...'
+    max_retries: int = 3                   # per task / actor restarts before the job ends
+    max_writes_in_flight: int = 4
+    progress_interval_s: float = 10.0
+    address: Optional[str] = None          # None: RAY_ADDRESS or a local instance; 'auto', 'ray://...'
     num_cpus: Optional[int] = None         # only for a local ray.init
     object_store_memory: Optional[int] = None  # only for a local ray.init
+    fault_injection: Optional[dict] = None  # tests only: see batch.actor.InferenceActor
+
+
+@dataclass
+class ScoringJob:
+    """Everything decided before Ray starts."""
+    opts: ScoreOptions
+    config: Any
+    task_name: str
+    input_size: Optional[tuple]
+    model_identity: Dict[str, str]
+    names: Dict[str, str]
+    fs_out: Any
+    out_dir: str
+    plans: List[catalog.FilePlan]
+
+    @property
+    def column(self) -> str:
+        return self.opts.image_column or self.opts.path_column
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# checkpoint access (an adapter: Predictor takes a local path; a URI is copied to a local temporary file first)
+# before Ray
 
-def local_checkpoint(checkpoint: Optional[str]) -> Optional[str]:
-    if checkpoint is None or '://' not in checkpoint or checkpoint.startswith('file://'):
-        return checkpoint[len('file://'):] if checkpoint and checkpoint.startswith('file://') else checkpoint
-    import fsspec
-    fd, local = tempfile.mkstemp(suffix='-' + os.path.basename(checkpoint))
-    os.close(fd)
+def _config_digest(cfg) -> str:
+    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def prepare(opts: ScoreOptions) -> ScoringJob:
+    """All checks that need no Ray. Raises FileNotFoundError, CheckpointMismatchError or ScoringSetupError."""
+    from numclip_mm.inference import PRECISIONS, describe_model, load_config
+    Err = catalog.ScoringSetupError
+    if (opts.batch_size is not None and opts.batch_size < 1) or opts.num_actors < 1:
+        raise Err('batch size and number of actors must be at least 1')
+    for name in ('max_image_bytes', 'max_image_pixels'):
+        if getattr(opts, name) is not None and getattr(opts, name) < 1:
+            raise Err(f'--{name.replace("_", "-")} must be positive')
+    if opts.precision is not None and opts.precision not in PRECISIONS:
+        raise Err(f'--precision must be one of {sorted(PRECISIONS)}, got {opts.precision!r}')
+    if opts.checkpoint is not None and '://' not in opts.checkpoint and not os.path.isfile(opts.checkpoint):
+        raise FileNotFoundError(f'checkpoint not found: {opts.checkpoint}')
+    config = load_config(opts.config)
+    if opts.checkpoint is None:
+        pretrained = (config.model.get('clip') or {}).get('pretrained')
+        if not opts.zero_shot:
+            raise Err('no --checkpoint: scoring needs the trained checkpoint; to score zero-shot with the config\'s '
+                      'pretrained CLIP say so with --zero-shot')
+        if not pretrained:
+            raise Err('--zero-shot needs pretrained CLIP weights, but the config\'s model.clip.pretrained is '
+                      f'{pretrained!r}: its weights would be random; give --checkpoint')
+        checkpoint_digest = f'pretrained:{pretrained}'
+    elif opts.zero_shot:
+        raise Err('--zero-shot and --checkpoint exclude each other')
+    local = opts.checkpoint
+    if opts.checkpoint is not None and '://' in opts.checkpoint and not opts.checkpoint.startswith('file://'):
+        import tempfile
+        fd, local = tempfile.mkstemp(suffix='-' + os.path.basename(opts.checkpoint))
+        os.close(fd)
+        catalog.copy_to_local(opts.checkpoint, local)
     try:
-        with fsspec.open(checkpoint, 'rb') as src, open(local, 'wb') as dst:
-            while chunk := src.read(1 << 24):
-                dst.write(chunk)
-    except FileNotFoundError:
-        os.unlink(local)
-        raise FileNotFoundError(f'checkpoint not found: {checkpoint}') from None
-    return local
-
-
-def load_config(config):
-    """A self-contained Config (bases merged), so that workers need not see the config file."""
-    from numclip_mm.inference import load_config as load
-    return load(config)
-
-
-def load_predictor(config, checkpoint, device='cpu'):
-    from numclip_mm.inference import Predictor
-    local = local_checkpoint(checkpoint)
-    try:
-        return Predictor(config, local, device=device)
+        model = describe_model(config, local and local.removeprefix('file://'))  # exact key/shape check
+        if opts.checkpoint is not None:
+            checkpoint_digest = catalog.file_digest(local)
     finally:
-        if local != checkpoint and local is not None and os.path.exists(local):
+        if local != opts.checkpoint and local is not None:
             os.unlink(local)
-
-
-class InferenceActor:
-    """One Predictor per actor, built once; ``__call__`` maps a decoded batch to prediction columns.
-
-    Rows flagged by the decoder get null predictions and keep their error. The tensor column is not returned.
-    """
-
-    def __init__(self, config, checkpoint, device='cpu', torch_threads=None):
-        import torch
-        if torch_threads:
-            torch.set_num_threads(int(torch_threads))
-        self.predictor = load_predictor(config, checkpoint, device)
-
-    def __call__(self, batch: Dict[str, np.ndarray]) -> pa.Table:
-        import torch
-        errors = list(batch[ERROR])
-        n = len(errors)
-        ok = np.array([e is None for e in errors], dtype=bool)
-        value, prob = np.zeros(n), np.zeros(n)
-        label = np.full(n, None, dtype=object)
-        if ok.any():
-            tensors = batch[TENSOR][ok]
-            if tensors.dtype == object:  # variable-shaped
-                inputs = [torch.from_numpy(np.ascontiguousarray(t)) for t in tensors]
-            else:
-                inputs = torch.from_numpy(np.ascontiguousarray(tensors))
-            try:
-                out = self.predictor.predict_tensors(inputs)
-                value[ok], prob[ok], label[ok] = out['value'], out['probability'], out['label']
-            except Exception as err:  # noqa: BLE001  (one bad batch must not kill the job: report it per row)
-                msg = f'inference failed: {type(err).__name__}: {err}'
-                for i in np.flatnonzero(ok):
-                    errors[i] = msg
-                ok[:] = False
-        return pa.table({
-            FILE: pa.array(np.asarray(batch[FILE], dtype=np.int64)),
-            ROW: pa.array(np.asarray(batch[ROW], dtype=np.int64)),
-            FP: pa.array(np.asarray(batch[FP], dtype=np.int64)),
-            VALUE: pa.array(value, mask=~ok, type=pa.float64()),
-            LABEL: pa.array(label, type=pa.string()),
-            PROBABILITY: pa.array(prob, mask=~ok, type=pa.float64()),
-            ERROR_OUT: pa.array(errors, type=pa.string()),
-        })
+    task = model['task']
+    prefix = f'{task.name}_' if opts.prefix is None else opts.prefix
+    names = output_columns(prefix, opts.keep_raw_value)
+    identity = dict(config=_config_digest(config), checkpoint=checkpoint_digest)
+    fs_in, fs_out, out_dir, plans = catalog.plan_job(
+        opts.input, opts.output, image_column=opts.image_column, path_column=opts.path_column,
+        new_columns=names, model=identity, overwrite=opts.overwrite)
+    return ScoringJob(opts, config, task.name, model['input_size'], identity, names, fs_out, out_dir, plans)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -167,220 +168,223 @@ def ensure_ray(opts: ScoreOptions) -> bool:
     return True
 
 
-def work_items(plans: Sequence[catalog.FilePlan], fs_in) -> List[Dict[str, Any]]:
-    """One item per (file, row group): the unit of a read+decode task."""
+def work_items(plans: Sequence[catalog.FilePlan]) -> List[Dict[str, Any]]:
+    """One item per (file, non-empty row group): the unit of a read + decode task."""
     items = []
     for index, plan in enumerate(plans):
-        meta = catalog.read_metadata(fs_in, catalog.strip(fs_in, plan.input))
         offset = 0
-        for group in range(meta.num_row_groups):
-            n = meta.row_group(group).num_rows
+        for group, n in enumerate(plan.row_group_rows):
             if n:
                 items.append(dict(file=index, path=plan.input, row_group=group, offset=offset))
             offset += n
     return items
 
 
-def build_dataset(plans: Sequence[catalog.FilePlan], fs_in, opts: ScoreOptions, config, preprocessor,
-                  placeholder_shape):
-    """The lazy Ray Dataset of prediction columns (file index, row index, fingerprint, value/label/probability/
-    error) for the row groups of ``plans``."""
+def build_dataset(job: ScoringJob, plans: Sequence[catalog.FilePlan]):
+    """The lazy Ray Dataset of prediction columns (batch.columns.PREDICTION_SCHEMA) for ``plans``."""
     import ray
+
+    from .actor import InferenceActor
+    from numclip_mm.inference import ImagePreprocessor
+    opts = job.opts
+    gpu = bool(opts.num_gpus_per_actor)
+    batch_size = opts.batch_size or (256 if gpu else 64)
+    in_actor = (not gpu) if opts.decode_in_actor is None else opts.decode_in_actor
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # not needed for correctness (rows are tagged); bounds buffering
-    column = opts.image_column or opts.path_column
-    items = work_items(plans, fs_in)
-    decoder = Decoder(preprocessor, column, 'bytes' if opts.image_column else 'path', opts.max_image_bytes,
-                      placeholder_shape, opts.path_root or os.getcwd())
+    items = work_items(plans)
+    preprocessor = None if in_actor else ImagePreprocessor(job.config, job.input_size)  # actors bring their own
+    row_decoder = RowGroupDecoder(
+        CellDecoder(preprocessor, 'bytes' if opts.image_column else 'path', opts.max_image_bytes,
+                    opts.max_image_pixels, opts.path_root or os.getcwd()), job.column, batch_size)
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    ds = ds.map_batches(ReadDecode(decoder, opts.batch_size), batch_size=1, batch_format='numpy',
-                        num_cpus=opts.cpus_per_decode_task)
-    remote = dict(num_cpus=opts.cpus_per_actor)
-    if opts.num_gpus_per_actor:
+    if not in_actor:
+        ds = ds.map_batches(row_decoder, batch_size=1, batch_format='numpy', num_cpus=opts.cpus_per_decode_task,
+                            max_retries=opts.max_retries)
+    remote = dict(num_cpus=opts.cpus_per_actor, max_restarts=opts.max_retries, max_task_retries=opts.max_retries)
+    if gpu:
         remote['num_gpus'] = opts.num_gpus_per_actor
-    device = 'cuda' if opts.num_gpus_per_actor else 'cpu'
     return ds.map_batches(
-        InferenceActor, batch_format='numpy', batch_size=opts.batch_size,
+        InferenceActor, batch_format='numpy', batch_size=1 if in_actor else batch_size,
         compute=ray.data.ActorPoolStrategy(size=opts.num_actors),
-        fn_constructor_kwargs=dict(config=config, checkpoint=opts.checkpoint, device=device,
-                                   torch_threads=opts.torch_threads),
+        fn_constructor_kwargs=dict(config=job.config, checkpoint=opts.checkpoint, device='cuda' if gpu else 'cpu',
+                                   precision=opts.precision, torch_threads=opts.torch_threads,
+                                   row_decoder=row_decoder if in_actor else None,
+                                   fault_injection=opts.fault_injection),
         **remote)
 
 
-def _empty_preds() -> pa.Table:
-    return pa.table({ROW: pa.array([], pa.int64()), FP: pa.array([], pa.int64()),
-                     **{k: pa.array([], t) for k, t in OUTPUT_TYPES.items()}})
+def _check_crcs(input_column, predictions: pa.Table, first_row: int, source: str = '') -> None:
+    expected = cell_crcs(input_column)
+    got = predictions.column(CELL_CRC).to_numpy()
+    if not np.array_equal(expected, got):
+        row = first_row + int(np.flatnonzero(expected != got)[0])
+        raise RuntimeError(f'{source} changed while it was scored (row {row} differs); nothing was written for '
+                           f'this file: run the job again')
 
 
-def _read_batch_rows(meta: pq.FileMetaData, target_bytes: int = 64 << 20, cap: int = 4096) -> int:
-    """Rows per driver read/write batch: about ``target_bytes`` of input, at most ``cap`` rows."""
-    if meta.num_rows == 0:
-        return cap
-    total = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-    return int(max(1, min(cap, target_bytes // max(1, total // meta.num_rows))))
+def write_output(plan: catalog.FilePlan, predictions: pa.Table, names: Dict[str, str], column: str,
+                 metadata: Dict[str, Any]) -> int:
+    """Ray task: the output file of ``plan`` (on a worker). Returns the number of rows with an error."""
+    def check(col, part, first_row):
+        _check_crcs(col, part, first_row, plan.input)
+    return catalog.write_scored_file(plan, predictions, names, column, metadata, check)
 
 
-def write_file(plan: catalog.FilePlan, fs_in, fs_out, preds: pa.Table, names: Dict[str, str], column: str) -> int:
-    """Stream ``plan.input`` again, attach its prediction rows (``preds``, any order), write atomically.
-    Returns the number of rows with an error."""
-    preds = preds.sort_by(ROW) if preds.num_rows else preds
-    if preds.num_rows != plan.num_rows or not np.array_equal(preds.column(ROW).to_numpy(),
-                                                              np.arange(plan.num_rows)):
-        raise RuntimeError(f'{plan.input}: the pipeline returned {preds.num_rows} prediction rows for '
-                           f'{plan.num_rows} input rows (or duplicates); nothing was written for this file')
-    in_path, out_path = catalog.strip(fs_in, plan.input), catalog.strip(fs_out, plan.output)
-    tmp = catalog.temporary_name(fs_out, out_path)
-    src = catalog.open_parquet(fs_in, in_path)
-    schema = src.schema_arrow
-    for key, name in names.items():
-        schema = schema.append(pa.field(name, OUTPUT_TYPES[key]))
-    bad, seen = 0, 0
-    sink = tmp if catalog.is_local(fs_out) else fs_out.open(tmp, 'wb')
-    try:
-        with pq.ParquetWriter(sink, schema) as writer:
-            for batch in src.iter_batches(batch_size=_read_batch_rows(src.metadata), use_threads=False):
-                part = preds.slice(seen, batch.num_rows)
-                expected = fingerprints(pa.chunked_array([batch.column(column)]))
-                got = part.column(FP).to_numpy()
-                if not np.array_equal(expected, got):
-                    row = seen + int(np.flatnonzero(expected != got)[0])
-                    raise RuntimeError(f'{plan.input} changed while it was scored (row {row} differs); nothing was '
-                                       f'written for this file')
-                table = pa.Table.from_batches([batch])
-                for key, name in names.items():
-                    table = table.append_column(pa.field(name, OUTPUT_TYPES[key]), part.column(key))
-                writer.write_table(table.cast(schema))
-                bad += batch.num_rows - part.column(ERROR_OUT).null_count
-                seen += batch.num_rows
-        if not catalog.is_local(fs_out):
-            sink.close()
-        if seen != plan.num_rows:
-            raise RuntimeError(f'{plan.input}: read {seen} rows but its footer says {plan.num_rows}')
-        catalog.commit(fs_out, tmp, out_path)
-    except BaseException:
-        try:
-            if not catalog.is_local(fs_out) and not sink.closed:
-                sink.close()
-            if fs_out.exists(tmp):
-                fs_out.rm(tmp)
-        except Exception:  # noqa: BLE001
-            pass
-        raise
-    return bad
+class Progress:
+    """Rows done / total, rows/s and ETA every ``interval`` seconds, and one line per finished file."""
+
+    def __init__(self, total_rows: int, total_files: int, interval: float):
+        self.total_rows, self.total_files, self.interval = total_rows, total_files, interval
+        self.rows = self.files = 0
+        self.start = self.last = time.perf_counter()
+
+    def add_rows(self, n: int) -> None:
+        self.rows += n
+        now = time.perf_counter()
+        if now - self.last >= self.interval:
+            self.last = now
+            rate = self.rows / max(now - self.start, 1e-9)
+            eta = (self.total_rows - self.rows) / rate if rate else float('inf')
+            logger.info('scored %d/%d rows (%.1f %%), %.1f rows/s, ETA %.0f s; %d/%d files written', self.rows,
+                        self.total_rows, 100 * self.rows / max(self.total_rows, 1), rate, eta, self.files,
+                        self.total_files)
+
+    def file_done(self, plan: catalog.FilePlan, bad: int) -> None:
+        self.files += 1
+        elapsed = time.perf_counter() - self.start
+        logger.info('[%d/%d] %s -> %s: %d rows (%d with errors); %d/%d rows in %.1f s, %.1f rows/s', self.files,
+                    self.total_files, plan.input, plan.output, plan.num_rows, bad, self.rows, self.total_rows,
+                    elapsed, self.rows / max(elapsed, 1e-9))
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# the whole job
-
-@dataclass
-class Prepared:
-    opts: ScoreOptions
-    config: Any
-    preprocessor: Any
-    placeholder_shape: tuple
-    task_name: str
-    names: Dict[str, str]
-    fs_in: Any
-    fs_out: Any
-    out_dir: str
-    plans: List[catalog.FilePlan]
+def _empty_predictions() -> pa.Table:
+    return PREDICTION_SCHEMA.empty_table()
 
 
-def prepare(opts: ScoreOptions) -> Prepared:
-    """All checks that need no Ray: the model loads from the checkpoint, inputs exist and have the column,
-    outputs do not overwrite inputs. Raises FileNotFoundError, CheckpointMismatchError or ScoringSetupError."""
-    if opts.batch_size < 1 or opts.num_actors < 1:
-        raise catalog.ScoringSetupError('batch size and number of actors must be at least 1')
-    if opts.max_image_bytes is not None and opts.max_image_bytes < 1:
-        raise catalog.ScoringSetupError('--max-image-bytes must be positive')
-    if opts.checkpoint is not None and '://' not in opts.checkpoint and not os.path.isfile(opts.checkpoint):
-        raise FileNotFoundError(f'checkpoint not found: {opts.checkpoint}')
-    config = load_config(opts.config)
-    predictor = load_predictor(config, opts.checkpoint, 'cpu')  # the real load: mismatches surface here
-    task_name, preprocessor = predictor.task.name, predictor.preprocessor
-    placeholder_shape = tuple(preprocessor(np.zeros((224, 224, 3), dtype=np.uint8)).shape)
-    del predictor
-    gc.collect()
-    prefix = f'{task_name}_' if opts.prefix is None else opts.prefix
-    names = output_columns(prefix)
-    fs_in, fs_out, out_dir, plans = catalog.plan_job(
-        opts.input, opts.output, image_column=opts.image_column, path_column=opts.path_column,
-        new_columns=list(names.values()), overwrite=opts.overwrite)
-    return Prepared(opts, config, preprocessor, placeholder_shape, task_name, names, fs_in, fs_out, out_dir, plans)
-
-
-def run(prep: Prepared) -> Dict[str, Any]:
-    """Score the pending files of ``prep``. Returns a summary with one entry per input file."""
-    opts, fs_in, fs_out = prep.opts, prep.fs_in, prep.fs_out
-    fs_out.makedirs(prep.out_dir, exist_ok=True)
-    for stale in catalog.clean_stale_temporaries(fs_out, prep.out_dir):
-        logger.info('removed a partial output of an earlier run: %s', stale)
-    pending = [p for p in prep.plans if not p.complete]
-    report = dict(task=prep.task_name, columns=prep.names, output=opts.output, files=[])
-    for p in prep.plans:
+def run(job: ScoringJob) -> Dict[str, Any]:
+    """Score the plan's pending files. Returns a summary (also logged); raises ScoringFailed when files failed."""
+    opts = job.opts
+    report: Dict[str, Any] = dict(columns=job.names, files=[], failed=[])
+    if catalog.is_local(job.fs_out):
+        for p in catalog.clean_stale_temporaries(job.fs_out, job.out_dir):
+            logger.info('removed a partial output of an earlier run: %s', p)
+    pending = [p for p in job.plans if not p.complete]
+    for p in job.plans:
         if p.complete:
-            logger.info('skip %s: complete output %s exists (%d rows)', p.input, p.output, p.num_rows)
             report['files'].append(dict(input=p.input, output=p.output, rows=p.num_rows, status='skipped'))
+        elif p.status.startswith('stale'):
+            logger.info('re-scoring %s: its output is %s', p.input, p.status)
+    logger.info('%d input files, %d rows: %d already scored, %d to score', len(job.plans),
+                sum(p.num_rows for p in job.plans), len(job.plans) - len(pending), len(pending))
     start = time.perf_counter()
     if pending:
         started = ensure_ray(opts)
         try:
-            ds = build_dataset(pending, fs_in, opts, prep.config, prep.preprocessor, prep.placeholder_shape)
-            column = opts.image_column or opts.path_column
-            buffers: Dict[int, List[pa.Table]] = {i: [] for i in range(len(pending))}
-            counts = {i: 0 for i in range(len(pending))}
-            done_files, last = 0, start
-
-            def finish(i):
-                nonlocal done_files, last
-                p = pending[i]
-                chunks = buffers.pop(i, [])
-                preds = pa.concat_tables(chunks) if chunks else _empty_preds()
-                bad = write_file(p, fs_in, fs_out, preds, prep.names, column)
-                done_files += 1
-                now = time.perf_counter()
-                logger.info('[%d/%d] %s -> %s: %d rows (%d with errors) in %.1f s, %.1f rows/s', done_files,
-                            len(pending), p.input, p.output, p.num_rows, bad, now - last,
-                            p.num_rows / max(now - last, 1e-9))
-                report['files'].append(dict(input=p.input, output=p.output, rows=p.num_rows, errors=bad,
-                                            status='written', seconds=now - last))
-                last = now
-
-            for i, p in enumerate(pending):
-                if p.num_rows == 0:
-                    finish(i)
-            for table in ds.iter_batches(batch_format='pyarrow', batch_size=None, prefetch_batches=2):
-                if 'first_output_s' not in report and table.num_rows:
-                    report['first_output_s'] = time.perf_counter() - start
-                files = table.column(FILE).to_numpy()
-                for i in np.unique(files):
-                    i = int(i)
-                    part = table.filter(pa.array(files == i)) if len(np.unique(files)) > 1 else table
-                    if i not in buffers:
-                        raise RuntimeError(f'prediction rows for {pending[i].input} arrived after it was written')
-                    buffers[i].append(part.combine_chunks())
-                    counts[i] += part.num_rows
-                    if counts[i] >= pending[i].num_rows:
-                        finish(i)
-            if buffers:
-                missing = [pending[i].input for i in buffers]
-                raise RuntimeError(f'the pipeline returned too few rows for {missing}')
+            _score(job, pending, report, start)
         finally:
             if started:
                 import ray
                 ray.shutdown()
     elapsed = time.perf_counter() - start
-    rows = sum(p.num_rows for p in pending)
+    rows = sum(f['rows'] for f in report['files'] if f['status'] == 'written')
     report.update(rows_scored=rows, seconds=elapsed, rows_per_s=rows / elapsed if rows else 0.0,
-                  files_written=len(pending), files_skipped=len(prep.plans) - len(pending))
-    order = {p.input: i for i, p in enumerate(prep.plans)}
+                  files_written=sum(f['status'] == 'written' for f in report['files']),
+                  files_skipped=len(job.plans) - len(pending))
+    order = {p.input: i for i, p in enumerate(job.plans)}
     report['files'].sort(key=lambda f: order[f['input']])
-    logger.info('done: %d files written, %d skipped, %d rows in %.1f s', report['files_written'],
-                report['files_skipped'], rows, elapsed)
+    logger.info('done: %d files written, %d skipped, %d failed, %d rows in %.1f s', report['files_written'],
+                report['files_skipped'], len(report['failed']), rows, elapsed)
+    if report['failed']:
+        raise ScoringFailed('; '.join(f['error'] for f in report['failed']) + ' (committed outputs are kept: run the '
+                            'same command again to finish)', report)
     return report
+
+
+def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, Any], start: float) -> None:
+    import ray
+    opts = job.opts
+    writer = ray.remote(write_output).options(  # I/O bound: no CPU reserved (never starved by the actors),
+        num_cpus=0, max_retries=opts.max_retries, scheduling_strategy='SPREAD')  # spread over the nodes
+    ds = build_dataset(job, pending)
+    buffers: Dict[int, List[pa.Table]] = {i: [] for i in range(len(pending))}
+    counts = {i: 0 for i in range(len(pending))}
+    in_flight: Dict[Any, int] = {}
+    progress = Progress(sum(p.num_rows for p in pending), len(pending), opts.progress_interval_s)
+
+    def collect(refs) -> None:
+        for ref in refs:
+            i = in_flight.pop(ref)
+            p = pending[i]
+            try:
+                bad = ray.get(ref)
+            except Exception as err:  # noqa: BLE001  (one file failing does not stop the others)
+                msg = str(getattr(err, 'cause', None) or err).strip().splitlines()[-1]
+                logger.error('%s: %s', p.input, msg)
+                report['failed'].append(dict(input=p.input, error=f'{p.input}: {msg}'))
+                report['files'].append(dict(input=p.input, output=p.output, rows=p.num_rows, status='failed'))
+                continue
+            progress.file_done(p, bad)
+            report['files'].append(dict(input=p.input, output=p.output, rows=p.num_rows, errors=bad,
+                                        status='written'))
+
+    def finish(i: int) -> None:
+        chunks = buffers.pop(i)
+        preds = pa.concat_tables(chunks) if chunks else _empty_predictions()
+        preds = preds.sort_by(ROW_INDEX)
+        p = pending[i]
+        if preds.num_rows != p.num_rows or not np.array_equal(preds.column(ROW_INDEX).to_numpy(),
+                                                               np.arange(p.num_rows)):
+            raise ScoringFailed(f'{p.input}: the pipeline returned {preds.num_rows} prediction rows for '
+                                f'{p.num_rows} input rows (or duplicates); nothing was written for this file')
+        while len(in_flight) >= opts.max_writes_in_flight:
+            done, _ = ray.wait(list(in_flight), num_returns=1)
+            collect(done)
+        metadata = catalog.expected_metadata(p, job.model_identity, job.names)
+        in_flight[writer.remote(p, preds, job.names, job.column, metadata)] = i
+
+    for i, p in enumerate(pending):
+        if p.num_rows == 0:
+            finish(i)
+    try:
+        for table in ds.iter_batches(batch_format='pyarrow', batch_size=None, prefetch_batches=2):
+            if not table.num_rows:
+                continue
+            report.setdefault('first_output_s', time.perf_counter() - start)
+            files = table.column(FILE_INDEX).to_numpy()
+            for i in np.unique(files).tolist():
+                part = table if files[0] == files[-1] == i else table.filter(pa.array(files == i))
+                if i not in buffers:
+                    raise ScoringFailed(f'prediction rows for {pending[i].input} arrived after it was written')
+                buffers[i].append(part.select([ROW_INDEX, CELL_CRC, *OUTPUT_TYPES]).combine_chunks())
+                counts[i] += part.num_rows
+                progress.add_rows(part.num_rows)
+                if counts[i] >= pending[i].num_rows:
+                    finish(i)
+            done, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0) if in_flight else ([], 0)
+            collect(done)
+    except ScoringFailed:
+        raise
+    except Exception as err:  # noqa: BLE001  (Ray's bounded retries are exhausted: end the job with a message)
+        if in_flight:
+            collect(ray.wait(list(in_flight), num_returns=len(in_flight))[0])
+        raise ScoringFailed(
+            f'scoring stopped after {opts.max_retries} retries of a failing worker ({type(err).__name__}: '
+            f'{str(err).strip().splitlines()[-1] if str(err).strip() else ""}). A worker that dies again and again is '
+            f'usually out of memory: lower --batch-size or --max-image-pixels, or give actors more memory. '
+            f'{len(report["files"])} files are complete and kept; run the same command again to continue.',
+            report) from err
+    if in_flight:
+        collect(ray.wait(list(in_flight), num_returns=len(in_flight))[0])
+    if buffers:
+        missing = [pending[i].input for i in buffers]
+        raise ScoringFailed(f'the pipeline returned too few rows for {missing}')
 
 
 def score_catalog(opts: ScoreOptions = None, **kwargs) -> Dict[str, Any]:
     """Check everything up front, then score. ``score_catalog(config=..., checkpoint=..., input=..., output=...)``."""
     opts = opts or ScoreOptions(**kwargs)
     return run(prepare(opts))
+
+
+__all__ = ['ScoreOptions', 'ScoringFailed', 'ScoringJob', 'prepare', 'run', 'score_catalog']

@@ -1,13 +1,12 @@
 """Score a Parquet image catalog with a trained NumCLIP model on Ray.
 
-Local run (starts a private Ray instance)::
+Local run (starts a private Ray instance); three equivalent forms::
 
-    python -m batch.score --config CFG --checkpoint CKPT --input catalog/ --output scored/
+    numclip-score --config CFG --checkpoint CKPT --input catalog/ --output scored/
+    python -m batch.score ...
+    python batch/score.py ...            # what `ray submit cluster.yaml batch/score.py -- ...` runs
 
-On a running cluster (from the repository root; the entry point runs on the head node)::
-
-    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
-        /abs/path/to/python -m batch.score --config CFG --checkpoint CKPT --input IN --output OUT
+On a running cluster: ``ray job submit`` or ``ray submit`` (see README, "Batch scoring with Ray").
 
 Every input column is kept and ``{prefix}value``, ``{prefix}label``, ``{prefix}probability`` and ``{prefix}error``
 (null on success) are added; one output file per input file, same base name, same row order. Files whose complete
@@ -17,10 +16,19 @@ Exit status: 0 done, 2 bad arguments/inputs (nothing started), 1 failure while s
 import argparse
 import json
 import logging
+import os
 import sys
 
-from . import catalog
-from .pipeline import ScoreOptions, prepare, run
+if __package__ in (None, ''):  # run as a file (`python batch/score.py`, `ray submit`): import the package instead
+    _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.isfile(os.path.join(_ROOT, 'batch', '__init__.py')):  # inside a checkout (else: the installed one)
+        sys.path[0] = _ROOT
+        # and let the workers of a Ray started here import the same code (a checkout that is not installed)
+        os.environ['PYTHONPATH'] = os.pathsep.join(p for p in (_ROOT, os.environ.get('PYTHONPATH')) if p)
+
+from batch import catalog  # noqa: E402
+from batch.decode import DEFAULT_MAX_PIXELS  # noqa: E402
+from batch.pipeline import ScoreOptions, ScoringFailed, prepare, run  # noqa: E402
 
 
 def _size(text: str) -> int:
@@ -36,11 +44,12 @@ def _size(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='python -m batch.score', description=__doc__.split('\n\n')[0],
+    p = argparse.ArgumentParser(prog='numclip-score', description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--config', required=True, help='model config the checkpoint was trained with')
-    p.add_argument('--checkpoint', default=None,
-                   help='Runner checkpoint (.pth); omit to score with the config\'s own (zero-shot) weights')
+    p.add_argument('--checkpoint', default=None, help='Runner checkpoint (.pth), local path or URI')
+    p.add_argument('--zero-shot', action='store_true',
+                   help='no checkpoint: score with the config\'s pretrained CLIP (refused when it has none)')
     p.add_argument('--input', required=True,
                    help='a Parquet file, a folder of *.parquet files, or a glob (local or fsspec URI)')
     p.add_argument('--output', required=True, help='output folder: one Parquet file per input file')
@@ -50,14 +59,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--path-root', default=None,
                    help='folder that relative paths in --path-column are resolved against (default: current dir)')
     p.add_argument('--prefix', default=None, help='prefix of the new columns (default: "<task name>_")')
-    p.add_argument('--batch-size', type=int, default=64)
+    p.add_argument('--keep-raw-value', action='store_true',
+                   help='also write {prefix}value_raw, the value before clamping to the task\'s range')
+    p.add_argument('--batch-size', type=int, default=None, help='default: 64 on CPU, 256 per GPU actor')
     p.add_argument('--num-actors', type=int, default=1, help='inference actors (model replicas)')
     p.add_argument('--num-gpus-per-actor', type=float, default=0)
-    p.add_argument('--cpus-per-actor', type=float, default=0.5)
+    p.add_argument('--precision', choices=['fp32', 'fp16', 'bf16'], default=None,
+                   help='inference precision (autocast); default bf16 (fp16 on older GPUs) on CUDA, fp32 on CPU')
+    p.add_argument('--cpus-per-actor', type=float, default=1)
     p.add_argument('--cpus-per-decode-task', type=float, default=1)
+    p.add_argument('--decode-in', choices=['actor', 'tasks'], default=None,
+                   help='decode images inside the inference actors (default on CPU) or in separate CPU tasks '
+                        '(default with GPUs)')
     p.add_argument('--torch-threads', type=int, default=None, help='torch threads per actor (default: Ray\'s)')
     p.add_argument('--max-image-bytes', type=_size, default=None,
                    help='larger images get an error instead of a prediction (e.g. 20MB)')
+    p.add_argument('--max-image-pixels', type=int, default=DEFAULT_MAX_PIXELS,
+                   help='images whose header claims more pixels get an error, undecoded (default: %(default)s)')
+    p.add_argument('--max-retries', type=int, default=3,
+                   help='retries of a task/actor whose worker died, before the job ends (default: 3)')
     p.add_argument('--overwrite', action='store_true', help='recompute files whose output already exists')
     p.add_argument('--address', default=None,
                    help='Ray cluster: "auto", "ray://host:10001", ... (default: $RAY_ADDRESS, else a local instance)')
@@ -74,10 +94,14 @@ def options_from_args(args: argparse.Namespace) -> ScoreOptions:
         image_column = 'image'
     return ScoreOptions(
         config=args.config, checkpoint=args.checkpoint, input=args.input, output=args.output,
-        image_column=image_column, path_column=args.path_column, prefix=args.prefix, batch_size=args.batch_size,
-        num_actors=args.num_actors, num_gpus_per_actor=args.num_gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
-        cpus_per_decode_task=args.cpus_per_decode_task, torch_threads=args.torch_threads,
-        max_image_bytes=args.max_image_bytes, path_root=args.path_root, overwrite=args.overwrite,
+        image_column=image_column, path_column=args.path_column, prefix=args.prefix, zero_shot=args.zero_shot,
+        keep_raw_value=args.keep_raw_value, batch_size=args.batch_size, num_actors=args.num_actors,
+        num_gpus_per_actor=args.num_gpus_per_actor, precision=args.precision, cpus_per_actor=args.cpus_per_actor,
+        cpus_per_decode_task=args.cpus_per_decode_task,
+        decode_in_actor=None if args.decode_in is None else args.decode_in == 'actor',
+        torch_threads=args.torch_threads, max_image_bytes=args.max_image_bytes,
+        max_image_pixels=args.max_image_pixels or None, max_retries=args.max_retries, path_root=args.path_root,
+        overwrite=args.overwrite,
         address=args.address, num_cpus=args.num_cpus, object_store_memory=args.object_store_memory)
 
 
@@ -93,7 +117,14 @@ def main(argv=None) -> int:
     except (FileNotFoundError, CheckpointMismatchError, catalog.ScoringSetupError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
-    summary = run(prep)
+    try:
+        summary = run(prep)
+    except ScoringFailed as err:
+        print(f'error: {err}', file=sys.stderr)
+        if args.summary_json and err.report is not None:
+            with open(args.summary_json, 'w') as f:
+                json.dump(err.report, f, indent=2, default=str)
+        return 1
     if args.summary_json:
         with open(args.summary_json, 'w') as f:
             json.dump(summary, f, indent=2, default=str)

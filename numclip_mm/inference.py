@@ -18,13 +18,21 @@ from .datasets.transforms import DEFAULT_MAX_PIXELS, decode_bgr
 from .evaluation.conformal import CalibrationLike, check_checkpoint, find_calibration, get_calibration, level_key
 from .models.heads import OrdinalHead
 from .tasks import OrdinalTask
-from .utils.checkpoint import CheckpointMismatchError, check_state_dict, load_weights_only
+from .utils.checkpoint import CheckpointMismatchError, check_state_dict, load_weights_only, safe_globals
 
-__all__ = ['CheckpointMismatchError', 'ImagePreprocessor', 'Predictor', 'decode_image', 'load_config',
-           'load_model_checkpoint']
+__all__ = ['CheckpointMismatchError', 'ImagePreprocessor', 'Predictor', 'PRECISIONS', 'describe_model',
+           'decode_image', 'default_precision', 'load_config', 'load_model_checkpoint']
 
 ConfigLike = Union[str, Config]
 _LOADERS = ('LoadImageFromFile', 'LoadOrdinalImage')
+PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+
+
+def default_precision(device: str) -> str:
+    """bf16 on CUDA devices that support it (fp16 on older ones), fp32 on CPU (CPU autocast gains little)."""
+    if str(device).startswith('cuda'):
+        return 'bf16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'fp16'
+    return 'fp32'
 
 
 def load_config(config: ConfigLike) -> Config:
@@ -54,36 +62,64 @@ class ImagePreprocessor:
 
     mmpretrain pipelines work in BGR (the data preprocessor's ``to_rgb`` flips it back): :meth:`from_bytes` decodes
     straight to BGR, so bytes are never converted twice; ``__call__`` takes RGB (the public order) and flips once.
+
+    Args:
+        input_size: (H, W) the model takes. When given, every image leaves at that size whatever the pipeline does,
+            so one odd image cannot break a batch: a pipeline that keeps the image size (no resize step, like the
+            demo's) gets the image resized to the input size first (OpenCV, area/bilinear); a pipeline that resizes
+            to another size has its output resized (bilinear, antialiased).
     """
 
-    def __init__(self, config: ConfigLike):
+    def __init__(self, config: ConfigLike, input_size: Optional[Sequence[int]] = None):
         cfg = load_config(config)
         steps = [t for t in cfg.test_dataloader.dataset.pipeline if t['type'] not in _LOADERS]
         self.pipeline_cfg = steps
+        self.input_size = tuple(int(x) for x in input_size) if input_size is not None else None
         self._pipeline = Compose(steps)
+        self._resize_first = None  # decided on the first call: does the pipeline leave the image size alone?
+
+    def _run(self, bgr: np.ndarray) -> torch.Tensor:
+        return self._pipeline(dict(img=bgr, img_shape=bgr.shape[:2], ori_shape=bgr.shape[:2]))['inputs']
 
     def __call__(self, image_rgb: np.ndarray) -> torch.Tensor:
         if image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
             raise ValueError(f'expected an RGB image (H, W, 3), got shape {image_rgb.shape}')
-        return self._run(np.ascontiguousarray(image_rgb[..., ::-1]))
+        return self._sized(np.ascontiguousarray(image_rgb[..., ::-1]))
 
     def from_bytes(self, data: bytes, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> torch.Tensor:
         """Encoded image bytes -> CHW uint8 tensor (ValueError as :func:`decode_image`)."""
-        return self._run(decode_bgr(data, 'input', max_pixels))
+        return self._sized(decode_bgr(data, 'input', max_pixels))
 
-    def _run(self, bgr: np.ndarray) -> torch.Tensor:
-        results = self._pipeline(dict(img=bgr, img_shape=bgr.shape[:2], ori_shape=bgr.shape[:2]))
-        return results['inputs']
+    def _sized(self, image_bgr: np.ndarray) -> torch.Tensor:
+        """The pipeline's output at ``input_size`` (when set), whatever the pipeline does with the image's size."""
+        size = self.input_size
+        if size is not None and self._resize_first is None:  # probe once with an image of another size
+            probe = np.zeros((size[0] + 7, size[1] + 3, 3), dtype=np.uint8)
+            self._resize_first = tuple(self._run(probe).shape[-2:]) == probe.shape[:2]
+        if self._resize_first and tuple(image_bgr.shape[:2]) != size:
+            # a pipeline that keeps the size (no resize step): bring the image to the model's size first, on the
+            # small uint8 image (area for shrinking, bilinear for growing) rather than on the pipeline's tensor
+            shrink = image_bgr.shape[0] >= size[0] and image_bgr.shape[1] >= size[1]
+            image_bgr = cv2.resize(image_bgr, (size[1], size[0]),
+                                   interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        inputs = self._run(image_bgr)
+        if size is not None and tuple(inputs.shape[-2:]) != size:  # a pipeline that resizes, but to another size
+            inputs = torch.nn.functional.interpolate(inputs[None].float(), size=size, mode='bilinear',
+                                                     antialias=True, align_corners=False)[0]
+            inputs = inputs.round_().clamp_(0, 255).to(torch.uint8)
+        return inputs
 
     def __getstate__(self):
-        return dict(pipeline_cfg=self.pipeline_cfg)
+        return dict(pipeline_cfg=self.pipeline_cfg, input_size=self.input_size)
 
     def __setstate__(self, state):
         import numclip_mm  # noqa: F401
         from mmengine.registry import init_default_scope
         init_default_scope('mmpretrain')
         self.pipeline_cfg = state['pipeline_cfg']
+        self.input_size = state.get('input_size')
         self._pipeline = Compose(self.pipeline_cfg)
+        self._resize_first = None
 
 
 class Predictor:
@@ -95,13 +131,17 @@ class Predictor:
             (zero-shot). Loaded weights-only with numclip_mm's allow-list; a checkpoint that does not fit the config
             raises ``CheckpointMismatchError`` naming the keys.
         device: 'cpu', 'cuda', 'cuda:1', ...
+        precision: 'fp32', 'fp16' or 'bf16' (autocast; weights stay fp32); default :func:`default_precision`.
         calibration: conformal calibration for prediction intervals (docs/intervals.md); by default the
             ``<checkpoint>.calibration.json`` sidecar written by tools/calibrate.py when it exists, else none.
     """
 
     def __init__(self, config: ConfigLike, checkpoint: Optional[str] = None, device: str = 'cpu',
-                 calibration: Optional[CalibrationLike] = None):
+                 precision: Optional[str] = None, calibration: Optional[CalibrationLike] = None):
         from mmpretrain.registry import MODELS
+        precision = precision or default_precision(device)
+        if precision not in PRECISIONS:
+            raise ValueError(f'precision must be one of {sorted(PRECISIONS)}, got {precision!r}')
         cfg = load_config(config)
         self.model = MODELS.build(cfg.model)
         if checkpoint is not None:
@@ -111,9 +151,11 @@ class Predictor:
         if not isinstance(self.model.head, OrdinalHead):
             raise TypeError(f'{type(self.model.head).__name__} is not an OrdinalHead: the predictor needs its task '
                             f'and predict_arrays')
+        self.precision = precision
         self.task: OrdinalTask = self.model.head.task
         self.concepts = np.asarray(self.task.concepts, dtype=object)
-        self.preprocessor = ImagePreprocessor(cfg)
+        self.input_size = _input_size(self.model)
+        self.preprocessor = ImagePreprocessor(cfg, self.input_size)
         self.calibration = get_calibration(calibration or find_calibration(checkpoint))
         if self.calibration is not None and calibration is None:
             check_checkpoint(self.calibration, checkpoint)
@@ -132,13 +174,21 @@ class Predictor:
     def predict_tensors(self, inputs: Union[torch.Tensor, Sequence[torch.Tensor]],
                         intervals: Sequence[float] = ()) -> Dict[str, np.ndarray]:
         """Preprocessed CHW uint8 tensors (a list or a stacked batch) -> prediction columns; plus ``low_<level>``
-        and ``high_<level>`` (conformal interval bounds) for each level of ``intervals``."""
+        and ``high_<level>`` (conformal interval bounds) for each level of ``intervals``.
+
+        ``value`` is clamped to the task's range (:meth:`OrdinalHead.to_task_range`); ``value_raw`` is the head's
+        number before clamping. On CUDA a stacked batch is copied from pinned host memory without blocking.
+        """
         intervals = tuple(intervals)
         self.check_intervals(intervals)
-        data = self.model.data_preprocessor(dict(inputs=inputs), False)
+        if self.device.type == 'cuda' and isinstance(inputs, torch.Tensor):
+            inputs = inputs.pin_memory().to(self.device, non_blocking=True)
         head: OrdinalHead = self.model.head
-        probs, raw = head.predict_arrays(self.model.extract_feat(data['inputs']))
-        values = head.to_task_range(raw)
+        with torch.autocast(self.device.type, dtype=PRECISIONS[self.precision],
+                            enabled=self.precision != 'fp32'):
+            data = self.model.data_preprocessor(dict(inputs=inputs), False)
+            probs, raw = head.predict_arrays(self.model.extract_feat(data['inputs']))
+        values = head.to_task_range(raw.float())
         probs, values, raw = (t.float().cpu().numpy() for t in (probs, values, raw))
         index = probs.argmax(axis=1)
         out = dict(value=values, value_raw=raw, label=self.concepts[index], label_index=index,
@@ -156,6 +206,53 @@ class Predictor:
         order."""
         return self.predict_tensors([self.preprocessor.from_bytes(i) if isinstance(i, (bytes, bytearray))
                                      else self.preprocessor(i) for i in images], intervals)
+
+
+def _input_size(model: torch.nn.Module) -> Optional[tuple]:
+    """(H, W) of the image tower (open_clip's ``visual.image_size``), None when the model does not say."""
+    size = getattr(getattr(getattr(model, 'backbone', None), 'visual', None), 'image_size', None)
+    if size is None:
+        return None
+    return (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
+
+
+def describe_model(config: ConfigLike, checkpoint: Optional[str] = None) -> Dict[str, object]:
+    """``{'task': OrdinalTask, 'input_size': (H, W) or None}`` of the config's model, and, when ``checkpoint`` is
+    given, the same exact key/shape check as :class:`Predictor` (``CheckpointMismatchError`` naming the keys).
+
+    The model is built without weight initialisation (parameters are allocated but never initialised, and nothing
+    is loaded into them), so a scoring driver can refuse a wrong checkpoint up front at a fraction of a Predictor's
+    cost.
+    """
+    from mmpretrain.registry import MODELS
+    cfg = load_config(config)
+    with _skip_weight_init():
+        model = MODELS.build(cfg.model)
+    if checkpoint is not None:
+        try:  # memory-mapped: only the shapes are looked at, so the tensors' bytes are never read
+            with torch.serialization.safe_globals(safe_globals()):
+                state = torch.load(checkpoint, map_location='cpu', weights_only=True, mmap=True)
+        except FileNotFoundError:
+            raise FileNotFoundError(f'checkpoint not found: {checkpoint}') from None
+        except RuntimeError:  # a legacy (non-zip) checkpoint cannot be mapped: read it
+            state = load_weights_only(checkpoint)
+        check_state_dict(model, state.get('state_dict', state), checkpoint)
+    return dict(task=model.head.task, input_size=_input_size(model))
+
+
+class _skip_weight_init:
+    """Make torch.nn.init's in-place initialisers no-ops (the shapes are all a key/shape check needs)."""
+    NAMES = ('uniform_', 'normal_', 'trunc_normal_', 'constant_', 'ones_', 'zeros_', 'xavier_uniform_',
+             'xavier_normal_', 'kaiming_uniform_', 'kaiming_normal_', 'orthogonal_')
+
+    def __enter__(self):
+        self.saved = {n: getattr(torch.nn.init, n) for n in self.NAMES if hasattr(torch.nn.init, n)}
+        for n in self.saved:
+            setattr(torch.nn.init, n, lambda tensor, *a, **k: tensor)
+
+    def __exit__(self, *exc):
+        for n, f in self.saved.items():
+            setattr(torch.nn.init, n, f)
 
 
 def load_model_checkpoint(model: torch.nn.Module, checkpoint: str) -> None:

@@ -1,18 +1,16 @@
-"""The Ray batch scorer (batch/): outputs, bad rows, resume, overwrite, up-front errors, `ray job submit`.
+"""The Ray batch scorer (batch/) on local catalogs: outputs, bad rows, worker-side writes, resume by identity,
+output safety, hostile rows (pixel bombs, odd sizes), faults (an actor dying mid-run), up-front errors.
 
 One Ray instance (2 CPUs, loopback, no dashboard) is shared by the module and shut down at teardown; every test has
-a SIGALRM timeout so that a hung pipeline fails instead of blocking the suite.
+a SIGALRM timeout so that a hung pipeline fails instead of blocking the suite. The command line, `ray job submit`
+and a killed driver are in test_batch_cli.py; object stores in test_batch_s3.py.
 """
 import io
+import logging
 import os
-import secrets
 import shutil
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ import torch
 from PIL import Image
 
 from batch import catalog
+from batch.columns import cell_crcs
 from batch.pipeline import ScoreOptions, prepare, run, score_catalog
 from batch.score import main as cli_main
 from numclip_mm.inference import Predictor
@@ -65,15 +64,47 @@ def _png(rng, h, w):
     return buf.getvalue()
 
 
-# expected error substrings per kind of bad cell
-BAD = {'corrupt': 'cannot decode', 'empty': 'empty image', 'null': 'null', 'big': 'too large', 'missing': 'not found'}
+def _pixel_bomb(rng, width=20000, height=20000):
+    """A small PNG whose header claims ``width`` x ``height`` pixels (IHDR patched, CRC recomputed)."""
+    import struct
+    import zlib
+    data = bytearray(_png(rng, 8, 8))
+    ihdr = data[12:29]  # b'IHDR' + 13 bytes
+    ihdr[4:12] = struct.pack('>II', width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack('>I', zlib.crc32(bytes(ihdr)))
+    return bytes(data)
+
+
+def _flat_png(h, w, level=128):
+    buf = io.BytesIO()
+    Image.fromarray(np.full((h, w, 3), level, dtype=np.uint8)).save(buf, format='PNG')
+    return buf.getvalue()
+
+
+def _closed_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]  # closed again when the block ends: nothing listens there
+
+
+# expected error substrings per kind of bad cell ('odd': another size than the model's input: a prediction)
+BAD = {'corrupt': 'cannot decode', 'empty': 'empty image', 'null': 'null', 'big': 'too large', 'missing': 'not found',
+       'bomb': '400000000 pixels exceeds the pixel limit max_pixels=64000000', 'unreachable': 'unreachable'}
+GOOD = ('ok', 'odd')
 
 
 @pytest.fixture(scope='module')
 def env(tmp_path_factory):
-    """Config, checkpoint, a reference Predictor, an image-bytes catalog (2 files) and a path catalog (1 file)."""
+    """Config, checkpoint, a reference Predictor, an image-bytes catalog (2 files) and a path catalog (1 file).
+
+    The config's test pipeline has no resize (like the demo's): images of any size must still reach the model at its
+    32 px input size, and one odd image must not break its batch."""
     root = tmp_path_factory.mktemp('scorer')
-    cfg = Path(write_tiny_config(root / 'tiny.py'))
+    base_cfg = Path(write_tiny_config(root / 'tiny_base.py'))
+    cfg = root / 'tiny.py'
+    cfg.write_text(f"_base_ = [{str(base_cfg)!r}]\n"
+                   "test_dataloader = dict(dataset=dict(pipeline=[dict(type='PackInputs', algorithm_keys=['gt_value'])]))\n")
     torch.manual_seed(1)
     reference = Predictor(str(cfg))
     ckpt = root / 'tiny.pth'
@@ -86,18 +117,22 @@ def env(tmp_path_factory):
     cat = root / 'catalog'
     cat.mkdir()
     kinds = {}  # file name -> per-row kind ('ok' or a BAD key)
-    layouts = {'part-000.parquet': ['ok', 'corrupt', 'ok', 'empty', 'ok', 'null', 'ok', 'big', 'ok', 'ok', 'ok'],
+    layouts = {'part-000.parquet': ['ok', 'corrupt', 'ok', 'empty', 'ok', 'null', 'ok', 'big', 'odd', 'bomb', 'ok',
+                                    'odd', 'ok'],
                'part-001.parquet': ['ok', 'ok', 'ok', 'corrupt', 'ok', 'ok', 'ok']}
+    odd = iter([_flat_png(224, 224), _flat_png(1, 1, 7)])
     ids = 0
     for name, layout in layouts.items():
         cells = [{'ok': lambda: _png(rng, int(rng.integers(16, 48)), int(rng.integers(16, 48))),
                   'corrupt': lambda: b'\x89PNG this is not an image', 'empty': lambda: b'', 'null': lambda: None,
-                  'big': lambda: big}[k]() for k in layout]
+                  'big': lambda: big, 'odd': lambda: next(odd), 'bomb': lambda: _pixel_bomb(rng)}[k]()
+                 for k in layout]
         n = len(layout)
         table = pa.table({'id': pa.array(range(ids, ids + n), pa.int64()),
                           'image': pa.array(cells, pa.binary()),
                           'note': pa.array([f'row {i}' for i in range(n)], pa.string()),
-                          'weight': pa.array(rng.random(n), pa.float32())})
+                          'weight': pa.array(rng.random(n), pa.float32()),
+                          'blob': pa.array([rng.bytes(150_000) for _ in range(n)], pa.binary())})  # bulk
         pq.write_table(table, cat / name, row_group_size=4)
         kinds[name] = layout
         ids += n
@@ -111,7 +146,8 @@ def env(tmp_path_factory):
     (images / 'big.png').write_bytes(big)
     path_layout = [(str(images / 'img0.png'), 'ok'), ('img1.png', 'ok'), (str(images / 'gone.png'), 'missing'),
                    (None, 'null'), (str(images / 'broken.png'), 'corrupt'), (str(images / 'img2.png'), 'ok'),
-                   (str(images / 'big.png'), 'big'), ('file://' + str(images / 'img3.png'), 'ok')]
+                   (str(images / 'big.png'), 'big'), ('file://' + str(images / 'img3.png'), 'ok'),
+                   (f'http://127.0.0.1:{_closed_port()}/img.png', 'unreachable')]
     pcat = root / 'paths'
     pcat.mkdir()
     pq.write_table(pa.table({'key': pa.array([f'k{i}' for i in range(len(path_layout))]),
@@ -140,9 +176,9 @@ def _check_output(out_file, in_file, kinds, reference, cell_bytes):
     value = out.column('count_value').to_pylist()
     label = out.column('count_label').to_pylist()
     prob = out.column('count_probability').to_pylist()
-    good = [i for i, k in enumerate(kinds) if k == 'ok']
+    good = [i for i, k in enumerate(kinds) if k in GOOD]
     for i, k in enumerate(kinds):
-        if k == 'ok':
+        if k in GOOD:
             assert err[i] is None and value[i] is not None and label[i] is not None and prob[i] is not None
         else:
             assert err[i] is not None and BAD[k] in err[i], (i, k, err[i])
@@ -156,36 +192,76 @@ def _check_output(out_file, in_file, kinds, reference, cell_bytes):
 # --------------------------------------------------------------------------------------------------------------
 # end to end on Ray
 
+def _driver_io():
+    with open('/proc/self/io') as f:
+        return {k: int(v) for k, v in (line.split(': ') for line in f)}
+
+
 @pytest.fixture(scope='module')
 def scored(env, ray_session, tmp_path_factory):
-    """One pipeline run over the whole catalog folder, shared by the tests below (Ray runs cost ~20 s here)."""
-    import logging
+    """One pipeline run over the whole catalog folder, shared by the tests below. While it runs, every way pyarrow
+    reads data pages is replaced in this (the driver's) process by a function that records the call and raises,
+    so the run only succeeds if the driver reads footers and prediction columns only."""
     out = tmp_path_factory.mktemp('scored') / 'out'
-    records = []
+    records, data_reads = [], []
     handler = logging.Handler()
     handler.emit = records.append
     logger = logging.getLogger('batch')
     logger.addHandler(handler)
     old_level = logger.level
     logger.setLevel(logging.INFO)
+
+    def forbidden(name):
+        def read(*args, **kwargs):
+            data_reads.append(name)
+            raise AssertionError(f'the driver read input data pages ({name})')
+        return read
+    patches = [(pq.ParquetFile, n) for n in ('read', 'read_row_group', 'read_row_groups', 'iter_batches')]
+    patches += [(pq, 'read_table'), (catalog, 'read_row_group_column'), (catalog, 'write_scored_file')]
+    saved = [(obj, n, getattr(obj, n)) for obj, n in patches]
+    before = _driver_io()
     try:
-        report = score_catalog(_opts(env, input=str(env['cat']), output=str(out)))
+        for obj, n in patches:
+            setattr(obj, n, forbidden(n))
+        report = score_catalog(_opts(env, input=str(env['cat']), output=str(out), progress_interval_s=0))
     finally:
+        for obj, n, f in saved:
+            setattr(obj, n, f)
         logger.removeHandler(handler)
         logger.setLevel(old_level)
-    return dict(out=out, report=report, lines=[r.getMessage() for r in records])
+    after = _driver_io()
+    return dict(out=out, report=report, lines=[r.getMessage() for r in records], data_reads=data_reads,
+                io={k: after[k] - before[k] for k in after})
 
 
 def test_folder_input_scores_every_row(env, scored):
     out, report = scored['out'], scored['report']
     assert sorted(p.name for p in out.iterdir()) == ['part-000.parquet', 'part-001.parquet']  # no temporaries
-    assert report['files_written'] == 2 and report['files_skipped'] == 0 and report['rows_scored'] == 18
-    assert [f['errors'] for f in report['files']] == [4, 1]
+    assert report['files_written'] == 2 and report['files_skipped'] == 0 and report['rows_scored'] == 20
+    assert [f['errors'] for f in report['files']] == [5, 1]
     for name, kinds in env['kinds'].items():
         images = pq.read_table(env['cat'] / name).column('image').to_pylist()
         _check_output(out / name, env['cat'] / name, kinds, env['reference'], lambda i: images[i])
-    done_lines = [line for line in scored['lines'] if 'rows/s' in line]
-    assert len(done_lines) == 2 and 'part-000.parquet' in done_lines[0] and '(4 with errors)' in done_lines[0]
+
+
+def test_outputs_are_written_by_workers_not_the_driver(env, scored):
+    """The driver read footers and prediction columns only (the data-page readers above would have raised), and
+    the bytes it read and wrote stay far below the catalog's (whose image bytes it never touched)."""
+    assert scored['data_reads'] == []
+    catalog_bytes = sum(p.stat().st_size for p in env['cat'].glob('*.parquet'))
+    out_bytes = sum(p.stat().st_size for p in scored['out'].glob('*.parquet'))
+    assert min(out_bytes, catalog_bytes) > 2_500_000  # the 'blob' column: megabytes a driver write would show
+    assert scored['io']['wchar'] < out_bytes / 10, scored['io']  # the outputs were written elsewhere
+    assert scored['report']['first_output_s'] < scored['report']['seconds']
+
+
+def test_progress_lines(scored):
+    lines = scored['lines']
+    progress = [line for line in lines if line.startswith('scored ') and 'rows/s' in line and 'ETA' in line]
+    assert progress and all('/20 rows' in line for line in progress)
+    done = [line for line in lines if line.startswith('[')]
+    assert len(done) == 2 and all('rows/s' in line for line in done)
+    assert any('part-000.parquet' in line and '(5 with errors)' in line for line in done)
 
 
 def test_resume_recomputes_only_missing_output(env, scored, tmp_path):
@@ -209,6 +285,26 @@ def test_resume_recomputes_only_missing_output(env, scored, tmp_path):
     assert [p.complete for p in plans] == [False, True]
 
 
+def test_resume_notices_changed_input_and_model(env, scored, tmp_path):
+    """An input rewritten with the same rows in another order, or another checkpoint, makes its output stale."""
+    cat, out = tmp_path / 'cat', tmp_path / 'out'
+    shutil.copytree(env['cat'], cat)
+    shutil.copytree(scored['out'], out)
+    plans = prepare(_opts(env, input=str(cat), output=str(out))).plans
+    assert [p.status for p in plans] == ['complete'] * 2  # copy2 keeps size and mtime: the same input
+    table = pq.read_table(cat / 'part-001.parquet')
+    pq.write_table(table.take(list(range(table.num_rows))[::-1]), cat / 'part-001.parquet')  # same rows, reordered
+    assert prepare(_opts(env, input=str(cat), output=str(out))).plans[1].status.startswith('stale: input')
+    other = tmp_path / 'other.pth'
+    state = torch.load(env['ckpt'], weights_only=True)
+    next(iter(state['state_dict'].values())).add_(1.0)
+    torch.save(state, other)
+    plan = prepare(_opts(env, checkpoint=str(other), input=str(cat / 'part-000.parquet'), output=str(out))).plans[0]
+    assert plan.status == 'stale: model (config or checkpoint) changed'
+    plan = prepare(_opts(env, input=str(cat / 'part-000.parquet'), output=str(out), prefix='n_')).plans[0]
+    assert plan.status == 'stale: output columns changed'
+
+
 def test_overwrite_and_nothing_to_do(env, scored, tmp_path):
     out = tmp_path / 'out'
     shutil.copytree(scored['out'], out)
@@ -226,14 +322,19 @@ def test_overwrite_and_nothing_to_do(env, scored, tmp_path):
 def test_path_column_input(env, ray_session, tmp_path):
     out = tmp_path / 'out'
     report = score_catalog(_opts(env, input=str(env['pcat']), output=str(out), image_column=None,
-                                 path_column='path', path_root=str(env['images']), prefix='n_', num_actors=2))
+                                 path_column='path', path_root=str(env['images']), prefix='n_', num_actors=2,
+                                 decode_in_actor=False, cpus_per_actor=0.5,  # the GPU layout: decode tasks
+                                 keep_raw_value=True))
     assert report['columns']['value'] == 'n_value'
     table = pq.read_table(out / 'paths.parquet')
-    assert table.column_names == ['key', 'path', 'n_value', 'n_label', 'n_probability', 'n_error']
+    assert table.column_names == ['key', 'path', 'n_value', 'n_value_raw', 'n_label', 'n_probability', 'n_error']
+    raw = np.asarray(table.column('n_value_raw').to_pylist(), dtype=float)
+    np.testing.assert_array_equal(np.asarray(table.column('n_value').to_pylist(), dtype=float), np.clip(raw, 0, 9))
     paths = table.column('path').to_pylist()
     errors = table.column('n_error').to_pylist()
     for kind, err in zip(env['path_kinds'], errors):
         assert (err is None) == (kind == 'ok') and (kind == 'ok' or BAD[kind] in err), (kind, err)
+    assert 'not found' not in errors[-1]  # an unreachable server is not a missing file
     good = [i for i, k in enumerate(env['path_kinds']) if k == 'ok']
 
     def read(i):
@@ -241,6 +342,57 @@ def test_path_column_input(env, ray_session, tmp_path):
         return (env['images'] / p).read_bytes()
     expected = env['reference'].predict([read(i) for i in good])
     np.testing.assert_allclose([table.column('n_value')[i].as_py() for i in good], expected['value'], atol=1e-5)
+
+
+def test_actor_dying_mid_run_is_retried(env, scored, tmp_path):
+    """An inference actor that dies mid-run (its process exits at its 2nd batch) is restarted and its work redone:
+    every output complete, rows out == rows in, predictions identical to an undisturbed run."""
+    marker = tmp_path / 'died'
+    out = tmp_path / 'out'
+    report = score_catalog(_opts(env, input=str(env['cat']), output=str(out),
+                                 fault_injection=dict(exit_at_batch=2, marker=str(marker))))
+    assert marker.exists()  # it did die
+    assert report['files_written'] == 2 and report['rows_scored'] == 20
+    for name in env['kinds']:
+        got, want = pq.read_table(out / name), pq.read_table(scored['out'] / name)
+        assert got.num_rows == pq.read_metadata(env['cat'] / name).num_rows
+        assert got.drop_columns(['count_value', 'count_probability']).equals(
+            want.drop_columns(['count_value', 'count_probability']))
+        np.testing.assert_allclose(np.asarray(got.column('count_value').to_pylist(), dtype=float),
+                                   np.asarray(want.column('count_value').to_pylist(), dtype=float), atol=1e-6)
+
+
+def test_worker_dying_again_and_again_ends_the_job(env, ray_session, tmp_path):
+    """No endless loop: an actor that dies at every attempt ends the job after the bounded retries, with a message."""
+    from batch.pipeline import ScoringFailed
+    with pytest.raises(ScoringFailed, match='retries'):
+        score_catalog(_opts(env, input=str(env['cat'] / 'part-001.parquet'), output=str(tmp_path / 'out'),
+                            max_retries=1, fault_injection=dict(exit_at_batch=1)))
+    assert not (tmp_path / 'out' / 'part-001.parquet').exists()
+
+
+def test_failing_batch_is_retried_row_by_row():
+    """When a batch's inference raises, its rows are retried alone: only the guilty row gets the error, the others
+    their predictions, and a row that already had a decode error keeps it."""
+    from batch.actor import InferenceActor
+
+    class Picky:
+        def predict_tensors(self, inputs):
+            if (inputs[:, 0, 0, 0] == 255).any():
+                raise RuntimeError('cannot score this one')
+            v = inputs[:, 0, 0, 0].double().numpy()
+            return dict(value=v, value_raw=v, probability=np.full(len(v), 0.5),
+                        label=np.array(['few'] * len(v), dtype=object))
+    actor = InferenceActor.__new__(InferenceActor)
+    actor.predictor, actor.row_decoder, actor.fault_injection, actor.batches = Picky(), None, {}, 0
+    tensors = np.zeros((4, 3, 2, 2), dtype=np.uint8)
+    tensors[:, 0, 0, 0] = [1, 255, 3, 4]
+    table = actor.predict_rows(np.arange(4), np.zeros(4), [None, None, None, 'null image'], tensors, 7)
+    assert table.column('value').to_pylist() == [1.0, None, 3.0, None]
+    errors = table.column('error').to_pylist()
+    assert errors[0] is None and errors[2] is None and errors[3] == 'null image'
+    assert errors[1] == 'inference failed: RuntimeError: cannot score this one'
+    assert table.column('__numclip_file').to_pylist() == [7] * 4
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -260,6 +412,19 @@ def test_up_front_errors(env, tmp_path):
         prepare(_opts(env, input=cat, output=cat))
     with pytest.raises(catalog.ScoringSetupError, match='would overwrite the input'):
         prepare(_opts(env, input=str(env['cat'] / 'part-000.parquet'), output=cat + '/'))
+    link = tmp_path / 'link-to-input'
+    link.symlink_to(env['cat'], target_is_directory=True)  # another name for the input folder
+    with pytest.raises(catalog.ScoringSetupError, match='same file after resolving links'):
+        prepare(_opts(env, input=cat, output=str(link)))
+    hard = tmp_path / 'hard'
+    hard.mkdir()
+    os.link(env['cat'] / 'part-001.parquet', hard / 'part-001.parquet')  # a hard link: same inode, other folder
+    with pytest.raises(catalog.ScoringSetupError, match='would overwrite the input'):
+        prepare(_opts(env, input=str(env['cat'] / 'part-001.parquet'), output=str(hard)))
+    with pytest.raises(catalog.ScoringSetupError, match='--zero-shot'):
+        prepare(_opts(env, checkpoint=None, input=cat, output=str(tmp_path / 'o')))
+    with pytest.raises(catalog.ScoringSetupError, match='would be random'):
+        prepare(_opts(env, checkpoint=None, zero_shot=True, input=cat, output=str(tmp_path / 'o')))
     with pytest.raises(catalog.ScoringSetupError, match='no input Parquet files matched'):
         prepare(_opts(env, input=str(tmp_path / '*.parquet'), output=str(tmp_path / 'o')))
     empty = tmp_path / 'empty'
@@ -289,70 +454,3 @@ def test_input_resolution(env):
     assert [Path(f).name for f in files] == ['part-001.parquet']
     _, files = catalog.resolve_inputs('file://' + str(env['cat'] / 'part-000.parquet'))
     assert files == [str(env['cat'] / 'part-000.parquet')]
-
-
-# --------------------------------------------------------------------------------------------------------------
-# `ray job submit` against a cluster started by the test
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def test_ray_job_submit(env, tmp_path):
-    """Start a loopback head node (`ray start --block` in its own process group, so the test ends exactly the
-    processes it started), submit the CLI with `ray job submit --working-dir <repo>`, check the output."""
-    ray_bin = str(Path(sys.executable).with_name('ray'))
-    port, dash, agent, agent_grpc, runtime_env, metrics, client = (_free_port() for _ in range(7))
-    # Ray 2.60 turns on token authentication for new clusters; give this one its own token (both sides read it)
-    sys_env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER='0', RAY_USAGE_STATS_ENABLED='0',
-                   RAY_AUTH_MODE='token', RAY_AUTH_TOKEN=secrets.token_hex(32))
-    for key in ('RAY_ADDRESS', 'RAY_AUTH_TOKEN_PATH'):
-        sys_env.pop(key, None)
-    temp_dir = tempfile.mkdtemp(prefix='rayt', dir='/tmp')  # short: Ray's unix socket paths must stay < 108 chars
-    head = subprocess.Popen(
-        [ray_bin, 'start', '--head', '--block', f'--port={port}', '--num-cpus=2', '--node-ip-address=127.0.0.1',
-         '--include-dashboard=true', '--dashboard-host=127.0.0.1', f'--dashboard-port={dash}',
-         # the agents' default ports are fixed: pick free ones so another Ray on this machine cannot block them
-         f'--dashboard-agent-listen-port={agent}', f'--dashboard-agent-grpc-port={agent_grpc}',
-         f'--runtime-env-agent-port={runtime_env}', f'--metrics-export-port={metrics}',
-         f'--ray-client-server-port={client}', '--disable-usage-stats', f'--temp-dir={temp_dir}'],
-        env=sys_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    out = tmp_path / 'out'
-    try:
-        submit = [ray_bin, 'job', 'submit', '--address', f'http://127.0.0.1:{dash}', '--working-dir', str(REPO),
-                  '--', sys.executable, '-m', 'batch.score', '--config', env['cfg'], '--checkpoint', env['ckpt'],
-                  '--input', str(env['cat']), '--output', str(out), '--batch-size', '8']
-        deadline = time.time() + 60
-        while True:  # the dashboard (job API) comes up a few seconds after the head node
-            try:
-                with socket.create_connection(('127.0.0.1', dash), timeout=1):
-                    break
-            except OSError:
-                if time.time() > deadline or head.poll() is not None:
-                    raise RuntimeError('ray head node did not come up')
-                time.sleep(0.5)
-        while True:  # and the job agent a little later still
-            done = subprocess.run(submit, env=sys_env, capture_output=True, text=True, timeout=150)
-            if 'No available agent' not in done.stdout + done.stderr or time.time() > deadline + 30:
-                break
-            time.sleep(1)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        assert 'succeeded' in (done.stdout + done.stderr).lower()
-        for name, kinds in env['kinds'].items():
-            table = pq.read_table(out / name)
-            assert table.num_rows == len(kinds)
-            assert [e is None for e in table.column('count_error').to_pylist()] == [k in ('ok', 'big')
-                                                                                    for k in kinds]
-    finally:
-        try:
-            os.killpg(head.pid, signal.SIGTERM)  # our own process group only: head node, raylet, workers
-            head.wait(timeout=5)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        try:  # whatever of the group is left (`ray start --block` may outlive SIGTERM for a while)
-            os.killpg(head.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from numclip_mm.inference import ImagePreprocessor, Predictor, decode_image
+from numclip_mm.inference import ImagePreprocessor, Predictor, decode_image, default_precision, describe_model
 from numclip_mm.utils import CheckpointMismatchError
 
 from helpers import write_tiny_config
@@ -103,3 +103,58 @@ def test_mismatched_checkpoint_names_keys(tiny, tmp_path, change):
     # the message names at least one offending parameter (dotted state-dict key)
     assert 'shape mismatches' in msg and any(part in msg for part in ('.weight', '.bias', 'prompt', 'anchors',
                                                                        'token', 'embedding'))
+
+
+def test_describe_model_checks_exactly_without_initialising(tiny, tmp_path):
+    """The scorer's up-front check: same verdicts as loading into a Predictor, task and input size reported."""
+    info = describe_model(tiny['cfg'], tiny['ckpt'])
+    assert info['task'].name == 'count' and info['input_size'] == (32, 32)
+    with pytest.raises(CheckpointMismatchError, match='shape mismatches'):
+        describe_model(write_tiny_config(tmp_path / 'other.py', task='adience'), tiny['ckpt'])
+    with pytest.raises(FileNotFoundError, match='nope.pth'):
+        describe_model(tiny['cfg'], str(tmp_path / 'nope.pth'))
+    assert torch.nn.init.normal_ is not None and torch.nn.init.normal_(torch.zeros(50)).abs().sum() > 0  # restored
+
+
+def test_values_clamped_to_the_task_range_raw_kept(tiny, monkeypatch):
+    p = tiny['predictor']
+    head = p.model.head
+    raw = torch.tensor([-1.5, 0.0, 4.2, 9.0, 9.06])
+    probs = torch.full((5, 5), 0.2)
+    monkeypatch.setattr(head, 'predict_arrays', lambda feats: (probs, raw))
+    out = p.predict_tensors(torch.zeros(5, 3, 32, 32, dtype=torch.uint8))
+    np.testing.assert_allclose(out['value'], [0.0, 0.0, 4.2, 9.0, 9.0], atol=1e-6)  # count: [0, 9]
+    np.testing.assert_allclose(out['value_raw'], raw.numpy(), atol=1e-6)
+
+
+def test_every_image_reaches_the_model_input_size(tiny, tmp_path):
+    """A config whose test pipeline has no resize still gives the model its input size, for any image size."""
+    cfg = tmp_path / 'noresize.py'
+    cfg.write_text(f"_base_ = [{tiny['cfg']!r}]\n"
+                   "test_dataloader = dict(dataset=dict(pipeline=[dict(type='PackInputs', algorithm_keys=['gt_value'])]))\n")
+    p = Predictor(str(cfg), tiny['ckpt'])
+    sizes = [(32, 32), (224, 224), (1, 1), (17, 300)]
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+    tensors = [p.preprocessor(i) for i in images]
+    assert all(t.shape == (3, 32, 32) and t.dtype == torch.uint8 for t in tensors)
+    assert torch.equal(tensors[0], torch.from_numpy(np.ascontiguousarray(images[0][..., ::-1].transpose(2, 0, 1))))
+    out = p.predict(images)  # one batch of mixed sizes: no "size of tensor a must match" failure
+    assert out['value'].shape == (4,)
+    np.testing.assert_allclose(out['value'][:1], p.predict(images[:1])['value'], atol=1e-6)
+
+
+def test_bf16_on_cpu_close_to_fp32(tiny):
+    """bf16 autocast (what a GPU actor would use) against fp32: values within 0.05 of the 0..9 range's units and
+    bin probabilities within 0.02, on the same images."""
+    assert default_precision('cpu') == 'fp32' and default_precision('cuda') in ('bf16', 'fp16')
+    fp32 = Predictor(tiny['cfg'], tiny['ckpt'], precision='fp32')
+    bf16 = Predictor(tiny['cfg'], tiny['ckpt'], precision='bf16')
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(16)]
+    a, b = fp32.predict(images), bf16.predict(images)
+    assert not np.array_equal(a['value_raw'], b['value_raw'])  # bf16 really ran
+    np.testing.assert_allclose(b['value_raw'], a['value_raw'], rtol=0, atol=0.05)
+    np.testing.assert_allclose(b['probability'], a['probability'], rtol=0, atol=0.02)
+    with pytest.raises(ValueError, match='precision'):
+        Predictor(tiny['cfg'], tiny['ckpt'], precision='int8')

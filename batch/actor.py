@@ -1,0 +1,124 @@
+"""The inference actor: one Predictor per actor, built once; batches in, small prediction columns out.
+
+It runs in one of two modes (see :mod:`batch.pipeline`):
+
+- ``decode_in_actor`` (the CPU default): the actor takes (file, row group) work items, reads and decodes them
+  itself and runs the model, so decoded pixels never cross a process boundary (no serialisation, no copies).
+- decoded batches (the GPU default): CPU tasks decode, the actor only infers, so the GPU is never waiting on decode.
+
+A batch whose inference fails is retried row by row, so only the guilty rows get an error.
+"""
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+import pyarrow as pa
+
+from .columns import CELL_CRC, FILE_INDEX, IMAGE_TENSOR, PREDICTION_SCHEMA, ROW_ERROR, ROW_INDEX
+
+
+def load_predictor(config, checkpoint: Optional[str], device: str = 'cpu', precision: Optional[str] = None):
+    """A Predictor; a checkpoint URI is downloaded to a local temporary file first."""
+    import tempfile
+
+    from numclip_mm.inference import Predictor
+
+    from . import catalog
+    if checkpoint is None or '://' not in checkpoint or checkpoint.startswith('file://'):
+        return Predictor(config, checkpoint and checkpoint.removeprefix('file://'), device=device,
+                         precision=precision)
+    fd, local = tempfile.mkstemp(suffix='-' + os.path.basename(checkpoint))
+    os.close(fd)
+    try:
+        catalog.copy_to_local(checkpoint, local)
+        return Predictor(config, local, device=device, precision=precision)
+    finally:
+        os.unlink(local)
+
+
+class InferenceActor:
+    """``map_batches`` callable class (``ActorPoolStrategy``).
+
+    Args:
+        config, checkpoint: as for :class:`numclip_mm.inference.Predictor`.
+        device, precision: 'cpu'/'cuda'; 'fp32'/'fp16'/'bf16' (None: the device's default).
+        torch_threads: ``torch.set_num_threads`` in the actor (None: Ray's OMP setting).
+        row_decoder: a :class:`batch.decode.RowGroupDecoder` whose preprocessor this actor replaces by its own
+            model's (input size included): set in ``decode_in_actor`` mode.
+        fault_injection: for tests: ``dict(exit_at_batch=N, marker=path or None)``: the actor process exits (as a
+            crash would) when it reaches its N-th batch; with a marker, only while that file does not exist yet
+            (it is created first: one death), without one at every N-th batch of every incarnation.
+    """
+
+    def __init__(self, config, checkpoint, device='cpu', precision=None, torch_threads=None, row_decoder=None,
+                 fault_injection=None):
+        import torch
+        if torch_threads:
+            torch.set_num_threads(int(torch_threads))
+        self.predictor = load_predictor(config, checkpoint, device, precision)
+        self.row_decoder = row_decoder
+        if row_decoder is not None:
+            row_decoder.decoder.preprocessor = self.predictor.preprocessor
+        self.fault_injection = fault_injection or {}
+        self.batches = 0
+
+    # -- inference -----------------------------------------------------------------------------------------------
+    def _predict(self, tensors: np.ndarray):
+        import torch
+        if tensors.dtype == object:
+            inputs = [torch.from_numpy(np.ascontiguousarray(t)) for t in tensors]
+        else:
+            inputs = torch.from_numpy(np.ascontiguousarray(tensors))
+        return self.predictor.predict_tensors(inputs)
+
+    def predict_rows(self, rows, crcs, errors: List[Optional[str]], tensors: np.ndarray, file_index) -> pa.Table:
+        """Prediction columns for one decoded batch; rows with a decode error get nulls and keep their error."""
+        self._maybe_exit()
+        errors = list(errors)
+        n = len(errors)
+        ok = np.array([e is None for e in errors], dtype=bool)
+        value, raw, prob = np.zeros(n), np.zeros(n), np.zeros(n)
+        label = np.full(n, None, dtype=object)
+        index = np.flatnonzero(ok)
+        if len(index):
+            try:
+                outs = [(index, self._predict(tensors[index]))]
+            except Exception:  # noqa: BLE001  (retry alone: only the guilty rows get the error)
+                outs = []
+                for i in index:
+                    try:
+                        outs.append((np.array([i]), self._predict(tensors[i:i + 1])))
+                    except Exception as err:  # noqa: BLE001
+                        errors[i] = f'inference failed: {type(err).__name__}: {err}'
+                        ok[i] = False
+            for where, out in outs:
+                value[where], raw[where] = out['value'], out['value_raw']
+                prob[where], label[where] = out['probability'], out['label']
+        return pa.Table.from_arrays([
+            pa.array(np.broadcast_to(np.asarray(file_index, dtype=np.int64), (n,))),
+            pa.array(np.asarray(rows, dtype=np.int64)), pa.array(np.asarray(crcs, dtype=np.int64)),
+            pa.array(value, mask=~ok), pa.array(raw, mask=~ok), pa.array(label, type=pa.string()),
+            pa.array(prob, mask=~ok), pa.array(errors, type=pa.string())], schema=PREDICTION_SCHEMA)
+
+    def _maybe_exit(self):
+        self.batches += 1
+        if self.batches != self.fault_injection.get('exit_at_batch'):
+            return
+        marker = self.fault_injection.get('marker')
+        if marker is None:
+            os._exit(1)
+        if not os.path.exists(marker):
+            open(marker, 'w').close()
+            os._exit(1)
+
+    # -- Ray Data ------------------------------------------------------------------------------------------------
+    def __call__(self, batch: Dict[str, np.ndarray]):
+        if self.row_decoder is None:  # decoded batch from the decode tasks
+            yield self.predict_rows(batch[ROW_INDEX], batch[CELL_CRC], batch[ROW_ERROR], batch[IMAGE_TENSOR],
+                                    batch[FILE_INDEX])
+            return
+        for file_index, uri, group, offset in zip(batch['file'], batch['path'], batch['row_group'],
+                                                  batch['offset']):
+            for rows, crcs, errors, tensors in self.row_decoder.slices(int(file_index), str(uri), int(group),
+                                                                         int(offset)):
+                yield self.predict_rows(rows, crcs, errors, tensors, int(file_index))

@@ -1,0 +1,55 @@
+"""Column names and types: the internal columns that travel through the Ray graph, the output columns added to
+every input row, and the per-cell fingerprint that ties a prediction to its input row."""
+import zlib
+from typing import Dict
+
+import numpy as np
+import pyarrow as pa
+
+# internal columns (never written to an output file)
+FILE_INDEX = '__numclip_file'     # index of the input file in the job's plan
+ROW_INDEX = '__numclip_row'       # row index inside that input file
+CELL_CRC = '__numclip_crc'        # CRC-32 of the image/path cell (see cell_crcs)
+ROW_ERROR = '__numclip_error'     # decode error of the row (null when the image decoded)
+IMAGE_TENSOR = '__numclip_tensor' # decoded CHW uint8 image at the model's input size
+
+# output columns: suffix -> Arrow type; the column is named f'{prefix}{suffix}'
+VALUE, VALUE_RAW, LABEL, PROBABILITY, ERROR = 'value', 'value_raw', 'label', 'probability', 'error'
+OUTPUT_TYPES: Dict[str, pa.DataType] = {VALUE: pa.float64(), VALUE_RAW: pa.float64(), LABEL: pa.string(),
+                                        PROBABILITY: pa.float64(), ERROR: pa.string()}
+PREDICTION_SCHEMA = pa.schema([(FILE_INDEX, pa.int64()), (ROW_INDEX, pa.int64()), (CELL_CRC, pa.int64())]
+                              + [(k, t) for k, t in OUTPUT_TYPES.items()])
+
+
+def output_columns(prefix: str, keep_raw_value: bool = False) -> Dict[str, str]:
+    """Suffix -> output column name, e.g. {'value': 'age_value', 'label': 'age_label', ...}.
+
+    ``value`` is clamped to the task's range; ``value_raw`` (the regressor's number) only with ``keep_raw_value``.
+    """
+    return {k: f'{prefix}{k}' for k in OUTPUT_TYPES if keep_raw_value or k != VALUE_RAW}
+
+
+def cell_crcs(column) -> np.ndarray:
+    """CRC-32 of every cell of a binary or string Arrow column (-1 for null), without copying cells into Python
+    objects: each CRC runs over a memoryview slice of the column's data buffer."""
+    if isinstance(column, pa.ChunkedArray):
+        parts = [cell_crcs(c) for c in column.chunks]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    if pa.types.is_large_binary(column.type) or pa.types.is_large_string(column.type):
+        offset_type = np.int64
+    elif pa.types.is_binary(column.type) or pa.types.is_string(column.type):
+        offset_type = np.int32
+    else:  # view types and anything else: cast to a plain layout first
+        return cell_crcs(column.cast(pa.large_binary()))
+    n = len(column)
+    out = np.full(n, -1, dtype=np.int64)
+    if n == 0:
+        return out
+    _, offsets_buf, data_buf = column.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=offset_type, count=n + 1 + column.offset)[column.offset:]
+    data = memoryview(data_buf) if data_buf is not None else memoryview(b'')
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    crc32 = zlib.crc32
+    starts, ends = offsets[:-1].tolist(), offsets[1:].tolist()
+    out[:] = [crc32(data[s:e]) if v else -1 for s, e, v in zip(starts, ends, valid.tolist())]
+    return out

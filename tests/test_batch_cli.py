@@ -1,0 +1,209 @@
+"""The scorer's entry points as a data team runs them: `python batch/score.py` (what `ray submit` runs), the
+`numclip-score` console command, README's `ray job submit` recipe as written, the example cluster file, and a
+driver killed mid-run (one re-run completes every file).
+
+Each test starts its own Ray (in a subprocess) in its own process group and ends exactly that group.
+"""
+import io
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from numclip_mm.inference import Predictor
+
+from helpers import write_tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def _png(rng, h, w):
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format='PNG', compress_level=1)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope='module')
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp('cli')
+    cfg = write_tiny_config(root / 'tiny.py')
+    torch.manual_seed(3)
+    ckpt = root / 'tiny.pth'
+    torch.save({'state_dict': Predictor(cfg).model.state_dict()}, ckpt)
+    rng = np.random.default_rng(0)
+    cat = root / 'catalog'
+    cat.mkdir()
+    for f in range(2):
+        cells = [_png(rng, 24, 24) for _ in range(9)] + [b'broken']
+        pq.write_table(pa.table({'id': range(10), 'image': pa.array(cells, pa.binary())}), cat / f'p{f}.parquet',
+                       row_group_size=4)
+    return dict(root=root, cfg=cfg, ckpt=str(ckpt), cat=cat)
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith('RAY_')}
+    env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER='0', RAY_USAGE_STATS_ENABLED='0', PYTHONPATH=str(REPO), **extra)
+    return env
+
+
+def _kill_group(proc):
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)  # our own process group only: this command and the Ray it started
+        except ProcessLookupError:
+            return
+        time.sleep(1)
+
+
+def _check(out, cat):
+    for f in sorted(cat.glob('*.parquet')):
+        table = pq.read_table(out / f.name)
+        assert table.num_rows == pq.read_metadata(f).num_rows
+        errors = table.column('count_error').to_pylist()
+        assert errors[-1] is not None and all(e is None for e in errors[:-1])
+
+
+def test_script_and_console_entry_points(env, tmp_path):
+    """`python batch/score.py` (no package context: used to fail with "attempted relative import") scores a catalog;
+    the console command declared in setup.py resolves to the same main."""
+    out = tmp_path / 'out'
+    script_env = _env()
+    script_env.pop('PYTHONPATH')  # as on a head node: only the script's path, no package context
+    done = subprocess.run([PY, str(REPO / 'batch' / 'score.py'), '--config', env['cfg'], '--checkpoint', env['ckpt'],
+                           '--input', str(env['cat']), '--output', str(out), '--num-cpus', '2', '--batch-size', '4'],
+                          cwd=tmp_path, env=script_env, capture_output=True, text=True, timeout=240,
+                          start_new_session=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _check(out, env['cat'])
+    assert '"rows_scored": 20' in done.stdout
+    spec = re.search(r"'numclip-score = ([\w.]+):(\w+)'", (REPO / 'setup.py').read_text())
+    assert spec, 'setup.py declares no numclip-score console script'
+    module, attr = spec.groups()
+    helped = subprocess.run([PY, '-c', f'import sys; from {module} import {attr}; sys.exit({attr}(["--help"]))'],
+                            cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and 'usage: numclip-score' in helped.stdout
+    installed = shutil.which('numclip-score', path=str(Path(PY).parent))
+    if installed:  # an install made after setup.py gained the entry point
+        again = subprocess.run([installed, '--help'], env=_env(), capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0 and 'usage: numclip-score' in again.stdout
+
+
+def test_killed_driver_then_one_rerun_completes(env, tmp_path):
+    """SIGKILL the driver (and the local Ray it started) as soon as its first output is committed; one re-run of the
+    same command writes the rest and skips what was done: every output complete, rows out == rows in."""
+    rng = np.random.default_rng(1)
+    cat = tmp_path / 'cat'
+    cat.mkdir()
+    for f in range(6):
+        cells = [_png(rng, 24, 24) for _ in range(299)] + [b'broken']
+        pq.write_table(pa.table({'id': range(300), 'image': pa.array(cells, pa.binary())}), cat / f'p{f}.parquet',
+                       row_group_size=50)
+    out = tmp_path / 'out'
+    cmd = [PY, '-m', 'batch.score', '--config', env['cfg'], '--checkpoint', env['ckpt'], '--input', str(cat),
+           '--output', str(out), '--num-cpus', '2', '--batch-size', '8', '--torch-threads', '1']
+    first = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while not list(out.glob('p*.parquet')):
+            assert first.poll() is None, 'the run ended before it could be killed'
+            assert time.time() < deadline, 'no output appeared'
+            time.sleep(0.05)
+    finally:
+        _kill_group(first)
+    # Ray workers run in their own process groups: one already writing may still commit its (complete) output
+    # before it notices its raylet is gone; wait until the folder is stable
+    done_before, stable_since = None, time.time()
+    while time.time() - stable_since < 5:
+        now = sorted(p.name for p in out.glob('p*.parquet'))
+        if now != done_before:
+            done_before, stable_since = now, time.time()
+        time.sleep(0.5)
+    assert 0 < len(done_before) < 6, done_before
+    second = subprocess.run(cmd + ['--summary-json', str(tmp_path / 'summary.json')], cwd=REPO, env=_env(),
+                            capture_output=True, text=True, timeout=240, start_new_session=True)
+    assert second.returncode == 0, second.stderr[-3000:]
+    import json
+    summary = json.loads((tmp_path / 'summary.json').read_text())
+    skipped = sorted(Path(f['input']).name for f in summary['files'] if f['status'] == 'skipped')
+    assert skipped == done_before and summary['files_written'] == 6 - len(done_before)
+    assert sorted(p.name for p in out.iterdir()) == [f'p{f}.parquet' for f in range(6)]  # no temporaries left
+    _check(out, cat)
+
+
+def test_cluster_file_is_valid():
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+    config = yaml.safe_load((REPO / 'batch' / 'cluster.yaml').read_text())
+    validate_config(prepare_config(config))
+    assert any('pip install -c requirements/constraints.txt' in c for c in config['setup_commands'])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# README's `ray job submit` recipe, as written
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def readme_recipe() -> str:
+    text = (REPO / 'README.md').read_text()
+    found = re.search(r'<!-- recipe: ray job submit[^>]*-->\s*```bash\n(.*?)```', text, re.S)
+    assert found, "README lost its ray job submit recipe"
+    return found.group(1)
+
+
+def test_readme_ray_job_submit_recipe(env, tmp_path):
+    """Run README's recipe in a fresh shell (a new HOME: no token yet, no RAY_* variables), changing only the
+    ports (free ones, so another Ray on this machine cannot clash), Ray's temp dir and the demo's file names."""
+    recipe = readme_recipe()
+    port, dash, agent, agent_grpc, runtime_env, metrics, client = (_free_port() for _ in range(7))
+    temp_dir = tempfile.mkdtemp(prefix='rayt', dir='/tmp')  # short: Ray's unix socket paths must stay < 108 chars
+    start = 'ray start --head --dashboard-host 127.0.0.1'
+    assert start in recipe and 'http://127.0.0.1:8265' in recipe
+    out = tmp_path / 'scored'
+    script = (recipe
+              .replace(start, f'{start} --port={port} --num-cpus=2 --node-ip-address=127.0.0.1 '
+                              f'--dashboard-port={dash} --dashboard-agent-listen-port={agent} '
+                              f'--dashboard-agent-grpc-port={agent_grpc} --runtime-env-agent-port={runtime_env} '
+                              f'--metrics-export-port={metrics} --ray-client-server-port={client} '
+                              f'--disable-usage-stats --temp-dir={temp_dir}')
+              .replace('http://127.0.0.1:8265', f'http://127.0.0.1:{dash}')
+              .replace('configs/numclip_demo.py', env['cfg'])
+              .replace('"$PWD/work_dirs/numclip_demo/epoch_30.pth"', env['ckpt'])
+              .replace('"$PWD/catalog/"', str(env['cat']))
+              .replace('"$PWD/scored/"', str(out)))
+    home = tmp_path / 'home'
+    home.mkdir()
+    shell_env = _env(HOME=str(home), PATH=f'{Path(PY).parent}:{os.environ.get("PATH", "")}')
+    shell_env.pop('PYTHONPATH')  # the job must find the package through its working dir / the environment
+    log = tmp_path / 'recipe.log'  # a file, not a pipe: the daemons `ray start` leaves behind inherit it
+    with open(log, 'w') as sink:
+        proc = subprocess.Popen(['bash', '-e', '-c', script], cwd=REPO, env=shell_env, stdout=sink,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        proc.wait(timeout=300)
+        output = log.read_text()
+        assert proc.returncode == 0, output[-4000:]
+        assert 'succeeded' in output.lower()
+        assert (home / '.ray' / 'auth_token').exists()  # token auth was on, and the CLI used it
+        _check(out, env['cat'])
+    finally:
+        _kill_group(proc)
+        shutil.rmtree(temp_dir, ignore_errors=True)

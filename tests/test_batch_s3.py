@@ -1,0 +1,246 @@
+"""The scorer on an object store, for real: catalogs, path-column images and outputs on ``s3://`` through
+fsspec/s3fs against moto's S3 server on loopback (started here), resume after a killed writer, and the commit
+(no rename on S3: an output appears only when its upload completes).
+
+The endpoint and fake credentials are set in the environment before this module's Ray starts, so every worker
+sees the same server.
+"""
+import io
+import os
+import signal
+import socket
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from helpers import write_tiny_config
+
+pytest.importorskip('moto')
+s3fs = pytest.importorskip('s3fs')
+
+TEST_TIMEOUT_S = 180
+BUCKET = 'numclip-test'
+
+
+@pytest.fixture(autouse=True)
+def _timeout():
+    def expire(signum, frame):
+        raise TimeoutError(f'test exceeded {TEST_TIMEOUT_S} s')
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(TEST_TIMEOUT_S)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _png(rng, h, w):
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format='PNG')
+    return buf.getvalue()
+
+
+@pytest.fixture(scope='module')
+def s3(tmp_path_factory):
+    """moto's server on 127.0.0.1, the environment pointing at it, a bucket, and this module's Ray."""
+    from moto.server import ThreadedMotoServer
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address='127.0.0.1', port=port, verbose=False)
+    server.start()
+    endpoint = f'http://127.0.0.1:{port}'
+    saved = {k: os.environ.get(k) for k in ('AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_DEFAULT_REGION',
+                                            'AWS_ENDPOINT_URL', 'FSSPEC_S3_ENDPOINT_URL')}
+    os.environ.update(AWS_ACCESS_KEY_ID='testing', AWS_SECRET_ACCESS_KEY='testing', AWS_DEFAULT_REGION='us-east-1',
+                      AWS_ENDPOINT_URL=endpoint, FSSPEC_S3_ENDPOINT_URL=endpoint)
+    os.environ['RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'] = '0'
+    import fsspec.config
+    fsspec.config.set_conf_env(fsspec.config.conf)  # pick up FSSPEC_S3_* in this process too
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.mkdir(BUCKET)
+    import ray
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address='127.0.0.1', log_to_driver=False)
+    try:
+        yield dict(fs=fs, endpoint=endpoint, root=tmp_path_factory.mktemp('s3'))
+    finally:
+        ray.shutdown()
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope='module')
+def job(s3):
+    """Config + checkpoint (the checkpoint on S3 too), a 2-file bytes catalog and a path catalog whose images are
+    S3 keys, all uploaded."""
+    from numclip_mm.inference import Predictor
+    root, fs = s3['root'], s3['fs']
+    cfg = write_tiny_config(root / 'tiny.py')
+    torch.manual_seed(5)
+    reference = Predictor(cfg)
+    ckpt = root / 'tiny.pth'
+    torch.save({'state_dict': reference.model.state_dict()}, ckpt)
+    fs.put_file(str(ckpt), f'{BUCKET}/models/tiny.pth')
+    rng = np.random.default_rng(0)
+    images = {}
+    for f in range(2):
+        cells = [_png(rng, 20 + i, 28) for i in range(7)] + [b'garbage']
+        images[f'p{f}.parquet'] = cells
+        buf = io.BytesIO()
+        pq.write_table(pa.table({'id': range(8), 'image': pa.array(cells, pa.binary())}), buf, row_group_size=3)
+        fs.pipe_file(f'{BUCKET}/catalog/p{f}.parquet', buf.getvalue())
+    for i in range(3):
+        fs.pipe_file(f'{BUCKET}/images/{i}.png', images['p0.parquet'][i])
+    paths = [f's3://{BUCKET}/images/{i}.png' for i in range(3)] + [f's3://{BUCKET}/images/missing.png']
+    buf = io.BytesIO()
+    pq.write_table(pa.table({'path': paths}), buf)
+    fs.pipe_file(f'{BUCKET}/paths/paths.parquet', buf.getvalue())
+    return dict(cfg=cfg, ckpt=f's3://{BUCKET}/models/tiny.pth', reference=reference, images=images)
+
+
+def _opts(job, **kw):
+    from batch.pipeline import ScoreOptions
+    base = dict(config=job['cfg'], checkpoint=job['ckpt'], batch_size=4)
+    base.update(kw)
+    return ScoreOptions(**base)
+
+
+def _read(fs, key):
+    fs.invalidate_cache()
+    with fs.open(key, 'rb') as f:
+        return pq.read_table(f)
+
+
+def test_s3_catalog_resume_and_commit(s3, job):
+    from batch.pipeline import prepare, score_catalog
+    fs = s3['fs']
+    out = f's3://{BUCKET}/scored'
+    # a first run that only got through p0 (input: one file)
+    first = score_catalog(_opts(job, input=f's3://{BUCKET}/catalog/p0.parquet', output=out))
+    assert first['files_written'] == 1
+    # a writer killed while uploading p1: its multipart upload (one 5 MiB part sent) never completes
+    dead = fs.open(f'{BUCKET}/scored/p1.parquet', 'wb', autocommit=False, block_size=5 * 2 ** 20)
+    dead.write(b'\0' * (6 * 2 ** 20))
+    dead.flush()
+    assert dead.parts  # a part really was uploaded
+    fs.invalidate_cache()
+    assert not fs.exists(f'{BUCKET}/scored/p1.parquet')  # ... and nothing is visible under the final key
+    plans = prepare(_opts(job, input=f's3://{BUCKET}/catalog/', output=out)).plans
+    assert [p.status for p in plans] == ['complete', 'todo']
+    assert 'etag' in plans[0].identity
+    second = score_catalog(_opts(job, input=f's3://{BUCKET}/catalog/', output=out))
+    assert [f['status'] for f in second['files']] == ['skipped', 'written']
+    for name, cells in job['images'].items():
+        table = _read(fs, f'{BUCKET}/scored/{name}')
+        assert table.num_rows == 8 and table.column('id').to_pylist() == list(range(8))
+        errors = table.column('count_error').to_pylist()
+        assert errors[-1] is not None and all(e is None for e in errors[:-1])
+        want = job['reference'].predict(cells[:-1])
+        np.testing.assert_allclose(table.column('count_value').to_pylist()[:-1], want['value'], atol=1e-5)
+    # a torn or foreign object under an output key is not trusted: re-scored
+    fs.pipe_file(f'{BUCKET}/scored/p0.parquet', b'PAR1 torn')
+    fs.invalidate_cache()
+    plans = prepare(_opts(job, input=f's3://{BUCKET}/catalog/', output=out)).plans
+    assert plans[0].status == 'stale: unreadable footer' and plans[1].status == 'complete'
+    dead.discard()
+
+
+def test_s3_failed_write_leaves_no_object(s3, job):
+    """A write that fails half-way (here: the input's rows do not match the predictions) aborts its upload."""
+    from batch import catalog
+    from batch.columns import PREDICTION_SCHEMA, output_columns
+    fs = s3['fs']
+    plan = catalog.plan_job(f's3://{BUCKET}/catalog/p1.parquet', f's3://{BUCKET}/failed', image_column='image',
+                            path_column=None, new_columns=output_columns('count_'), model={})[3][0]
+
+    def mismatch(col, part, first):
+        raise RuntimeError('changed while it was scored')
+    preds = PREDICTION_SCHEMA.empty_table()
+    with pytest.raises(RuntimeError, match='changed'):
+        catalog.write_scored_file(plan, preds, output_columns('count_'), 'image', {}, mismatch)
+    fs.invalidate_cache()
+    assert not fs.exists(f'{BUCKET}/failed/p1.parquet')
+
+
+def test_s3_path_column_images(s3, job):
+    from batch.pipeline import score_catalog
+    fs = s3['fs']
+    report = score_catalog(_opts(job, input=f's3://{BUCKET}/paths/', output=f's3://{BUCKET}/scored-paths',
+                                 image_column=None, path_column='path'))
+    assert report['rows_scored'] == 4
+    table = _read(fs, f'{BUCKET}/scored-paths/paths.parquet')
+    errors = table.column('count_error').to_pylist()
+    assert errors[:3] == [None] * 3 and 'not found' in errors[3]
+    want = job['reference'].predict(job['images']['p0.parquet'][:3])
+    np.testing.assert_allclose(table.column('count_value').to_pylist()[:3], want['value'], atol=1e-5)
+
+
+def test_s3_killed_run_then_one_rerun(s3, job, tmp_path):
+    """Kill the whole scoring process group (driver and its Ray) as soon as its first output object appears: every
+    object under the output prefix is then a complete output (no torn object), and one re-run of the same command
+    completes the rest: rows out == rows in."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    fs = s3['fs']
+    rng = np.random.default_rng(9)
+    for f in range(6):
+        cells = [_png(rng, 24, 24) for _ in range(300)]
+        buf = io.BytesIO()
+        pq.write_table(pa.table({'id': range(300), 'image': pa.array(cells, pa.binary())}), buf, row_group_size=50)
+        fs.pipe_file(f'{BUCKET}/big/p{f}.parquet', buf.getvalue())
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, '-m', 'batch.score', '--config', job['cfg'], '--checkpoint', job['ckpt'], '--input',
+           f's3://{BUCKET}/big/', '--output', f's3://{BUCKET}/big-scored/', '--num-cpus', '2', '--batch-size', '8',
+           '--torch-threads', '1']
+    env = {k: v for k, v in os.environ.items() if not k.startswith('RAY_')}
+    env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER='0', PYTHONPATH=str(repo))
+    first = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    try:
+        deadline = time.time() + 150
+        while True:
+            fs.invalidate_cache()
+            if fs.exists(f'{BUCKET}/big-scored') and fs.ls(f'{BUCKET}/big-scored'):
+                break
+            assert first.poll() is None and time.time() < deadline, 'no output appeared before the run ended'
+            time.sleep(0.1)
+    finally:
+        try:
+            os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray it started (its process group)
+        except ProcessLookupError:
+            pass
+        first.wait(timeout=30)
+    # Ray workers run in their own process groups: one already writing may still commit its (complete) output
+    # before it notices its raylet is gone; wait until the listing is stable
+    done, stable_since = None, time.time()
+    while time.time() - stable_since < 5:
+        fs.invalidate_cache()
+        now = sorted(fs.ls(f'{BUCKET}/big-scored', detail=False))
+        if now != done:
+            done, stable_since = now, time.time()
+        time.sleep(0.5)
+    assert 0 < len(done) < 6, done
+    for key in done:  # whatever the kill interrupted, no object is partial
+        assert _read(fs, key).num_rows == 300
+    again = subprocess.run(cmd + ['--summary-json', str(tmp_path / 's.json')], cwd=repo, env=env,
+                           capture_output=True, text=True, timeout=170, start_new_session=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    import json
+    summary = json.loads((tmp_path / 's.json').read_text())
+    assert summary['files_skipped'] == len(done) and summary['files_written'] == 6 - len(done)
+    for f in range(6):
+        table = _read(fs, f'{BUCKET}/big-scored/p{f}.parquet')
+        assert table.num_rows == 300 and table.column('count_error').null_count == 300
