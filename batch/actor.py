@@ -14,26 +14,27 @@ from typing import Dict, List, Optional
 import numpy as np
 import pyarrow as pa
 
-from .columns import CELL_CRC, FILE_INDEX, IMAGE_TENSOR, PREDICTION_SCHEMA, ROW_ERROR, ROW_INDEX
+from .columns import CELL_CRC, FILE_INDEX, IMAGE_TENSOR, ROW_ERROR, ROW_INDEX, interval_types, prediction_schema
 
 
 def load_predictor(config, checkpoint: Optional[str], device: str = 'cpu', precision: Optional[str] = None):
-    """A Predictor; a checkpoint URI is downloaded to a local temporary file first."""
+    """A Predictor; a checkpoint URI is downloaded to a local temporary file first, with its conformal calibration
+    sidecar (``<checkpoint>.calibration.json``) when there is one."""
     import tempfile
 
+    from numclip_mm.evaluation.conformal import sidecar_path
     from numclip_mm.inference import Predictor
 
     from . import catalog
     if checkpoint is None or '://' not in checkpoint or checkpoint.startswith('file://'):
         return Predictor(config, checkpoint and checkpoint.removeprefix('file://'), device=device,
                          precision=precision)
-    fd, local = tempfile.mkstemp(suffix='-' + os.path.basename(checkpoint))
-    os.close(fd)
-    try:
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, os.path.basename(checkpoint))
         catalog.copy_to_local(checkpoint, local)
+        if catalog.exists(sidecar_path(checkpoint)):
+            catalog.copy_to_local(sidecar_path(checkpoint), sidecar_path(local), what='calibration')
         return Predictor(config, local, device=device, precision=precision)
-    finally:
-        os.unlink(local)
 
 
 class InferenceActor:
@@ -45,17 +46,22 @@ class InferenceActor:
         torch_threads: ``torch.set_num_threads`` in the actor (None: Ray's OMP setting).
         row_decoder: a :class:`batch.decode.RowGroupDecoder` whose preprocessor this actor replaces by its own
             model's (input size included): set in ``decode_in_actor`` mode.
+        intervals: conformal coverage levels whose interval bounds are added (``low_<level>``/``high_<level>``).
         fault_injection: for tests: ``dict(exit_at_batch=N, marker=path or None)``: the actor process exits (as a
             crash would) when it reaches its N-th batch; with a marker, only while that file does not exist yet
             (it is created first: one death), without one at every N-th batch of every incarnation.
     """
 
     def __init__(self, config, checkpoint, device='cpu', precision=None, torch_threads=None, row_decoder=None,
-                 fault_injection=None):
+                 intervals=(), fault_injection=None):
         import torch
         if torch_threads:
             torch.set_num_threads(int(torch_threads))
         self.predictor = load_predictor(config, checkpoint, device, precision)
+        self.intervals = tuple(intervals)
+        self.interval_columns = tuple(interval_types(self.intervals))
+        self.schema = prediction_schema(self.intervals)
+        self.predictor.check_intervals(self.intervals)
         self.row_decoder = row_decoder
         if row_decoder is not None:
             row_decoder.decoder.preprocessor = self.predictor.preprocessor
@@ -69,7 +75,7 @@ class InferenceActor:
             inputs = [torch.from_numpy(np.ascontiguousarray(t)) for t in tensors]
         else:
             inputs = torch.from_numpy(np.ascontiguousarray(tensors))
-        return self.predictor.predict_tensors(inputs)
+        return self.predictor.predict_tensors(inputs, self.intervals)
 
     def predict_rows(self, rows, crcs, errors: List[Optional[str]], tensors: np.ndarray, file_index) -> pa.Table:
         """Prediction columns for one decoded batch; rows with a decode error get nulls and keep their error."""
@@ -78,6 +84,7 @@ class InferenceActor:
         n = len(errors)
         ok = np.array([e is None for e in errors], dtype=bool)
         value, raw, prob = np.zeros(n), np.zeros(n), np.zeros(n)
+        bounds = {key: np.zeros(n) for key in self.interval_columns}
         label = np.full(n, None, dtype=object)
         index = np.flatnonzero(ok)
         if len(index):
@@ -94,11 +101,14 @@ class InferenceActor:
             for where, out in outs:
                 value[where], raw[where] = out['value'], out['value_raw']
                 prob[where], label[where] = out['probability'], out['label']
+                for key, column in bounds.items():
+                    column[where] = out[key]
         return pa.Table.from_arrays([
             pa.array(np.broadcast_to(np.asarray(file_index, dtype=np.int64), (n,))),
             pa.array(np.asarray(rows, dtype=np.int64)), pa.array(np.asarray(crcs, dtype=np.int64)),
             pa.array(value, mask=~ok), pa.array(raw, mask=~ok), pa.array(label, type=pa.string()),
-            pa.array(prob, mask=~ok), pa.array(errors, type=pa.string())], schema=PREDICTION_SCHEMA)
+            pa.array(prob, mask=~ok), pa.array(errors, type=pa.string()),
+            *(pa.array(column, mask=~ok) for column in bounds.values())], schema=self.schema)
 
     def _maybe_exit(self):
         self.batches += 1

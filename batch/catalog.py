@@ -149,13 +149,19 @@ def file_digest(path: str, chunk: int = 1 << 24) -> str:
     return h.hexdigest()
 
 
-def copy_to_local(uri: str, local: str) -> None:
+def copy_to_local(uri: str, local: str, what: str = 'checkpoint') -> None:
     """Download ``uri`` (any fsspec URI) to the local path ``local``."""
     fs, p = url_to_fs(uri)
     try:
         fs.get_file(p, local)
     except FileNotFoundError:
-        raise FileNotFoundError(f'checkpoint not found: {uri}') from None
+        raise FileNotFoundError(f'{what} not found: {uri}') from None
+
+
+def exists(uri: str) -> bool:
+    """Whether a file exists at a local path or URI."""
+    fs, p = url_to_fs(uri)
+    return fs.isfile(p)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -418,7 +424,8 @@ def write_scored_file(plan: FilePlan, predictions: pa.Table, names: Dict[str, st
     ``check_crcs(input_batch_column, prediction_slice)`` raises when the input changed while it was scored.
     Returns the number of rows with an error.
     """
-    from .columns import ERROR, OUTPUT_TYPES
+    from .columns import ERROR
+    types = {key: predictions.schema.field(key).type for key in names}
     fs_in, in_path = url_to_fs(plan.input)
     fs_out, out_path = url_to_fs(plan.output)
     if file_identity(fs_in, in_path) != plan.identity:
@@ -428,7 +435,7 @@ def write_scored_file(plan: FilePlan, predictions: pa.Table, names: Dict[str, st
     src = pq.ParquetFile(in_path if src_file is None else src_file)
     schema = src.schema_arrow
     for key, name in names.items():
-        schema = schema.append(pa.field(name, OUTPUT_TYPES[key]))
+        schema = schema.append(pa.field(name, types[key]))
     schema = schema.with_metadata({**(schema.metadata or {}), METADATA_KEY: json.dumps(metadata).encode()})
     sink = _Sink(fs_out, out_path)
     bad = seen = 0
@@ -439,7 +446,7 @@ def write_scored_file(plan: FilePlan, predictions: pa.Table, names: Dict[str, st
                 check_crcs(batch.column(column), part, seen)
                 table = pa.Table.from_batches([batch])
                 for key, name in names.items():
-                    table = table.append_column(pa.field(name, OUTPUT_TYPES[key]), part.column(key))
+                    table = table.append_column(pa.field(name, types[key]), part.column(key))
                 writer.write_table(table.cast(schema))
                 bad += batch.num_rows - part.column(ERROR).null_count
                 seen += batch.num_rows

@@ -1,7 +1,7 @@
 """Column names and types: the internal columns that travel through the Ray graph, the output columns added to
 every input row, and the per-cell fingerprint that ties a prediction to its input row."""
 import zlib
-from typing import Dict
+from typing import Dict, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -17,16 +17,41 @@ IMAGE_TENSOR = '__numclip_tensor' # decoded CHW uint8 image at the model's input
 VALUE, VALUE_RAW, LABEL, PROBABILITY, ERROR = 'value', 'value_raw', 'label', 'probability', 'error'
 OUTPUT_TYPES: Dict[str, pa.DataType] = {VALUE: pa.float64(), VALUE_RAW: pa.float64(), LABEL: pa.string(),
                                         PROBABILITY: pa.float64(), ERROR: pa.string()}
-PREDICTION_SCHEMA = pa.schema([(FILE_INDEX, pa.int64()), (ROW_INDEX, pa.int64()), (CELL_CRC, pa.int64())]
-                              + [(k, t) for k, t in OUTPUT_TYPES.items()])
 
 
-def output_columns(prefix: str, keep_raw_value: bool = False) -> Dict[str, str]:
+def level_key(level: float) -> str:
+    """A coverage level as it appears in column names: 0.9 -> '0.9' (as numclip_mm.evaluation.conformal)."""
+    return f'{float(level):g}'
+
+
+def interval_types(intervals: Sequence[float] = ()) -> Dict[str, pa.DataType]:
+    """Suffix -> type of the conformal interval bounds: ``low_<level>``, ``high_<level>`` per level asked."""
+    return {f'{side}_{level_key(v)}': pa.float64() for v in intervals for side in ('low', 'high')}
+
+
+def prediction_types(intervals: Sequence[float] = ()) -> Dict[str, pa.DataType]:
+    """Every prediction column an inference actor returns (suffix -> type)."""
+    return {**OUTPUT_TYPES, **interval_types(intervals)}
+
+
+def prediction_schema(intervals: Sequence[float] = ()) -> pa.Schema:
+    """What travels from the actors to the driver: the row's tags and its prediction columns."""
+    return pa.schema([(FILE_INDEX, pa.int64()), (ROW_INDEX, pa.int64()), (CELL_CRC, pa.int64())]
+                     + list(prediction_types(intervals).items()))
+
+
+PREDICTION_SCHEMA = prediction_schema()
+
+
+def output_columns(prefix: str, keep_raw_value: bool = False, intervals: Sequence[float] = ()) -> Dict[str, str]:
     """Suffix -> output column name, e.g. {'value': 'age_value', 'label': 'age_label', ...}.
 
-    ``value`` is clamped to the task's range; ``value_raw`` (the regressor's number) only with ``keep_raw_value``.
+    ``value`` is clamped to the task's range; ``value_raw`` (the regressor's number) only with ``keep_raw_value``;
+    ``low_<level>``/``high_<level>`` (conformal interval bounds, docs/intervals.md) for each level of ``intervals``.
     """
-    return {k: f'{prefix}{k}' for k in OUTPUT_TYPES if keep_raw_value or k != VALUE_RAW}
+    names = {k: f'{prefix}{k}' for k in OUTPUT_TYPES if keep_raw_value or k != VALUE_RAW}
+    names.update({k: f'{prefix}{k}' for k in interval_types(intervals)})
+    return names
 
 
 def cell_crcs(column) -> np.ndarray:

@@ -24,14 +24,14 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
 
 from . import catalog
-from .columns import CELL_CRC, FILE_INDEX, OUTPUT_TYPES, PREDICTION_SCHEMA, ROW_INDEX, cell_crcs, \
-    output_columns
+from .columns import CELL_CRC, FILE_INDEX, ROW_INDEX, cell_crcs, output_columns, prediction_schema, \
+    prediction_types
 from .decode import DEFAULT_MAX_PIXELS, CellDecoder, RowGroupDecoder
 
 logger = logging.getLogger('batch')
@@ -56,6 +56,7 @@ class ScoreOptions:
     prefix: Optional[str] = None           # default: '{task.name}_'
     zero_shot: bool = False                # score with the config's pretrained CLIP (no checkpoint)
     keep_raw_value: bool = False           # also write {prefix}value_raw (before clamping to the task's range)
+    intervals: Tuple[float, ...] = ()      # conformal coverage levels: {prefix}low_<level>/{prefix}high_<level>
     batch_size: Optional[int] = None       # default: 64 on CPU, 256 per GPU actor
     num_actors: int = 1
     num_gpus_per_actor: float = 0
@@ -137,17 +138,52 @@ def prepare(opts: ScoreOptions) -> ScoringJob:
         model = describe_model(config, local and local.removeprefix('file://'))  # exact key/shape check
         if opts.checkpoint is not None:
             checkpoint_digest = catalog.file_digest(local)
+        calibration_digest = _check_calibration(opts, local) if opts.intervals else None
     finally:
         if local != opts.checkpoint and local is not None:
             os.unlink(local)
     task = model['task']
     prefix = f'{task.name}_' if opts.prefix is None else opts.prefix
-    names = output_columns(prefix, opts.keep_raw_value)
+    names = output_columns(prefix, opts.keep_raw_value, opts.intervals)
     identity = dict(config=_config_digest(config), checkpoint=checkpoint_digest)
+    if calibration_digest is not None:  # new thresholds give other bounds: outputs of the old ones are stale
+        identity['calibration'] = calibration_digest
     fs_in, fs_out, out_dir, plans = catalog.plan_job(
         opts.input, opts.output, image_column=opts.image_column, path_column=opts.path_column,
         new_columns=names, model=identity, overwrite=opts.overwrite)
     return ScoringJob(opts, config, task.name, model['input_size'], identity, names, fs_out, out_dir, plans)
+
+
+def _check_calibration(opts: ScoreOptions, local_checkpoint: Optional[str]) -> str:
+    """Refuse intervals the checkpoint's calibration cannot give (before any work); returns its sha256."""
+    from numclip_mm.evaluation.conformal import check_checkpoint, check_levels, get_calibration, sidecar_path
+    Err = catalog.ScoringSetupError
+    try:
+        levels = check_levels(opts.intervals)
+    except ValueError as err:
+        raise Err(f'--interval: {err}') from None
+    if opts.checkpoint is None:
+        raise Err('--interval needs a checkpoint with a conformal calibration (tools/calibrate.py); zero-shot '
+                  'scoring has none')
+    sidecar = sidecar_path(opts.checkpoint)
+    if not catalog.exists(sidecar):
+        raise Err(f'--interval {" ".join(map(str, levels))}: the checkpoint has no conformal calibration '
+                  f'({sidecar} not found); run tools/calibrate.py CONFIG {opts.checkpoint} --coverage '
+                  f'{" ".join(map(str, levels))} first')
+    local = sidecar_path(local_checkpoint)
+    if local != sidecar:
+        catalog.copy_to_local(sidecar, local, what='calibration')
+    try:
+        calibration = get_calibration(local)
+        check_checkpoint(calibration, local_checkpoint)
+        for level in levels:
+            calibration.threshold(level)
+    except (KeyError, ValueError) as err:
+        raise Err(f'--interval: {str(err).strip(chr(34) + chr(39))}') from None
+    finally:
+        if local != sidecar:
+            os.unlink(local)
+    return catalog.file_digest(sidecar)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -181,7 +217,7 @@ def work_items(plans: Sequence[catalog.FilePlan]) -> List[Dict[str, Any]]:
 
 
 def build_dataset(job: ScoringJob, plans: Sequence[catalog.FilePlan]):
-    """The lazy Ray Dataset of prediction columns (batch.columns.PREDICTION_SCHEMA) for ``plans``."""
+    """The lazy Ray Dataset of prediction columns (batch.columns.prediction_schema) for ``plans``."""
     import ray
 
     from .actor import InferenceActor
@@ -209,7 +245,7 @@ def build_dataset(job: ScoringJob, plans: Sequence[catalog.FilePlan]):
         compute=ray.data.ActorPoolStrategy(size=opts.num_actors),
         fn_constructor_kwargs=dict(config=job.config, checkpoint=opts.checkpoint, device='cuda' if gpu else 'cpu',
                                    precision=opts.precision, torch_threads=opts.torch_threads,
-                                   row_decoder=row_decoder if in_actor else None,
+                                   row_decoder=row_decoder if in_actor else None, intervals=opts.intervals,
                                    fault_injection=opts.fault_injection),
         **remote)
 
@@ -258,8 +294,6 @@ class Progress:
                     elapsed, self.rows / max(elapsed, 1e-9))
 
 
-def _empty_predictions() -> pa.Table:
-    return PREDICTION_SCHEMA.empty_table()
 
 
 def run(job: ScoringJob) -> Dict[str, Any]:
@@ -310,6 +344,7 @@ def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, A
     buffers: Dict[int, List[pa.Table]] = {i: [] for i in range(len(pending))}
     counts = {i: 0 for i in range(len(pending))}
     in_flight: Dict[Any, int] = {}
+    columns = list(prediction_types(opts.intervals))
     progress = Progress(sum(p.num_rows for p in pending), len(pending), opts.progress_interval_s)
 
     def collect(refs) -> None:
@@ -330,7 +365,7 @@ def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, A
 
     def finish(i: int) -> None:
         chunks = buffers.pop(i)
-        preds = pa.concat_tables(chunks) if chunks else _empty_predictions()
+        preds = pa.concat_tables(chunks) if chunks else prediction_schema(opts.intervals).empty_table()
         preds = preds.sort_by(ROW_INDEX)
         p = pending[i]
         if preds.num_rows != p.num_rows or not np.array_equal(preds.column(ROW_INDEX).to_numpy(),
@@ -356,7 +391,7 @@ def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, A
                 part = table if files[0] == files[-1] == i else table.filter(pa.array(files == i))
                 if i not in buffers:
                     raise ScoringFailed(f'prediction rows for {pending[i].input} arrived after it was written')
-                buffers[i].append(part.select([ROW_INDEX, CELL_CRC, *OUTPUT_TYPES]).combine_chunks())
+                buffers[i].append(part.select([ROW_INDEX, CELL_CRC, *columns]).combine_chunks())
                 counts[i] += part.num_rows
                 progress.add_rows(part.num_rows)
                 if counts[i] >= pending[i].num_rows:

@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--prefix', default=None, help='prefix of the new columns (default: "<task name>_")')
     p.add_argument('--keep-raw-value', action='store_true',
                    help='also write {prefix}value_raw, the value before clamping to the task\'s range')
+    p.add_argument('--interval', type=float, nargs='+', default=(), metavar='LEVEL',
+                   help='add conformal prediction intervals at these coverage levels, e.g. 0.9: columns '
+                        '{prefix}low_<level>/{prefix}high_<level>; needs the checkpoint\'s calibration sidecar '
+                        '(tools/calibrate.py; docs/intervals.md)')
     p.add_argument('--batch-size', type=int, default=None, help='default: 64 on CPU, 256 per GPU actor')
     p.add_argument('--num-actors', type=int, default=1, help='inference actors (model replicas)')
     p.add_argument('--num-gpus-per-actor', type=float, default=0)
@@ -95,7 +99,8 @@ def options_from_args(args: argparse.Namespace) -> ScoreOptions:
     return ScoreOptions(
         config=args.config, checkpoint=args.checkpoint, input=args.input, output=args.output,
         image_column=image_column, path_column=args.path_column, prefix=args.prefix, zero_shot=args.zero_shot,
-        keep_raw_value=args.keep_raw_value, batch_size=args.batch_size, num_actors=args.num_actors,
+        keep_raw_value=args.keep_raw_value, intervals=tuple(args.interval), batch_size=args.batch_size,
+        num_actors=args.num_actors,
         num_gpus_per_actor=args.num_gpus_per_actor, precision=args.precision, cpus_per_actor=args.cpus_per_actor,
         cpus_per_decode_task=args.cpus_per_decode_task,
         decode_in_actor=None if args.decode_in is None else args.decode_in == 'actor',
@@ -111,10 +116,10 @@ def main(argv=None) -> int:
                         format='%(asctime)s %(name)s %(levelname)s %(message)s')
     logging.getLogger('batch').setLevel(logging.WARNING if args.quiet else logging.INFO)
     opts = options_from_args(args)
-    from numclip_mm.inference import CheckpointMismatchError
+    from numclip_mm.utils.checkpoint import CheckpointLoadError
     try:
         prep = prepare(opts)
-    except (FileNotFoundError, CheckpointMismatchError, catalog.ScoringSetupError) as err:
+    except (FileNotFoundError, CheckpointLoadError, catalog.ScoringSetupError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
     try:

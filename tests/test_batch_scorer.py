@@ -344,6 +344,64 @@ def test_path_column_input(env, ray_session, tmp_path):
     np.testing.assert_allclose([table.column('n_value')[i].as_py() for i in good], expected['value'], atol=1e-5)
 
 
+def _calibrated_checkpoint(env, folder: Path, levels=(0.5, 0.9)) -> str:
+    """A copy of the test checkpoint with a conformal calibration sidecar fitted for it (synthetic residuals)."""
+    from numclip_mm.evaluation.conformal import fit_calibration, file_digest, sidecar_path
+    folder.mkdir(parents=True, exist_ok=True)
+    ckpt = str(folder / 'calibrated.pth')
+    shutil.copy(env['ckpt'], ckpt)
+    rng = np.random.default_rng(3)
+    task = env['reference'].task
+    probs = rng.dirichlet(np.ones(task.num_bins), size=200)
+    pred = rng.uniform(0, 9, size=200)
+    fit_calibration(pred, probs, np.clip(pred + rng.normal(0, 1, 200), 0, 9), task, levels,
+                    source=dict(checkpoint_sha256=file_digest(ckpt))).save(sidecar_path(ckpt))
+    return ckpt
+
+
+def test_interval_columns_from_the_checkpoint_calibration(env, ray_session, tmp_path):
+    """--interval adds {prefix}low_<level>/{prefix}high_<level>: the Predictor's bounds on good rows, nulls on bad
+    rows; outputs scored without them are stale for a run that asks for them."""
+    ckpt = _calibrated_checkpoint(env, tmp_path / 'model')
+    src = env['cat'] / 'part-001.parquet'
+    plain = tmp_path / 'plain'
+    score_catalog(_opts(env, checkpoint=ckpt, input=str(src), output=str(plain)))
+    assert 'count_low_0.9' not in pq.read_schema(plain / src.name).names
+    out = tmp_path / 'out'
+    shutil.copytree(plain, out)  # a complete output without intervals: must be re-scored, not skipped
+    report = score_catalog(_opts(env, checkpoint=ckpt, input=str(src), output=str(out), intervals=(0.9, 0.5)))
+    assert report['files_written'] == 1
+    table = pq.read_table(out / src.name)
+    assert table.schema.names[-4:] == ['count_low_0.9', 'count_high_0.9', 'count_low_0.5', 'count_high_0.5']
+    ok = np.array([k in GOOD for k in env['kinds'][src.name]])
+    value = np.asarray(table.column('count_value').to_pylist(), dtype=float)
+    low9, high9, low5, high5 = (np.asarray(table.column(f'count_{c}').to_pylist(), dtype=float)
+                                for c in ('low_0.9', 'high_0.9', 'low_0.5', 'high_0.5'))
+    assert np.isnan(low9[~ok]).all() and np.isnan(high5[~ok]).all()  # bad rows: null bounds
+    assert (low9[ok] <= value[ok] + 1e-9).all() and (value[ok] <= high9[ok] + 1e-9).all()
+    assert (high9[ok] - low9[ok] >= high5[ok] - low5[ok] - 1e-9).all()  # more coverage, wider
+    cells = pq.read_table(src).column('image').to_pylist()
+    predictor = Predictor(env['cfg'], ckpt)
+    want = predictor.predict([cells[i] for i in np.flatnonzero(ok)], intervals=(0.9, 0.5))
+    np.testing.assert_allclose(low9[ok], want['low_0.9'], atol=1e-5)
+    np.testing.assert_allclose(high5[ok], want['high_0.5'], atol=1e-5)
+
+
+def test_interval_without_calibration_is_refused_up_front(env, tmp_path, capsys):
+    src = str(env['cat'] / 'part-001.parquet')
+    with pytest.raises(catalog.ScoringSetupError, match='no conformal calibration.*tools/calibrate.py'):
+        prepare(_opts(env, input=src, output=str(tmp_path / 'a'), intervals=(0.9,)))
+    ckpt = _calibrated_checkpoint(env, tmp_path / 'model', levels=(0.9,))
+    with pytest.raises(catalog.ScoringSetupError, match='coverage 0.8'):
+        prepare(_opts(env, checkpoint=ckpt, input=src, output=str(tmp_path / 'b'), intervals=(0.8,)))
+    with pytest.raises(catalog.ScoringSetupError, match=r'\(0, 1\)'):
+        prepare(_opts(env, checkpoint=ckpt, input=src, output=str(tmp_path / 'c'), intervals=(90,)))
+    assert cli_main(['--config', env['cfg'], '--checkpoint', env['ckpt'], '--input', src, '--output',
+                     str(tmp_path / 'd'), '--interval', '0.9']) == 2
+    assert 'no conformal calibration' in capsys.readouterr().err
+    assert not (tmp_path / 'd').exists() or not any((tmp_path / 'd').iterdir())
+
+
 def test_actor_dying_mid_run_is_retried(env, scored, tmp_path):
     """An inference actor that dies mid-run (its process exits at its 2nd batch) is restarted and its work redone:
     every output complete, rows out == rows in, predictions identical to an undisturbed run."""

@@ -5,6 +5,7 @@ one channel order (BGR, as mmcv and mmpretrain pipelines expect), one pixel limi
 anything is decoded. ``numclip_mm.inference.decode_image`` is the public RGB entry built on it.
 """
 import io
+import re
 import warnings
 from typing import Optional, Tuple
 
@@ -42,15 +43,22 @@ def image_size_from_header(content: bytes, where: str, max_pixels: Optional[int]
             warnings.simplefilter('ignore', Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(content)) as img:
                 width, height = img.size
-    except Image.DecompressionBombError as err:
-        raise ImageTooLargeError(f'{where}: image too large to decode safely ({err}); '
-                                 f'the pixel limit is max_pixels={max_pixels}') from err
-    except Exception as err:  # PIL.UnidentifiedImageError, truncated headers, ...
+    except Image.DecompressionBombError as err:  # the pixel count is only in PIL's message
+        found = re.search(r'\((\d+) pixels\)', str(err))
+        claimed = f'{found.group(1)} pixels' if found else 'more pixels than PIL allows'
+        raise ImageTooLargeError(f'{where}: image too large: {claimed} exceeds the pixel limit '
+                                 f'max_pixels={max_pixels} or PIL\'s bomb guard (checked from the header, nothing '
+                                 f'was decoded)') from err
+    except Image.UnidentifiedImageError as err:  # its text names a BytesIO's address: not reproducible
+        raise UnreadableImageError(f'{where}: cannot decode image, no readable header (not an image format PIL '
+                                   f'can identify)') from err
+    except Exception as err:  # truncated headers, ...
         raise UnreadableImageError(f'{where}: cannot decode image, no readable header '
                                    f'({type(err).__name__}: {err})') from err
     if max_pixels is not None and width * height > max_pixels:
-        raise ImageTooLargeError(f'{where}: image of {width}x{height} = {width * height} pixels exceeds the pixel '
-                                 f'limit max_pixels={max_pixels} (checked from the header, nothing was decoded)')
+        raise ImageTooLargeError(f'{where}: image too large: {width}x{height} = {width * height} pixels exceeds the '
+                                 f'pixel limit max_pixels={max_pixels} (checked from the header, nothing was '
+                                 f'decoded)')
     return width, height
 
 
