@@ -57,7 +57,11 @@ class InferenceActor:
         import torch
         if torch_threads:
             torch.set_num_threads(int(torch_threads))
-        self.predictor = load_predictor(config, checkpoint, device, precision)
+        self.attach(load_predictor(config, checkpoint, device, precision), row_decoder, intervals, fault_injection)
+
+    def attach(self, predictor, row_decoder=None, intervals=(), fault_injection=None) -> None:
+        """Everything the constructor does besides loading the model (tests attach a stand-in predictor)."""
+        self.predictor = predictor
         self.intervals = tuple(intervals)
         self.interval_columns = tuple(interval_types(self.intervals))
         self.schema = prediction_schema(self.intervals)

@@ -435,14 +435,17 @@ def test_failing_batch_is_retried_row_by_row():
     from batch.actor import InferenceActor
 
     class Picky:
-        def predict_tensors(self, inputs):
+        def check_intervals(self, levels):
+            assert levels == ()
+
+        def predict_tensors(self, inputs, intervals=()):
             if (inputs[:, 0, 0, 0] == 255).any():
                 raise RuntimeError('cannot score this one')
             v = inputs[:, 0, 0, 0].double().numpy()
             return dict(value=v, value_raw=v, probability=np.full(len(v), 0.5),
                         label=np.array(['few'] * len(v), dtype=object))
     actor = InferenceActor.__new__(InferenceActor)
-    actor.predictor, actor.row_decoder, actor.fault_injection, actor.batches = Picky(), None, {}, 0
+    actor.attach(Picky())
     tensors = np.zeros((4, 3, 2, 2), dtype=np.uint8)
     tensors[:, 0, 0, 0] = [1, 255, 3, 4]
     table = actor.predict_rows(np.arange(4), np.zeros(4), [None, None, None, 'null image'], tensors, 7)

@@ -26,6 +26,7 @@ from numclip_mm.evaluation.conformal import check_checkpoint, find_calibration, 
 
 
 PICKLE_FORMATS = ('.pkl', '.pickle')
+METRICS_FORMATS = ('.json', '.yaml', '.yml') + PICKLE_FORMATS  # what mmengine.dump writes
 
 
 def parse_args():
@@ -44,7 +45,10 @@ def parse_args():
                                               'when it exists)')
     add_common_args(parser)
     args = parser.parse_args()
-    if args.out and osp.splitext(args.out)[1].lower() not in TABLE_FORMATS + PICKLE_FORMATS:
+    suffix = osp.splitext(args.out or '')[1].lower()
+    if args.out and args.out_item == 'metrics' and suffix not in METRICS_FORMATS:
+        parser.error(f'--out {args.out} --out-item metrics: use a {", ".join(METRICS_FORMATS)} file name')
+    if args.out and args.out_item != 'metrics' and suffix not in TABLE_FORMATS + PICKLE_FORMATS:
         parser.error(f'--out {args.out}: use a table ({", ".join(TABLE_FORMATS)}) or a pickle '
                      f'({", ".join(PICKLE_FORMATS)}) file name')
     return finish_args(args)
