@@ -22,8 +22,7 @@ def load_predictor(config, checkpoint: Optional[str], device: str = 'cpu', preci
     sidecar (``<checkpoint>.calibration.json``) when there is one."""
     import tempfile
 
-    from numclip_mm.evaluation.conformal import sidecar_path
-    from numclip_mm.inference import Predictor
+    from numclip_mm.inference import Predictor, sidecar_path
 
     from . import catalog
     if checkpoint is None or '://' not in checkpoint or checkpoint.startswith('file://'):

@@ -6,6 +6,11 @@ from typing import Dict, Sequence
 import numpy as np
 import pyarrow as pa
 
+# The pixel limit checked from each image's header before decoding: numclip_mm's one limit
+# (numclip_mm.inference.DEFAULT_MAX_PIXELS, which tests/test_batch_scorer.py checks this equals), written out here
+# because importing numclip_mm means torch and mmpretrain, and the driver's and writers' modules must stay light.
+DEFAULT_MAX_PIXELS = 64_000_000
+
 # internal columns (never written to an output file)
 FILE_INDEX = '__numclip_file'     # index of the input file in the job's plan
 ROW_INDEX = '__numclip_row'       # row index inside that input file

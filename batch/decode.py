@@ -8,10 +8,9 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
-from numclip_mm.datasets.transforms import DEFAULT_MAX_PIXELS  # the one pixel limit, shared with training
 
 from . import catalog
-from .columns import CELL_CRC, FILE_INDEX, IMAGE_TENSOR, ROW_ERROR, ROW_INDEX, cell_crcs
+from .columns import CELL_CRC, DEFAULT_MAX_PIXELS, FILE_INDEX, IMAGE_TENSOR, ROW_ERROR, ROW_INDEX, cell_crcs
 
 
 class CellDecoder:

@@ -156,28 +156,21 @@ def prepare(opts: ScoreOptions) -> ScoringJob:
 
 def _check_calibration(opts: ScoreOptions, local_checkpoint: Optional[str]) -> str:
     """Refuse intervals the checkpoint's calibration cannot give (before any work); returns its sha256."""
-    from numclip_mm.evaluation.conformal import check_checkpoint, check_levels, get_calibration, sidecar_path
+    from numclip_mm.inference import check_calibration, sidecar_path
     Err = catalog.ScoringSetupError
-    try:
-        levels = check_levels(opts.intervals)
-    except ValueError as err:
-        raise Err(f'--interval: {err}') from None
+    levels = [f'{v:g}' for v in opts.intervals]
     if opts.checkpoint is None:
         raise Err('--interval needs a checkpoint with a conformal calibration (tools/calibrate.py); zero-shot '
                   'scoring has none')
     sidecar = sidecar_path(opts.checkpoint)
     if not catalog.exists(sidecar):
-        raise Err(f'--interval {" ".join(map(str, levels))}: the checkpoint has no conformal calibration '
-                  f'({sidecar} not found); run tools/calibrate.py CONFIG {opts.checkpoint} --coverage '
-                  f'{" ".join(map(str, levels))} first')
+        raise Err(f'--interval {" ".join(levels)}: the checkpoint has no conformal calibration ({sidecar} not '
+                  f'found); run tools/calibrate.py CONFIG {opts.checkpoint} --coverage {" ".join(levels)} first')
     local = sidecar_path(local_checkpoint)
     if local != sidecar:
         catalog.copy_to_local(sidecar, local, what='calibration')
     try:
-        calibration = get_calibration(local)
-        check_checkpoint(calibration, local_checkpoint)
-        for level in levels:
-            calibration.threshold(level)
+        check_calibration(local, local_checkpoint, opts.intervals)
     except (KeyError, ValueError) as err:
         raise Err(f'--interval: {str(err).strip(chr(34) + chr(39))}') from None
     finally:

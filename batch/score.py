@@ -116,7 +116,7 @@ def main(argv=None) -> int:
                         format='%(asctime)s %(name)s %(levelname)s %(message)s')
     logging.getLogger('batch').setLevel(logging.WARNING if args.quiet else logging.INFO)
     opts = options_from_args(args)
-    from numclip_mm.utils.checkpoint import CheckpointLoadError
+    from numclip_mm.inference import CheckpointLoadError
     try:
         prep = prepare(opts)
     except (FileNotFoundError, CheckpointLoadError, catalog.ScoringSetupError) as err:

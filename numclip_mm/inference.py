@@ -15,13 +15,16 @@ from mmengine.config import Config
 from mmengine.dataset import Compose
 
 from .datasets.transforms import DEFAULT_MAX_PIXELS, decode_bgr
-from .evaluation.conformal import CalibrationLike, check_checkpoint, find_calibration, get_calibration, level_key
+from .evaluation.conformal import (CalibrationLike, check_checkpoint, check_levels, find_calibration, get_calibration,
+                                   level_key, sidecar_path)
 from .models.heads import OrdinalHead
 from .tasks import OrdinalTask
-from .utils.checkpoint import CheckpointMismatchError, check_state_dict, load_weights_only, safe_globals
+from .utils.checkpoint import (CheckpointLoadError, CheckpointMismatchError, check_state_dict, load_weights_only,
+                               safe_globals)
 
-__all__ = ['CheckpointMismatchError', 'ImagePreprocessor', 'Predictor', 'PRECISIONS', 'describe_model',
-           'decode_image', 'default_precision', 'load_config', 'load_model_checkpoint']
+__all__ = ['CheckpointLoadError', 'CheckpointMismatchError', 'DEFAULT_MAX_PIXELS', 'ImagePreprocessor', 'Predictor',
+           'PRECISIONS', 'check_calibration', 'describe_model', 'decode_image', 'default_precision', 'load_config',
+           'load_model_checkpoint', 'sidecar_path']
 
 ConfigLike = Union[str, Config]
 _LOADERS = ('LoadImageFromFile', 'LoadOrdinalImage')
@@ -253,6 +256,16 @@ class _skip_weight_init:
     def __exit__(self, *exc):
         for n, f in self.saved.items():
             setattr(torch.nn.init, n, f)
+
+
+def check_calibration(calibration_file: str, checkpoint: str, levels: Sequence[float]) -> None:
+    """Raise ValueError (or KeyError for a level it lacks) unless ``calibration_file`` (a conformal sidecar, see
+    :func:`sidecar_path`) was fitted for ``checkpoint`` and holds every coverage level of ``levels``."""
+    levels = check_levels(levels)
+    calibration = get_calibration(calibration_file)
+    check_checkpoint(calibration, checkpoint)
+    for level in levels:
+        calibration.threshold(level)
 
 
 def load_model_checkpoint(model: torch.nn.Module, checkpoint: str) -> None:

@@ -1,5 +1,6 @@
 """Shared fixtures. Importing numclip_mm first makes torchvision importable on CPU-only torch."""
 import os
+import signal
 
 import pytest
 import torch
@@ -16,3 +17,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def module_timeout(request):
+    """Tests of a module that sets ``TEST_TIMEOUT_S`` fail after that many seconds instead of hanging (Ray
+    pipelines can wait forever for resources that never come)."""
+    seconds = getattr(request.module, 'TEST_TIMEOUT_S', None)
+    if not seconds:
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TimeoutError(f'test exceeded {seconds} s')
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)

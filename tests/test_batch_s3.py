@@ -22,19 +22,9 @@ from helpers import write_tiny_config
 pytest.importorskip('moto')
 s3fs = pytest.importorskip('s3fs')
 
-TEST_TIMEOUT_S = 180
+TEST_TIMEOUT_S = 180  # per test (conftest's module_timeout): a hung Ray pipeline fails instead of hanging CI
 BUCKET = 'numclip-test'
 
-
-@pytest.fixture(autouse=True)
-def _timeout():
-    def expire(signum, frame):
-        raise TimeoutError(f'test exceeded {TEST_TIMEOUT_S} s')
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(TEST_TIMEOUT_S)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
 
 
 def _free_port():

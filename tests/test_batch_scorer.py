@@ -9,7 +9,6 @@ import io
 import logging
 import os
 import shutil
-import signal
 import socket
 from pathlib import Path
 
@@ -30,21 +29,11 @@ from numclip_mm.utils import CheckpointMismatchError
 from helpers import write_tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
-TEST_TIMEOUT_S = 180
+TEST_TIMEOUT_S = 180  # per test (conftest's module_timeout): a hung Ray pipeline fails instead of hanging CI
 MAX_BYTES = 20_000
 NEW_COLUMNS = {'count_value': pa.float64(), 'count_label': pa.string(), 'count_probability': pa.float64(),
                'count_error': pa.string()}
 
-
-@pytest.fixture(autouse=True)
-def _timeout():
-    def expire(signum, frame):
-        raise TimeoutError(f'test exceeded {TEST_TIMEOUT_S} s')
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(TEST_TIMEOUT_S)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
 
 
 @pytest.fixture(scope='module')
@@ -427,6 +416,22 @@ def test_worker_dying_again_and_again_ends_the_job(env, ray_session, tmp_path):
         score_catalog(_opts(env, input=str(env['cat'] / 'part-001.parquet'), output=str(tmp_path / 'out'),
                             max_retries=1, fault_injection=dict(exit_at_batch=1)))
     assert not (tmp_path / 'out' / 'part-001.parquet').exists()
+
+
+def test_worker_side_modules_stay_light():
+    """The write tasks and the driver import batch.pipeline/catalog/columns/decode: importing them must not pull in
+    torch, mmpretrain or numclip_mm (each new Ray worker would pay seconds of CPU for imports), and the pixel limit
+    written out in batch.columns is numclip_mm's one limit."""
+    import subprocess
+    import sys
+    code = ('import sys, batch.pipeline, batch.catalog, batch.columns, batch.decode, batch.actor; '
+            'print(sorted(m for m in ("torch", "numclip_mm", "mmpretrain", "mmengine") if m in sys.modules))')
+    out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert out.stdout.strip() == '[]'
+    from batch.columns import DEFAULT_MAX_PIXELS
+    from numclip_mm.inference import DEFAULT_MAX_PIXELS as LIMIT
+    assert DEFAULT_MAX_PIXELS == LIMIT
 
 
 def test_failing_batch_is_retried_row_by_row():
