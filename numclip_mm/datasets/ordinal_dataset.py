@@ -34,6 +34,16 @@ def _position(ann_file: str, row: int, kind: str) -> str:
     return f'{ann_file}: {kind} {row}'
 
 
+def decode_text(ann_file: str, content: bytes, encoding: str = 'utf-8') -> str:
+    """An annotation file's text; a ValueError naming the file and the line where it is not UTF-8."""
+    try:
+        return content.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = content[:err.start].count(b'\n') + 1
+        raise ValueError(f'{_position(ann_file, line, "line")}: not UTF-8 text ({err.reason} at byte {err.start})'
+                         ) from None
+
+
 def read_csv_table(ann_file: str, content: bytes, sep: str = ',') -> pd.DataFrame:
     """A CSV/TSV annotation file as strings with a ``_row`` column (its physical line, header = line 1).
 
@@ -44,12 +54,7 @@ def read_csv_table(ann_file: str, content: bytes, sep: str = ',') -> pd.DataFram
     if not content.strip():
         raise ValueError(f'{ann_file}: empty annotation file ({len(content)} bytes); expected a header line '
                          f'naming the columns, then one row per image')
-    try:
-        text = content.decode('utf-8-sig')
-    except UnicodeDecodeError as err:
-        line = content[:err.start].count(b'\n') + 1
-        raise ValueError(f'{_position(ann_file, line, "line")}: not UTF-8 text ({err.reason} at byte {err.start})'
-                         ) from None
+    text = decode_text(ann_file, content, 'utf-8-sig')
     try:
         with warnings.catch_warnings():
             # index_col=False: pandas would otherwise turn an extra field on every row into a silent index column
@@ -197,12 +202,7 @@ class OrdinalDataset(BaseDataset):
 
     def _read_list(self, ann_file: str, content: bytes) -> pd.DataFrame:
         """``path value`` per line; the value is the last whitespace-separated token, so paths may hold spaces."""
-        try:
-            text = content.decode('utf-8')
-        except UnicodeDecodeError as err:
-            line = content[:err.start].count(b'\n') + 1
-            raise ValueError(f'{_position(ann_file, line, "line")}: not UTF-8 text ({err.reason} at byte {err.start})'
-                             ) from None
+        text = decode_text(ann_file, content)
         lines = pd.Series(text.splitlines(), dtype=object).str.strip()
         line_no = np.arange(len(lines)) + 1
         keep = (lines.str.len() > 0) & ~lines.str.startswith('#')
