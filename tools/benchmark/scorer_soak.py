@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scorer_throughput import TreeSampler, photo  # noqa: E402
+from scorer_throughput import TreeSampler, photo, random_checkpoint  # noqa: E402
 
 
 def parse_args():
@@ -116,13 +116,7 @@ def main():
     os.environ.setdefault('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER', '0')
     work = Path(args.workdir or tempfile.mkdtemp(prefix='scorer-soak-'))
     work.mkdir(parents=True, exist_ok=True)
-    checkpoint = args.checkpoint
-    if checkpoint is None:
-        import torch
-        from numclip_mm.inference import Predictor
-        torch.manual_seed(0)
-        checkpoint = str(work / 'model.pth')
-        torch.save({'state_dict': Predictor(args.config).model.state_dict()}, checkpoint)
+    checkpoint = args.checkpoint or random_checkpoint(args.config, work)
     cat, out = work / 'catalog', work / 'out'
     kinds = write_catalog(cat, args.num_images, args.num_files, args.hostile)
     counts = {k: kinds.count(k) for k in ['ok', *HOSTILE]}

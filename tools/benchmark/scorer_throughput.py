@@ -146,6 +146,16 @@ class TreeSampler(threading.Thread):
         self.join()
 
 
+def random_checkpoint(config: str, work: Path) -> str:
+    """A checkpoint of the config's model with seeded random weights (the speed does not depend on them)."""
+    import torch
+    from numclip_mm.inference import Predictor
+    torch.manual_seed(0)
+    checkpoint = str(work / 'model.pth')
+    torch.save({'state_dict': Predictor(config).model.state_dict()}, checkpoint)
+    return checkpoint
+
+
 def bare_loop(predictor, catalog: Path, batch_size: int):
     """Single process, no Ray: read, decode, preprocess, predict, batch after batch."""
     import torch
@@ -231,13 +241,8 @@ def main():
     os.environ.setdefault('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER', '0')
     work = Path(args.workdir or tempfile.mkdtemp(prefix='scorer-bench-'))
     work.mkdir(parents=True, exist_ok=True)
-    import torch
     from numclip_mm.inference import Predictor
-    checkpoint = args.checkpoint
-    if checkpoint is None:
-        torch.manual_seed(0)
-        checkpoint = str(work / 'model.pth')
-        torch.save({'state_dict': Predictor(args.config).model.state_dict()}, checkpoint)
+    checkpoint = args.checkpoint or random_checkpoint(args.config, work)
     predictor = Predictor(args.config, checkpoint, precision=args.precision)
     results = dict(config=args.config, batch_size=args.batch_size, num_cpus=args.num_cpus,
                    checkpoint_bytes=os.path.getsize(checkpoint), catalogs={})
