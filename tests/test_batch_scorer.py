@@ -244,6 +244,15 @@ def test_outputs_are_written_by_workers_not_the_driver(env, scored):
     assert scored['report']['first_output_s'] < scored['report']['seconds']
 
 
+def test_outputs_dictionary_encode_all_but_binary_columns(scored):
+    """Unique encoded images are written plainly (no dictionary to hash them into); small columns keep one."""
+    meta = pq.read_metadata(scored['out'] / 'part-000.parquet')
+    chunks = {meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i)
+              for i in range(meta.num_columns)}
+    assert 'RLE_DICTIONARY' not in chunks['image'].encodings and 'RLE_DICTIONARY' not in chunks['blob'].encodings
+    assert 'RLE_DICTIONARY' in chunks['count_label'].encodings and 'RLE_DICTIONARY' in chunks['note'].encodings
+
+
 def test_progress_lines(scored):
     lines = scored['lines']
     progress = [line for line in lines if line.startswith('scored ') and 'rows/s' in line and 'ETA' in line]
