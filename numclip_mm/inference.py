@@ -19,8 +19,7 @@ from .evaluation.conformal import (CalibrationLike, check_checkpoint, check_leve
                                    level_key, sidecar_path)
 from .models.heads import OrdinalHead
 from .tasks import OrdinalTask
-from .utils.checkpoint import (CheckpointLoadError, CheckpointMismatchError, check_state_dict, load_weights_only,
-                               safe_globals)
+from .utils.checkpoint import CheckpointLoadError, CheckpointMismatchError, check_state_dict, load_weights_only
 
 __all__ = ['CheckpointLoadError', 'CheckpointMismatchError', 'DEFAULT_MAX_PIXELS', 'ImagePreprocessor', 'Predictor',
            'PRECISIONS', 'check_calibration', 'describe_model', 'decode_image', 'default_precision', 'load_config',
@@ -233,12 +232,9 @@ def describe_model(config: ConfigLike, checkpoint: Optional[str] = None) -> Dict
         model = MODELS.build(cfg.model)
     if checkpoint is not None:
         try:  # memory-mapped: only the shapes are looked at, so the tensors' bytes are never read
-            with torch.serialization.safe_globals(safe_globals()):
-                state = torch.load(checkpoint, map_location='cpu', weights_only=True, mmap=True)
+            state = load_weights_only(checkpoint, mmap=True)
         except FileNotFoundError:
             raise FileNotFoundError(f'checkpoint not found: {checkpoint}') from None
-        except RuntimeError:  # a legacy (non-zip) checkpoint cannot be mapped: read it
-            state = load_weights_only(checkpoint)
         check_state_dict(model, state.get('state_dict', state), checkpoint)
     return dict(task=model.head.task, input_size=_input_size(model))
 

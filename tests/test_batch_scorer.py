@@ -520,6 +520,23 @@ def test_cli_reports_setup_errors_with_exit_code_2(env, tmp_path, capsys):
     code = cli_main(['--config', env['cfg'], '--checkpoint', str(tmp_path / 'x.pth'), '--input', str(env['cat']),
                      '--output', str(tmp_path / 'o')])
     assert code == 2 and 'checkpoint not found' in capsys.readouterr().err
+    # a checkpoint carrying a pickle payload: refused up front with the loader's message, and the payload never runs
+    marker = tmp_path / 'payload_ran'
+    evil = tmp_path / 'evil.pth'
+    torch.save({'state_dict': env['reference'].model.state_dict(), 'note': _Payload(str(marker))}, evil)
+    code = cli_main(['--config', env['cfg'], '--checkpoint', str(evil), '--input', str(env['cat']),
+                     '--output', str(tmp_path / 'o')])
+    assert code == 2 and 'refusing to load checkpoint' in capsys.readouterr().err and not marker.exists()
+
+
+class _Payload:
+    """Unpickling this object creates ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
 
 
 def test_input_resolution(env):

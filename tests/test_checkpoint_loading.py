@@ -81,10 +81,12 @@ def test_mmengine_loaders_refuse_payload_despite_env(files, force_unsafe_env):
 
 
 def test_predictor_refuses_payload_despite_env(files, force_unsafe_env, tmp_path):
-    from numclip_mm.inference import Predictor
+    from numclip_mm.inference import Predictor, describe_model
     cfg = write_tiny_config(tmp_path / 'tiny.py')
     with pytest.raises(UnsafeCheckpointError, match='evil.pth'):
         Predictor(cfg, str(files['evil']))
+    with pytest.raises(UnsafeCheckpointError, match='evil.pth'):  # the scorer's up-front check (memory-mapped)
+        describe_model(cfg, str(files['evil']))
     assert not files['marker'].exists()
 
 

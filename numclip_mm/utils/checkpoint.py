@@ -71,14 +71,22 @@ def register_safe_globals() -> None:
     torch.serialization.add_safe_globals(safe_globals())
 
 
-def load_weights_only(source, map_location='cpu', name=None):
+def load_weights_only(source, map_location='cpu', name=None, mmap: bool = False):
     """``torch.load`` with weights-only unpickling and the allow-list, whatever torch's default or the environment say.
 
-    ``source`` is a path or a binary file object (``name`` then names it in errors). Raises FileNotFoundError for a
-    missing path and :class:`UnsafeCheckpointError` naming the file when the weights-only unpickler refuses it.
+    ``source`` is a path or a binary file object (``name`` then names it in errors). ``mmap`` (paths only) maps the
+    file instead of reading it, so tensors whose bytes are never touched (a key/shape check) cost no I/O; a legacy
+    (non-zip) file cannot be mapped and is read. Raises FileNotFoundError for a missing path and
+    :class:`UnsafeCheckpointError` naming the file when the weights-only unpickler refuses it.
     """
     name = name or source
     try:
+        if mmap and isinstance(source, (str, os.PathLike)):
+            try:
+                with torch.serialization.safe_globals(safe_globals()):
+                    return torch.load(source, map_location=map_location, weights_only=True, mmap=True)
+            except RuntimeError:  # not a zip archive: fall through to reading it
+                pass
         if isinstance(source, (str, os.PathLike)):
             # an open file, not the path: torch.load dispatches by file name (".safetensors") otherwise
             with open(source, 'rb') as f, torch.serialization.safe_globals(safe_globals()):
