@@ -20,19 +20,10 @@ from .columns import CELL_CRC, FILE_INDEX, IMAGE_TENSOR, ROW_ERROR, ROW_INDEX, i
 def load_predictor(config, checkpoint: Optional[str], device: str = 'cpu', precision: Optional[str] = None):
     """A Predictor; a checkpoint URI is downloaded to a local temporary file first, with its conformal calibration
     sidecar (``<checkpoint>.calibration.json``) when there is one."""
-    import tempfile
-
-    from numclip_mm.inference import Predictor, sidecar_path
+    from numclip_mm.inference import SIDECAR_SUFFIX, Predictor
 
     from . import catalog
-    if checkpoint is None or '://' not in checkpoint or checkpoint.startswith('file://'):
-        return Predictor(config, checkpoint and checkpoint.removeprefix('file://'), device=device,
-                         precision=precision)
-    with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, os.path.basename(checkpoint))
-        catalog.copy_to_local(checkpoint, local)
-        if catalog.exists(sidecar_path(checkpoint)):
-            catalog.copy_to_local(sidecar_path(checkpoint), sidecar_path(local), what='calibration')
+    with catalog.local_copy(checkpoint, companions=(SIDECAR_SUFFIX,)) as local:
         return Predictor(config, local, device=device, precision=precision)
 
 

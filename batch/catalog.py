@@ -18,14 +18,16 @@ And whatever the filesystem: an output only counts as complete when its Parquet 
 and its ``numclip.scoring`` metadata matches the input's identity, row count and the model (see
 :func:`output_status`), so even a torn file is re-scored, never trusted.
 """
+import contextlib
 import glob as globlib
 import hashlib
 import json
 import os
 import posixpath
+import tempfile
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import fsspec
 import pyarrow as pa
@@ -156,6 +158,27 @@ def copy_to_local(uri: str, local: str, what: str = 'checkpoint') -> None:
         fs.get_file(p, local)
     except FileNotFoundError:
         raise FileNotFoundError(f'{what} not found: {uri}') from None
+
+
+@contextlib.contextmanager
+def local_copy(uri: Optional[str], companions: Sequence[str] = ()) -> Iterator[Optional[str]]:
+    """A local path for ``uri`` while the block runs: the path itself for a local file (``file://`` removed), else a
+    download into a temporary folder, removed afterwards. ``companions`` are suffixes of files that live next to it
+    (a checkpoint's calibration sidecar): downloaded beside the copy where they exist. None stays None."""
+    if uri is None:
+        yield None
+        return
+    fs, path = url_to_fs(uri)
+    if is_local(fs):
+        yield path
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, posixpath.basename(path))
+        copy_to_local(uri, local)
+        for suffix in companions:
+            if exists(uri + suffix):
+                copy_to_local(uri + suffix, local + suffix, what=f'{suffix} file')
+        yield local
 
 
 def exists(uri: str) -> bool:

@@ -105,7 +105,7 @@ def _config_digest(cfg) -> str:
 
 def prepare(opts: ScoreOptions) -> ScoringJob:
     """All checks that need no Ray. Raises FileNotFoundError, CheckpointMismatchError or ScoringSetupError."""
-    from numclip_mm.inference import PRECISIONS, describe_model, load_config
+    from numclip_mm.inference import PRECISIONS, SIDECAR_SUFFIX, describe_model, load_config
     Err = catalog.ScoringSetupError
     if (opts.batch_size is not None and opts.batch_size < 1) or opts.num_actors < 1:
         raise Err('batch size and number of actors must be at least 1')
@@ -128,20 +128,11 @@ def prepare(opts: ScoreOptions) -> ScoringJob:
         checkpoint_digest = f'pretrained:{pretrained}'
     elif opts.zero_shot:
         raise Err('--zero-shot and --checkpoint exclude each other')
-    local = opts.checkpoint
-    if opts.checkpoint is not None and '://' in opts.checkpoint and not opts.checkpoint.startswith('file://'):
-        import tempfile
-        fd, local = tempfile.mkstemp(suffix='-' + os.path.basename(opts.checkpoint))
-        os.close(fd)
-        catalog.copy_to_local(opts.checkpoint, local)
-    try:
-        model = describe_model(config, local and local.removeprefix('file://'))  # exact key/shape check
+    with catalog.local_copy(opts.checkpoint, companions=(SIDECAR_SUFFIX,) if opts.intervals else ()) as local:
+        model = describe_model(config, local)  # exact key/shape check
         if opts.checkpoint is not None:
             checkpoint_digest = catalog.file_digest(local)
         calibration_digest = _check_calibration(opts, local) if opts.intervals else None
-    finally:
-        if local != opts.checkpoint and local is not None:
-            os.unlink(local)
     task = model['task']
     prefix = f'{task.name}_' if opts.prefix is None else opts.prefix
     names = output_columns(prefix, opts.keep_raw_value, opts.intervals)
@@ -155,27 +146,23 @@ def prepare(opts: ScoreOptions) -> ScoringJob:
 
 
 def _check_calibration(opts: ScoreOptions, local_checkpoint: Optional[str]) -> str:
-    """Refuse intervals the checkpoint's calibration cannot give (before any work); returns its sha256."""
+    """Refuse intervals the checkpoint's calibration cannot give (before any work); returns its sha256.
+    ``local_checkpoint`` is the checkpoint's local copy, its sidecar beside it (:func:`catalog.local_copy`)."""
     from numclip_mm.inference import check_calibration, sidecar_path
     Err = catalog.ScoringSetupError
     levels = [f'{v:g}' for v in opts.intervals]
     if opts.checkpoint is None:
         raise Err('--interval needs a checkpoint with a conformal calibration (tools/calibrate.py); zero-shot '
                   'scoring has none')
-    sidecar = sidecar_path(opts.checkpoint)
-    if not catalog.exists(sidecar):
-        raise Err(f'--interval {" ".join(levels)}: the checkpoint has no conformal calibration ({sidecar} not '
-                  f'found); run tools/calibrate.py CONFIG {opts.checkpoint} --coverage {" ".join(levels)} first')
-    local = sidecar_path(local_checkpoint)
-    if local != sidecar:
-        catalog.copy_to_local(sidecar, local, what='calibration')
+    sidecar = sidecar_path(local_checkpoint)
+    if not os.path.isfile(sidecar):
+        raise Err(f'--interval {" ".join(levels)}: the checkpoint has no conformal calibration '
+                  f'({sidecar_path(opts.checkpoint)} not found); run tools/calibrate.py CONFIG {opts.checkpoint} '
+                  f'--coverage {" ".join(levels)} first')
     try:
-        check_calibration(local, local_checkpoint, opts.intervals)
+        check_calibration(sidecar, local_checkpoint, opts.intervals)
     except (KeyError, ValueError) as err:
         raise Err(f'--interval: {str(err).strip(chr(34) + chr(39))}') from None
-    finally:
-        if local != sidecar:
-            os.unlink(local)
     return catalog.file_digest(sidecar)
 
 

@@ -15,14 +15,14 @@ from mmengine.config import Config
 from mmengine.dataset import Compose
 
 from .datasets.transforms import DEFAULT_MAX_PIXELS, decode_bgr
-from .evaluation.conformal import (CalibrationLike, check_checkpoint, check_levels, find_calibration, get_calibration,
-                                   level_key, sidecar_path)
+from .evaluation.conformal import (SIDECAR_SUFFIX, CalibrationLike, check_checkpoint, check_levels, find_calibration,
+                                   get_calibration, level_key, sidecar_path)
 from .models.heads import OrdinalHead
 from .tasks import OrdinalTask
 from .utils.checkpoint import CheckpointLoadError, CheckpointMismatchError, check_state_dict, load_weights_only
 
 __all__ = ['CheckpointLoadError', 'CheckpointMismatchError', 'DEFAULT_MAX_PIXELS', 'ImagePreprocessor', 'Predictor',
-           'PRECISIONS', 'check_calibration', 'describe_model', 'decode_image', 'default_precision', 'load_config',
+           'PRECISIONS', 'SIDECAR_SUFFIX', 'check_calibration', 'describe_model', 'decode_image', 'default_precision', 'load_config',
            'load_model_checkpoint', 'sidecar_path']
 
 ConfigLike = Union[str, Config]

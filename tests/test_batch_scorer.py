@@ -394,6 +394,8 @@ def test_interval_without_calibration_is_refused_up_front(env, tmp_path, capsys)
         prepare(_opts(env, checkpoint=ckpt, input=src, output=str(tmp_path / 'b'), intervals=(0.8,)))
     with pytest.raises(catalog.ScoringSetupError, match=r'\(0, 1\)'):
         prepare(_opts(env, checkpoint=ckpt, input=src, output=str(tmp_path / 'c'), intervals=(90,)))
+    job = prepare(_opts(env, checkpoint='file://' + ckpt, input=src, output=str(tmp_path / 'c'), intervals=(0.9,)))
+    assert job.names['low_0.9'] == 'count_low_0.9'  # a file:// checkpoint finds its sidecar too
     assert cli_main(['--config', env['cfg'], '--checkpoint', env['ckpt'], '--input', src, '--output',
                      str(tmp_path / 'd'), '--interval', '0.9']) == 2
     assert 'no conformal calibration' in capsys.readouterr().err
