@@ -3,23 +3,19 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from .transforms import DEFAULT_MAX_PIXELS, UnreadableImageError, decode_bgr, read_image_bgr
+from .transforms import DEFAULT_MAX_PIXELS, UnreadableImageError, load_sample_bgr
 
 
 def check_one_image(info: dict, where: str, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
                     backend: str = 'cv2') -> Optional[str]:
-    """None if the sample's image (``img``, ``img_bytes`` or ``img_path``) decodes, else the reason."""
+    """None if the sample's image (``img``, ``img_bytes`` or ``img_path``) loads as training loads it, else the
+    reason."""
     try:
-        if info.get('img') is not None:
-            return None
-        if 'img_bytes' in info:
-            decode_bgr(info['img_bytes'], where, max_pixels, backend)
-        elif info.get('img_path') is not None:
-            read_image_bgr(info['img_path'], where, max_pixels, backend)
-        else:
-            return f'{where}: no img, img_bytes or img_path'
+        load_sample_bgr(info, where, max_pixels, backend)
     except UnreadableImageError as err:
         return str(err)
+    except KeyError as err:  # no image source at all
+        return err.args[0]
     return None
 
 

@@ -94,6 +94,19 @@ def read_image_bgr(path: str, where: str, max_pixels: Optional[int] = DEFAULT_MA
     return decode_bgr(content, f'{where} ({path})', max_pixels, backend)
 
 
+def load_sample_bgr(sample: dict, where: str, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
+                    backend: str = 'cv2') -> np.ndarray:
+    """A sample's image from its first source present: ``img`` (passed through), ``img_bytes`` (decoded) or
+    ``img_path`` (read with mmengine's file backends). KeyError when it has none."""
+    if sample.get('img') is not None:
+        return sample['img']
+    if 'img_bytes' in sample:
+        return decode_bgr(sample['img_bytes'], where, max_pixels, backend)
+    if sample.get('img_path') is not None:
+        return read_image_bgr(sample['img_path'], where, max_pixels, backend)
+    raise KeyError(f'{where}: LoadOrdinalImage needs one of img, img_bytes or img_path')
+
+
 @TRANSFORMS.register_module()
 class LoadOrdinalImage(BaseTransform):
     """Load ``results['img']`` as HxWx3 uint8 BGR, like mmpretrain's ``LoadImageFromFile``.
@@ -119,16 +132,10 @@ class LoadOrdinalImage(BaseTransform):
 
     def transform(self, results: dict) -> dict:
         where = f'sample {results.get("sample_idx", "?")}'
-        if results.get('img') is not None:
-            img = results['img']
-        elif 'img_bytes' in results:
-            img = decode_bgr(results['img_bytes'], where, self.max_pixels, self.imdecode_backend)
-            if self.drop_bytes:
-                results.pop('img_bytes')
-        elif results.get('img_path') is not None:
-            img = read_image_bgr(results['img_path'], where, self.max_pixels, self.imdecode_backend)
-        else:
-            raise KeyError(f'{where}: LoadOrdinalImage needs one of img, img_bytes or img_path')
+        decoded_bytes = results.get('img') is None and 'img_bytes' in results
+        img = load_sample_bgr(results, where, self.max_pixels, self.imdecode_backend)
+        if decoded_bytes and self.drop_bytes:
+            results.pop('img_bytes')
         if self.to_float32:
             img = img.astype(np.float32)
         results['img'] = img
