@@ -251,15 +251,15 @@ def _refuse_overwrite(fs_in, fs_out, files: Sequence[str], out_dir: str) -> None
             inodes[(st.st_dev, st.st_ino)] = f
         for f in files:
             target = os.path.join(real_out, os.path.basename(f))
-            same = os.path.realpath(target) == os.path.realpath(f)
-            if not same and os.path.exists(target):
-                st = os.stat(target)
-                same = (st.st_dev, st.st_ino) in inodes
-            if same:
+            if not os.path.exists(target):
+                continue
+            st = os.stat(target)  # follows links: a symlinked folder or file and a hard link all show the inode
+            twin = inodes.get((st.st_dev, st.st_ino))
+            if twin is not None:
                 raise ScoringSetupError(
-                    f'output {os.path.join(out_dir, os.path.basename(f))} is the input file '
-                    f'{inodes.get((os.stat(target).st_dev, os.stat(target).st_ino), f)} (same file after resolving '
-                    f'links): it would overwrite the input; choose an output folder other than the input folder')
+                    f'output {os.path.join(out_dir, os.path.basename(f))} is the input file {twin} (same file '
+                    f'after resolving links): it would overwrite the input; choose an output folder other than the '
+                    f'input folder')
     elif _protocol(fs_in) == _protocol(fs_out):
         inputs = {posixpath.normpath(f) for f in files}
         for f in files:
