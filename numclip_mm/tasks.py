@@ -51,6 +51,12 @@ class OrdinalTask:
     def num_bins(self) -> int:
         return len(self.edges)
 
+    @property
+    def value_range(self) -> Tuple[float, float]:
+        """The numbers the task's values can take: ``(edges[0], upper)``, ``upper`` inf when the last bin is open
+        (what predictions are clamped to and intervals clipped to)."""
+        return float(self.edges[0]), float('inf') if self.upper is None else float(self.upper)
+
     def in_range(self, values) -> np.ndarray:
         """Boolean mask of values that fall in some bin."""
         values = np.asarray(values, dtype=np.float64)

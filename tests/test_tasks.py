@@ -43,3 +43,12 @@ def test_ordinalclip_graded_configs_share_the_head(name):
     cfg = Config.fromfile(ROOT / 'configs' / 'baselines' / f'ordinalclip_{name}.py')
     assert cfg.model.head.task == name and cfg.model.head.prediction == 'expectation'
     assert cfg.model.head.regressor is None and cfg.model.head.i2t_loss.distance_weighted is False
+
+
+def test_value_range_is_what_values_may_be():
+    assert get_task('count').value_range == (0.0, 9.0)
+    assert get_task('age').value_range == (0.0, 120.0)
+    from numclip_mm.tasks import OrdinalTask
+    open_task = OrdinalTask('open', (0, 10), ('low', 'high'), 'it is')
+    assert open_task.value_range == (0.0, float('inf'))
+    assert open_task.in_range([0, 1e9]).all() and not open_task.in_range([-0.5]).any()

@@ -98,11 +98,6 @@ def bin_quantile(probs, anchors, tau) -> np.ndarray:
     return anchors[lo_i] + np.clip(w, 0, 1) * (anchors[hi_i] - anchors[lo_i])
 
 
-def task_range(task: OrdinalTask) -> Tuple[float, float]:
-    """The numbers a task's values can take: ``[edges[0], upper]`` (``upper`` inf when open)."""
-    return float(task.edges[0]), float('inf') if task.upper is None else float(task.upper)
-
-
 def default_scale_floor(task: OrdinalTask) -> float:
     """The floor added to the spread of the ``scaled`` method: 5 % of the mean anchor spacing, so that a model
     that is (over)sure of one bin still gets an interval of a sensible width."""
@@ -302,7 +297,7 @@ def fit_calibration(pred_value, probs, gt_value, task: TaskLike, levels: Sequenc
     source.setdefault('num_samples', int(keep.sum()))
     source.setdefault('created', datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
     return Calibration(method=method, levels=levels, quantiles=quantiles, anchors=task.anchors,
-                       value_range=task_range(task), scale_floor=floor, task=task.name, source=source)
+                       value_range=task.value_range, scale_floor=floor, task=task.name, source=source)
 
 
 def score_columns(frame) -> list:

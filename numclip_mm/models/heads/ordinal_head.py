@@ -38,8 +38,7 @@ class OrdinalHead(ClsHead):
         self.task = get_task(task)
         self.in_channels = in_channels
         self.clamp = bool(clamp)
-        upper = float('inf') if self.task.upper is None else float(self.task.upper)
-        self.value_range: Tuple[float, float] = (float(self.task.edges[0]), upper)
+        self.value_range: Tuple[float, float] = self.task.value_range
 
     def init_weights(self):
         """Ordinal heads initialise every part at construction (CLIP weights, N(0, 1e-3) layers)."""
