@@ -20,7 +20,8 @@ from typing import Dict, List, Optional
 import open_clip
 import torch
 
-from ..utils.checkpoint import CheckpointLoadError, CheckpointMismatchError, check_state_dict, load_weights_only
+from ..utils.checkpoint import (CheckpointLoadError, CheckpointMismatchError, check_state_dict, load_weights_only,
+                                model_state_dict)
 
 _CONFIG_DIR = Path(__file__).parent / 'model_configs'
 open_clip.add_model_config(_CONFIG_DIR)  # tiny configs for tests and the embedded demo
@@ -157,12 +158,10 @@ def read_clip_state_dict(path: str) -> Dict[str, torch.Tensor]:
         raise
     except Exception as err:  # noqa: BLE001  (any reader's failure becomes one clear error naming the file)
         raise CheckpointLoadError(f'cannot read CLIP checkpoint {path} (as {fmt}): {err}') from err
-    if isinstance(state, dict) and isinstance(state.get('state_dict'), dict):
-        state = state['state_dict']
+    if isinstance(state, dict) and isinstance(state.get('state_dict', state), dict):
+        state = model_state_dict(state)  # as the Runner unwraps its checkpoints: 'state_dict', DDP's 'module.'
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointLoadError(f'CLIP checkpoint {path} holds no state dict of tensors (got {type(state).__name__})')
-    if state and all(k.startswith('module.') for k in state):
-        state = {k[len('module.'):]: v for k, v in state.items()}
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
