@@ -137,6 +137,13 @@ def test_test_tool_fails_on_checkpoint_of_another_config(files, tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith('error: checkpoint ') and str(files['good']) in last and 'neck.down.weight' in last
     assert 'Traceback' not in proc.stderr
+    # tools/calibrate.py runs the model through the same strict runner
+    proc = run_tool('tools/calibrate.py', 'configs/ablations/no_adapter_demo.py', files['good'], '--work-dir',
+                    tmp_path / 'cal', '--split', 'test', '--cfg-options', *TINY_DEMO)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith('error: checkpoint ') and 'neck.down.weight' in last and 'Traceback' not in proc.stderr
+    assert not Path(str(files['good']) + '.calibration.json').exists()
 
 
 def test_tools_refuse_payload_despite_env(files, tmp_path):

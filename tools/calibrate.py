@@ -16,11 +16,10 @@ import os
 import os.path as osp
 import tempfile
 
-from common import add_common_args, finish_args, set_dataloader_defaults, set_work_dir
+from common import add_common_args, build_runner, finish_args, run_cli, set_dataloader_defaults, set_work_dir
 from mmengine.config import Config
 from mmengine.logging import print_log
 
-from numclip_mm.engine import init_cpu_distributed
 from numclip_mm.evaluation.conformal import (DEFAULT_METHOD, METHODS, add_interval_columns, coverage_and_width,
                                              file_digest, fit_calibration, score_columns, sidecar_path)
 from numclip_mm.evaluation.dump import load_predictions
@@ -54,11 +53,7 @@ def predict_split(cfg: Config, checkpoint: str, split: str, out_file: str):
     cfg.test_evaluator = dict(type='DumpOrdinalPredictions', out_file_path=out_file)
     cfg.load_from = checkpoint
     set_dataloader_defaults(cfg, ('test_dataloader',), no_pin_memory=False, persistent_workers=False)
-    init_cpu_distributed(cfg)
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.test()
+    build_runner(cfg).test()  # the tools' runner: strict, weights-only checkpoint loading
     return load_predictions(out_file)
 
 
@@ -118,4 +113,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)
