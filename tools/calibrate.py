@@ -21,7 +21,7 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 
 from numclip_mm.evaluation.conformal import (DEFAULT_METHOD, METHODS, add_interval_columns, coverage_and_width,
-                                             file_digest, fit_calibration, score_columns, sidecar_path)
+                                             file_digest, fit_calibration, level_key, score_columns, sidecar_path)
 from numclip_mm.evaluation.dump import load_predictions
 from numclip_mm.tasks import get_task
 
@@ -101,7 +101,7 @@ def main(argv=None):
     for method in METHODS:  # in-sample check of every method: coverage >= level by construction
         add_interval_columns(frame, calibration, method=method)
         for level in calibration.levels:
-            key = f'{level:g}'
+            key = level_key(level)
             cov, width = coverage_and_width(frame[f'pred_low_{key}'], frame[f'pred_high_{key}'],
                                             frame['gt_value'])
             print_log(f'{method:>8} @{key}: q={calibration.threshold(level, method):.4g}  calibration-set '

@@ -22,7 +22,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from numclip_mm.evaluation.conformal import add_interval_columns, coverage_and_width  # noqa: E402
+from numclip_mm.evaluation.conformal import add_interval_columns, coverage_and_width, level_key  # noqa: E402
 from numclip_mm.evaluation.dump import load_predictions  # noqa: E402
 from numclip_mm.evaluation.ordinal_metric import confusion  # noqa: E402
 
@@ -116,7 +116,7 @@ def main(argv=None):
     levels = interval_levels(frame)
     level = None
     if args.level is not None:
-        level = f'{args.level:g}'
+        level = level_key(args.level)
         if level not in levels:
             parser.error(f'{args.pred_file}: no pred_low_{level}/pred_high_{level} columns; interval levels in the '
                          f'file: {levels or "none"} (calibrate with tools/calibrate.py, or pass --calibration)')
