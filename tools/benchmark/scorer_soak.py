@@ -13,7 +13,6 @@ import io
 import json
 import os
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scorer_throughput import TreeSampler, photo, random_checkpoint  # noqa: E402
+from scorer_throughput import photo, random_checkpoint, run_sampled  # noqa: E402
 
 
 def parse_args():
@@ -124,17 +123,10 @@ def main():
           f'hostile rows: { {k: v for k, v in counts.items() if k != "ok" and v} }', flush=True)
     cmd = [sys.executable, '-m', 'batch.score', '--config', args.config, '--checkpoint', checkpoint, '--input',
            str(cat), '--output', str(out), '--num-cpus', str(args.num_cpus), '--overwrite', '--quiet']
-    t0 = time.perf_counter()
-    child = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    sampler = TreeSampler(child.pid)
-    sampler.start()
-    stdout, stderr = child.communicate()
-    wall = time.perf_counter() - t0
-    sampler.stop()
-    if child.returncode != 0:
+    returncode, stdout, stderr, wall, sampler = run_sampled(cmd, capture_stderr=True)
+    if returncode != 0:
         print(stderr[-3000:])
-        raise SystemExit(f'the scorer failed with exit code {child.returncode}')
+        raise SystemExit(f'the scorer failed with exit code {returncode}')
     table = pa.concat_tables([pq.read_table(p, columns=['id', 'kind', 'count_error', 'count_value'])
                               for p in sorted(out.glob('*.parquet'))])
     rows_out = table.num_rows

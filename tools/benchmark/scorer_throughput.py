@@ -52,7 +52,11 @@ def parse_args():
     p.add_argument('--num-cpus', type=int, default=2)
     p.add_argument('--precision', default=None)
     p.add_argument('--workdir', default=None, help='where catalogs and outputs go (default: a temp dir)')
-    return p.parse_args()
+    args = p.parse_args()
+    if args.num_images <= args.batch_size:
+        p.error(f'--num-images ({args.num_images}) must exceed --batch-size ({args.batch_size}): the steady rate '
+                f'is measured over the images after the first batch')
+    return args
 
 
 def photo(rng, h, w):
@@ -146,6 +150,21 @@ class TreeSampler(threading.Thread):
         self.join()
 
 
+def run_sampled(cmd, env=None, capture_stderr=False):
+    """Run ``cmd`` in a child process while a :class:`TreeSampler` follows its whole process tree.
+    Returns (returncode, stdout, stderr or None, wall seconds, sampler)."""
+    import subprocess
+    t0 = time.perf_counter()
+    child = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), **(env or {})),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE if capture_stderr else None, text=True)
+    sampler = TreeSampler(child.pid)
+    sampler.start()
+    stdout, stderr = child.communicate()
+    wall = time.perf_counter() - t0
+    sampler.stop()
+    return child.returncode, stdout, stderr, wall, sampler
+
+
 def random_checkpoint(config: str, work: Path) -> str:
     """A checkpoint of the config's model with seeded random weights (the speed does not depend on them)."""
     import torch
@@ -197,21 +216,14 @@ def driver(spec: dict) -> dict:
 
 
 def scorer_run(config, checkpoint, catalog: Path, out: Path, actors: int, args, catalog_bytes: int):
-    import subprocess
     spec = dict(config=config, checkpoint=checkpoint, input=str(catalog), output=str(out), batch_size=args.batch_size,
                 num_actors=actors, overwrite=True, num_cpus=args.num_cpus, precision=args.precision,
                 cpus_per_actor=args.num_cpus / actors, torch_threads=max(1, args.num_cpus // actors),
                 progress_interval_s=1e9)
-    t0, t0_epoch = time.perf_counter(), time.time()
-    child = subprocess.Popen([sys.executable, __file__, '--driver', json.dumps(spec)], stdout=subprocess.PIPE,
-                             text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
-    sampler = TreeSampler(child.pid)
-    sampler.start()
-    stdout, _ = child.communicate()
-    wall = time.perf_counter() - t0
-    sampler.stop()
-    if child.returncode != 0:
-        raise RuntimeError(f'the scoring driver failed ({child.returncode})')
+    t0_epoch = time.time()
+    returncode, stdout, _, wall, sampler = run_sampled([sys.executable, __file__, '--driver', json.dumps(spec)])
+    if returncode != 0:
+        raise RuntimeError(f'the scoring driver failed ({returncode})')
     d = json.loads(stdout.strip().splitlines()[-1])
     n = d['images']
     out_rows = sum(pq.read_metadata(f).num_rows for f in out.glob('*.parquet'))
