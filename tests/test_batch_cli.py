@@ -37,6 +37,16 @@ def _png(rng, h, w):
     return buf.getvalue()
 
 
+def _write_catalog(folder, rng, files: int, rows: int, row_group_size: int):
+    """``files`` Parquet files ``p<i>.parquet`` of ``rows`` rows (id, image): 24 px PNGs, the last row undecodable."""
+    folder.mkdir()
+    for f in range(files):
+        cells = [_png(rng, 24, 24) for _ in range(rows - 1)] + [b'broken']
+        pq.write_table(pa.table({'id': range(rows), 'image': pa.array(cells, pa.binary())}),
+                       folder / f'p{f}.parquet', row_group_size=row_group_size)
+    return folder
+
+
 @pytest.fixture(scope='module')
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp('cli')
@@ -45,12 +55,7 @@ def env(tmp_path_factory):
     ckpt = root / 'tiny.pth'
     torch.save({'state_dict': Predictor(cfg).model.state_dict()}, ckpt)
     rng = np.random.default_rng(0)
-    cat = root / 'catalog'
-    cat.mkdir()
-    for f in range(2):
-        cells = [_png(rng, 24, 24) for _ in range(9)] + [b'broken']
-        pq.write_table(pa.table({'id': range(10), 'image': pa.array(cells, pa.binary())}), cat / f'p{f}.parquet',
-                       row_group_size=4)
+    cat = _write_catalog(root / 'catalog', rng, files=2, rows=10, row_group_size=4)
     return dict(root=root, cfg=cfg, ckpt=str(ckpt), cat=cat)
 
 
@@ -106,12 +111,7 @@ def test_killed_driver_then_one_rerun_completes(env, tmp_path):
     """SIGKILL the driver (and the local Ray it started) as soon as its first output is committed; one re-run of the
     same command writes the rest and skips what was done: every output complete, rows out == rows in."""
     rng = np.random.default_rng(1)
-    cat = tmp_path / 'cat'
-    cat.mkdir()
-    for f in range(6):
-        cells = [_png(rng, 24, 24) for _ in range(299)] + [b'broken']
-        pq.write_table(pa.table({'id': range(300), 'image': pa.array(cells, pa.binary())}), cat / f'p{f}.parquet',
-                       row_group_size=50)
+    cat = _write_catalog(tmp_path / 'cat', rng, files=6, rows=300, row_group_size=50)
     out = tmp_path / 'out'
     cmd = [PY, '-m', 'batch.score', '--config', env['cfg'], '--checkpoint', env['ckpt'], '--input', str(cat),
            '--output', str(out), '--num-cpus', '2', '--batch-size', '8', '--torch-threads', '1']
