@@ -26,7 +26,7 @@ from batch.score import main as cli_main
 from numclip_mm.inference import Predictor
 from numclip_mm.utils import CheckpointMismatchError
 
-from helpers import write_tiny_config
+from helpers import Payload, write_tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_TIMEOUT_S = 180  # per test (conftest's module_timeout): a hung Ray pipeline fails instead of hanging CI
@@ -525,20 +525,11 @@ def test_cli_reports_setup_errors_with_exit_code_2(env, tmp_path, capsys):
     # a checkpoint carrying a pickle payload: refused up front with the loader's message, and the payload never runs
     marker = tmp_path / 'payload_ran'
     evil = tmp_path / 'evil.pth'
-    torch.save({'state_dict': env['reference'].model.state_dict(), 'note': _Payload(str(marker))}, evil)
+    torch.save({'state_dict': env['reference'].model.state_dict(), 'note': Payload(str(marker))}, evil)
     code = cli_main(['--config', env['cfg'], '--checkpoint', str(evil), '--input', str(env['cat']),
                      '--output', str(tmp_path / 'o')])
     assert code == 2 and 'refusing to load checkpoint' in capsys.readouterr().err and not marker.exists()
 
-
-class _Payload:
-    """Unpickling this object creates ``marker``."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (Path(self.marker),))
 
 
 def test_input_resolution(env):

@@ -15,7 +15,7 @@ from mmpretrain.registry import MODELS
 from numclip_mm.engine import StrictLoadRunner, choose_dist_backend, fall_back_from_amp, resolve_dist_backend
 from numclip_mm.utils import CheckpointMismatchError, UnsafeCheckpointError
 
-from helpers import TINY_CONFIG, write_tiny_config
+from helpers import TINY_CONFIG, Payload, write_tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
@@ -24,15 +24,6 @@ TINY_DEMO = [  # configs/numclip_demo.py shrunk to seconds (as in test_tools.py)
     'test_dataloader.dataset.num_samples=8', 'test_dataloader.dataset.image_size=32',
 ]
 
-
-class Payload:
-    """Unpickling this object creates ``marker``: proof that pickled code ran."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (Path(self.marker),))
 
 
 def build_model(config=TINY_CONFIG, **cfg_options):

@@ -12,6 +12,8 @@ from numclip_mm.models.clip_loader import (TINY_MODELS, CheckpointMismatchError,
                                            load_clip_weights, read_clip_state_dict, resolve_pretrained)
 from numclip_mm.utils import CheckpointLoadError
 
+from helpers import Payload
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -305,15 +307,6 @@ def test_pickle_payload_in_clip_file_is_refused(tmp_path, monkeypatch):
         build_open_clip('numclip-tiny', pretrained=str(path))
     assert not marker.exists()
 
-
-class Payload:
-    """Unpickling this object would create ``marker``: proof that pickled code ran."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (Path(self.marker),))
 
 
 # ---------------------------------------------------------------- the caches README documents
