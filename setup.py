@@ -21,7 +21,7 @@ setup(
     long_description=Path('README.md').read_text() if Path('README.md').exists() else '',
     long_description_content_type='text/markdown',
     python_requires='>=3.9',
-    packages=find_packages(include=['numclip_mm', 'numclip_mm.*', 'batch', 'batch.*']),
+    packages=find_packages(include=['numclip_mm', 'numclip_mm.*']),
     package_data={'numclip_mm': ['models/model_configs/*.json']},
     include_package_data=True,
     install_requires=[
@@ -42,6 +42,6 @@ setup(
         'tests': ['pytest>=8', 'ray[default,data]>=2.40', 'moto[server]>=5', 's3fs', 'boto3', 'psutil'],
         's3': ['s3fs'],
     },
-    entry_points={'console_scripts': ['numclip-score = batch.score:main']},
+    entry_points={'console_scripts': ['numclip-score = numclip_mm.batch.score:main']},
     license='Apache-2.0',
 )

@@ -1,6 +1,9 @@
-"""Everything ``import numclip_mm`` changes in the process besides defining its own names, in one place.
+"""Everything registering numclip-mm changes in the process besides defining its own names, in one place.
 
-Each effect is needed by some part of the plugin, runs once, and is recorded in :data:`APPLIED`:
+``import numclip_mm`` applies none of this. Effects 1-2 (:func:`prepare_runtime`) run when the first component
+subpackage (``models``, ``datasets``, ``evaluation``, ``engine``) is imported, effects 3-4 when
+:mod:`numclip_mm.register` is (or :func:`register_all_modules` is called). Each effect is needed by some part of
+the plugin, runs once, and is recorded in :data:`APPLIED`:
 
 1. ``torchvision_fallback`` (:mod:`numclip_mm.utils.torchvision_compat`): only when torchvision's compiled ops
    cannot load beside the installed torch (a CUDA torchvision wheel next to a CPU torch), define the
@@ -18,7 +21,7 @@ Each effect is needed by some part of the plugin, runs once, and is recorded in 
 3. ``open_clip_model_configs`` (:mod:`numclip_mm.models.clip_loader`): the JSON model configs shipped in
    ``numclip_mm/models/model_configs`` (``numclip-tiny``, ``numclip-demo``) are added to open_clip's model table.
 4. ``registries``: importing the subpackages registers the models, datasets, transforms, metrics and hooks into
-   mmpretrain's registries (what ``custom_imports = dict(imports=['numclip_mm'])`` in a config relies on).
+   mmpretrain's registries (what ``custom_imports = dict(imports=['numclip_mm.register'])`` in a config relies on).
 """
 from typing import Dict
 
@@ -27,16 +30,26 @@ APPLIED: Dict[str, bool] = {}
 
 def prepare_torchvision() -> None:
     """Effect 1; call before anything imports torchvision."""
+    if 'torchvision_fallback' in APPLIED:
+        return
     from .utils.torchvision_compat import ensure_torchvision_importable
     APPLIED['torchvision_fallback'] = ensure_torchvision_importable()
 
 
 def prepare_checkpoint_pickling() -> None:
     """Effect 2."""
+    if APPLIED.get('checkpoint_pickling'):
+        return
     from .utils.checkpoint import register_safe_globals, register_weights_only_loader
     register_safe_globals()
     register_weights_only_loader()
     APPLIED['checkpoint_pickling'] = True
+
+
+def prepare_runtime() -> None:
+    """Effects 1-2: what every component subpackage needs before its first import of mmpretrain/open_clip."""
+    prepare_torchvision()
+    prepare_checkpoint_pickling()
 
 
 def register_components() -> None:
@@ -46,10 +59,9 @@ def register_components() -> None:
     APPLIED['registries'] = True
 
 
-def apply_all() -> None:
-    """The import-time setup of ``numclip_mm``, in the order the effects need."""
+def register_all_modules() -> None:
+    """Effects 1-4, in the order they need (mmpretrain's ``register_all_modules`` convention); idempotent."""
     if APPLIED.get('registries'):
         return
-    prepare_torchvision()
-    prepare_checkpoint_pickling()
+    prepare_runtime()
     register_components()

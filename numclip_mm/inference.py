@@ -42,7 +42,7 @@ def load_config(config: ConfigLike) -> Config:
     if not isinstance(config, Config) and not os.path.isfile(config):
         raise FileNotFoundError(f'config not found: {config}')
     cfg = config if isinstance(config, Config) else Config.fromfile(config)
-    import numclip_mm  # noqa: F401  (registration; configs name our components)
+    import numclip_mm.register  # noqa: F401  (registration; configs name our components)
     from mmengine.registry import init_default_scope
     init_default_scope(cfg.get('default_scope', 'mmpretrain'))
     return cfg
@@ -115,7 +115,7 @@ class ImagePreprocessor:
         return dict(pipeline_cfg=self.pipeline_cfg, input_size=self.input_size)
 
     def __setstate__(self, state):
-        import numclip_mm  # noqa: F401
+        import numclip_mm.register  # noqa: F401
         from mmengine.registry import init_default_scope
         init_default_scope('mmpretrain')
         self.pipeline_cfg = state['pipeline_cfg']

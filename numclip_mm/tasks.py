@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,9 @@ class OrdinalTask:
                              f'[{self.edges[0]}, {self.upper if self.upper is not None else "inf"}]')
         return np.searchsorted(np.asarray(self.edges), values, side='right') - 1
 
-    def anchors_tensor(self) -> torch.Tensor:
+    def anchors_tensor(self):
+        """The anchors as a float32 torch tensor (torch is imported here only: the task table itself is cheap)."""
+        import torch
         return torch.tensor(self.anchors, dtype=torch.float32)
 
 

@@ -113,7 +113,7 @@ def test_killed_driver_then_one_rerun_completes(env, tmp_path):
     rng = np.random.default_rng(1)
     cat = _write_catalog(tmp_path / 'cat', rng, files=6, rows=300, row_group_size=50)
     out = tmp_path / 'out'
-    cmd = [PY, '-m', 'batch.score', '--config', env['cfg'], '--checkpoint', env['ckpt'], '--input', str(cat),
+    cmd = [PY, '-m', 'numclip_mm.batch.score', '--config', env['cfg'], '--checkpoint', env['ckpt'], '--input', str(cat),
            '--output', str(out), '--num-cpus', '2', '--batch-size', '8', '--torch-threads', '1']
     first = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)

@@ -100,7 +100,7 @@ def job(s3):
 
 
 def _opts(job, **kw):
-    from batch.pipeline import ScoreOptions
+    from numclip_mm.batch.pipeline import ScoreOptions
     base = dict(config=job['cfg'], checkpoint=job['ckpt'], batch_size=4)
     base.update(kw)
     return ScoreOptions(**base)
@@ -113,7 +113,7 @@ def _read(fs, key):
 
 
 def test_s3_catalog_resume_and_commit(s3, job):
-    from batch.pipeline import prepare, score_catalog
+    from numclip_mm.batch.pipeline import prepare, score_catalog
     fs = s3['fs']
     out = f's3://{BUCKET}/scored'
     # a first run that only got through p0 (input: one file)
@@ -148,8 +148,8 @@ def test_s3_catalog_resume_and_commit(s3, job):
 
 def test_s3_failed_write_leaves_no_object(s3, job):
     """A write that fails half-way (here: the input's rows do not match the predictions) aborts its upload."""
-    from batch import catalog
-    from batch.columns import PREDICTION_SCHEMA, output_columns
+    from numclip_mm.batch import catalog
+    from numclip_mm.batch.columns import PREDICTION_SCHEMA, output_columns
     fs = s3['fs']
     plan = catalog.plan_job(f's3://{BUCKET}/catalog/p1.parquet', f's3://{BUCKET}/failed', image_column='image',
                             path_column=None, new_columns=output_columns('count_'), model={})[3][0]
@@ -164,7 +164,7 @@ def test_s3_failed_write_leaves_no_object(s3, job):
 
 
 def test_s3_path_column_images(s3, job):
-    from batch.pipeline import score_catalog
+    from numclip_mm.batch.pipeline import score_catalog
     fs = s3['fs']
     report = score_catalog(_opts(job, input=f's3://{BUCKET}/paths/', output=f's3://{BUCKET}/scored-paths',
                                  image_column=None, path_column='path'))
@@ -192,7 +192,7 @@ def test_s3_killed_run_then_one_rerun(s3, job, tmp_path):
         pq.write_table(pa.table({'id': range(300), 'image': pa.array(cells, pa.binary())}), buf, row_group_size=50)
         fs.pipe_file(f'{BUCKET}/big/p{f}.parquet', buf.getvalue())
     repo = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, '-m', 'batch.score', '--config', job['cfg'], '--checkpoint', job['ckpt'], '--input',
+    cmd = [sys.executable, '-m', 'numclip_mm.batch.score', '--config', job['cfg'], '--checkpoint', job['ckpt'], '--input',
            f's3://{BUCKET}/big/', '--output', f's3://{BUCKET}/big-scored/', '--num-cpus', '2', '--batch-size', '8',
            '--torch-threads', '1']
     env = {k: v for k, v in os.environ.items() if not k.startswith('RAY_')}

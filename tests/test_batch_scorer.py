@@ -19,10 +19,10 @@ import pytest
 import torch
 from PIL import Image
 
-from batch import catalog
-from batch.columns import cell_crcs
-from batch.pipeline import ScoreOptions, prepare, run, score_catalog
-from batch.score import main as cli_main
+from numclip_mm.batch import catalog
+from numclip_mm.batch.columns import cell_crcs
+from numclip_mm.batch.pipeline import ScoreOptions, prepare, run, score_catalog
+from numclip_mm.batch.score import main as cli_main
 from numclip_mm.inference import Predictor
 from numclip_mm.utils import CheckpointMismatchError
 
@@ -195,7 +195,7 @@ def scored(env, ray_session, tmp_path_factory):
     records, data_reads = [], []
     handler = logging.Handler()
     handler.emit = records.append
-    logger = logging.getLogger('batch')
+    logger = logging.getLogger('numclip_mm.batch')
     logger.addHandler(handler)
     old_level = logger.level
     logger.setLevel(logging.INFO)
@@ -422,7 +422,7 @@ def test_actor_dying_mid_run_is_retried(env, scored, tmp_path):
 
 def test_worker_dying_again_and_again_ends_the_job(env, ray_session, tmp_path):
     """No endless loop: an actor that dies at every attempt ends the job after the bounded retries, with a message."""
-    from batch.pipeline import ScoringFailed
+    from numclip_mm.batch.pipeline import ScoringFailed
     with pytest.raises(ScoringFailed, match='retries'):
         score_catalog(_opts(env, input=str(env['cat'] / 'part-001.parquet'), output=str(tmp_path / 'out'),
                             max_retries=1, fault_injection=dict(exit_at_batch=1)))
@@ -430,17 +430,18 @@ def test_worker_dying_again_and_again_ends_the_job(env, ray_session, tmp_path):
 
 
 def test_worker_side_modules_stay_light():
-    """The write tasks and the driver import batch.pipeline/catalog/columns/decode: importing them must not pull in
-    torch, mmpretrain or numclip_mm (each new Ray worker would pay seconds of CPU for imports), and the pixel limit
-    written out in batch.columns is numclip_mm's one limit."""
+    """The write tasks and the driver import numclip_mm.batch.pipeline/catalog/columns/decode: importing them must not pull in
+    torch, mmpretrain or numclip_mm's model code (each new Ray worker would pay seconds of CPU for imports), and the pixel limit
+    written out in numclip_mm.batch.columns is numclip_mm's one limit."""
     import subprocess
     import sys
-    code = ('import sys, batch.pipeline, batch.catalog, batch.columns, batch.decode, batch.actor; '
-            'print(sorted(m for m in ("torch", "numclip_mm", "mmpretrain", "mmengine") if m in sys.modules))')
+    code = ('import sys, numclip_mm.batch.pipeline, numclip_mm.batch.catalog, numclip_mm.batch.columns, numclip_mm.batch.decode, numclip_mm.batch.actor; '
+            'print(sorted(m for m in ("torch", "numclip_mm.inference", "numclip_mm.models", "mmpretrain", "mmengine") '
+            'if m in sys.modules))')
     out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, check=True,
                          env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert out.stdout.strip() == '[]'
-    from batch.columns import DEFAULT_MAX_PIXELS
+    from numclip_mm.batch.columns import DEFAULT_MAX_PIXELS
     from numclip_mm.inference import DEFAULT_MAX_PIXELS as LIMIT
     assert DEFAULT_MAX_PIXELS == LIMIT
 
@@ -448,7 +449,7 @@ def test_worker_side_modules_stay_light():
 def test_failing_batch_is_retried_row_by_row():
     """When a batch's inference raises, its rows are retried alone: only the guilty row gets the error, the others
     their predictions, and a row that already had a decode error keeps it."""
-    from batch.actor import InferenceActor
+    from numclip_mm.batch.actor import InferenceActor
 
     class Picky:
         def check_intervals(self, levels):

@@ -32,7 +32,7 @@ def test_runtime_composes_with_mmpretrain_base():
     assert cfg.default_hooks.visualization.type == 'VisualizationHook'  # from mmpretrain's runtime
     assert cfg.visualizer.type == 'UniversalVisualizer'
     assert cfg.default_hooks.checkpoint.save_best == 'mae'  # ours on top
-    assert cfg.custom_imports.imports == ['numclip_mm'] and cfg.default_scope == 'mmpretrain'
+    assert cfg.custom_imports.imports == ['numclip_mm.register'] and cfg.default_scope == 'mmpretrain'
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: p.relative_to(ROOT / 'configs').as_posix())

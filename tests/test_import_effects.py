@@ -1,4 +1,5 @@
-"""``import numclip_mm`` changes the process only as numclip_mm/_setup.py lists, each effect observable."""
+"""Registering numclip_mm changes the process only as numclip_mm/_setup.py lists, each effect observable; a bare
+``import numclip_mm`` changes nothing and imports neither torch nor mmpretrain."""
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PROBE = r'''
 import copyreg, sys
 import torch
-import numclip_mm
+import numclip_mm.register
 from numclip_mm import _setup
 from mmengine.logging.history_buffer import HistoryBuffer
 from numclip_mm.utils.checkpoint import rebuild_history_buffer
@@ -34,3 +35,13 @@ def test_import_effects_are_the_listed_ones():
                          timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() in ('fallback True', 'fallback False')
+
+
+def test_bare_import_is_cheap_and_registers_nothing():
+    code = ('import sys, numclip_mm; from numclip_mm import _setup; '
+            'print(sorted(m for m in ("torch", "mmengine", "mmpretrain", "open_clip", "torchvision") if m in sys.modules), '
+            'dict(_setup.APPLIED), numclip_mm.get_task("age").num_bins)')
+    out = subprocess.run([sys.executable, '-c', code], cwd=str(ROOT), capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == '[] {} 5'

@@ -26,8 +26,7 @@ def test_wheel_ships_model_configs_and_builds_the_demo_model(tmp_path):
     source.mkdir()
     for name in ('setup.py', 'README.md', 'MANIFEST.in'):
         shutil.copy(ROOT / name, source / name)
-    for package in ('numclip_mm', 'batch'):
-        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns('__pycache__'))
+    shutil.copytree(ROOT / 'numclip_mm', source / 'numclip_mm', ignore=shutil.ignore_patterns('__pycache__'))
     wheels = tmp_path / 'wheels'
     subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', str(source),
                     '-w', str(wheels)], check=True, timeout=300, capture_output=True)
@@ -35,6 +34,9 @@ def test_wheel_ships_model_configs_and_builds_the_demo_model(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert {'numclip_mm/models/model_configs/numclip-demo.json',
             'numclip_mm/models/model_configs/numclip-tiny.json'} <= set(names)
+    assert {n.split('/')[0] for n in names if not n.split('/')[0].endswith(('.dist-info', '.data'))} == {'numclip_mm'}
+    entry_points = next(n for n in names if n.endswith('.dist-info/entry_points.txt'))
+    assert 'numclip-score = numclip_mm.batch.score:main' in zipfile.ZipFile(wheel).read(entry_points).decode()
     target = tmp_path / 'site'
     subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-deps', '-q', '--target', str(target), str(wheel)],
                    check=True, timeout=300, capture_output=True)

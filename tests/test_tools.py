@@ -38,7 +38,7 @@ def read_scalars(work_dir: Path):
 def test_registry_round_trip_from_config_file(tmp_path):
     """A fresh process with nothing imported: `custom_imports` in the config alone registers everything."""
     cfg = tmp_path / 'cfg.py'
-    cfg.write_text("custom_imports = dict(imports=['numclip_mm'], allow_failed_imports=False)\n"
+    cfg.write_text("custom_imports = dict(imports=['numclip_mm.register'], allow_failed_imports=False)\n"
                    "default_scope = 'mmpretrain'\n"
                    "model = dict(type='NumCLIP', clip=dict(model_name='numclip-tiny'),\n"
                    "             backbone=dict(type='OpenCLIPVisionBackbone'), neck=dict(type='ResidualAdapter'),\n"
@@ -114,7 +114,7 @@ def test_mmpretrain_own_config_still_trains(tmp_path):
     cfg.write_text(
         "_base_ = ['mmpretrain::_base_/models/resnet18_cifar.py', 'mmpretrain::_base_/schedules/cifar10_bs128.py',\n"
         "          'mmpretrain::_base_/default_runtime.py']\n"
-        "custom_imports = dict(imports=['numclip_mm'], allow_failed_imports=False)\n"
+        "custom_imports = dict(imports=['numclip_mm.register'], allow_failed_imports=False)\n"
         "model = dict(head=dict(num_classes=5))\n"
         "pipe = [dict(type='PackInputs')]\n"
         "train_dataloader = dict(batch_size=16, num_workers=0, sampler=dict(type='DefaultSampler', shuffle=True),\n"

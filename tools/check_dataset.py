@@ -29,7 +29,7 @@ def check_split(cfg: Config, split: str, threads: int) -> dict:
     """Build one split's dataset without its own check, then check every image; returns a summary dict."""
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import DATASETS
-    import numclip_mm  # noqa: F401  (registration)
+    import numclip_mm.register  # noqa: F401  (registration)
     from numclip_mm.datasets import LoadOrdinalImage, OrdinalDataset
     from numclip_mm.datasets.image_check import find_unreadable_images
 

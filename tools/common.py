@@ -5,17 +5,14 @@ import os.path as osp
 import sys
 from copy import deepcopy
 
-# Make the repo importable when the tools run from a checkout, and numclip_mm importable before anything imports
-# torchvision (it installs the CPU fallback for torchvision's compiled ops when those do not load).
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-import numclip_mm  # noqa: E402,F401
+import numclip_mm.register  # noqa: F401  (registration; also makes torchvision importable first)
 
-import torch  # noqa: E402
-from mmengine.config import ConfigDict, DictAction  # noqa: E402
-from mmengine.registry import RUNNERS  # noqa: E402
+import torch
+from mmengine.config import ConfigDict, DictAction
+from mmengine.registry import RUNNERS
 
-from numclip_mm.engine import StrictLoadRunner, init_cpu_distributed, resolve_dist_backend  # noqa: E402
-from numclip_mm.utils import CheckpointLoadError  # noqa: E402
+from numclip_mm.engine import StrictLoadRunner, init_cpu_distributed, resolve_dist_backend
+from numclip_mm.utils import CheckpointLoadError
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:

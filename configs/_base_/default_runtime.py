@@ -1,7 +1,7 @@
 # mmpretrain's own runtime (hooks, logging, visualizer, env), plus numclip_mm's registration.
 _base_ = ['mmpretrain::_base_/default_runtime.py']
 
-custom_imports = dict(imports=['numclip_mm'], allow_failed_imports=False)
+custom_imports = dict(imports=['numclip_mm.register'], allow_failed_imports=False)
 default_scope = 'mmpretrain'
 
 # Keep the checkpoint with the lowest validation MAE, as the method does, and the latest one.

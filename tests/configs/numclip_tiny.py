@@ -1,5 +1,5 @@
 # A tiny random-initialised NumCLIP (32x32 inputs) for tests and benchmarks only (inference: no schedule, no data).
-custom_imports = dict(imports=['numclip_mm'], allow_failed_imports=False)
+custom_imports = dict(imports=['numclip_mm.register'], allow_failed_imports=False)
 default_scope = 'mmpretrain'
 model = dict(
     type='NumCLIP',

@@ -13,8 +13,7 @@ import os
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-import numclip_mm  # noqa: E402,F401  (before anything imports torchvision)
+import numclip_mm.register  # noqa: F401  (registration; also makes torchvision importable first)
 
 import matplotlib  # noqa: E402
 

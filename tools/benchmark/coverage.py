@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, ROOT)
 from numclip_mm.datasets.sampling import label_shift_indices  # noqa: E402
 from numclip_mm.evaluation.conformal import (DEFAULT_METHOD, METHODS, coverage_and_width,  # noqa: E402
                                              fit_calibration, interval_bounds, nonconformity, score_columns)

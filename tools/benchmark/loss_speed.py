@@ -18,8 +18,7 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-import numclip_mm  # noqa: E402,F401  (must come before anything that imports torchvision)
+import numclip_mm.register  # noqa: F401  (registration; also makes torchvision importable first)
 
 import torch  # noqa: E402
 

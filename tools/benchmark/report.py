@@ -77,7 +77,7 @@ def train_and_test(config, seed, args, threads):
 def metrics_of(config, predictions):
     """The config's own test evaluator (e.g. ``task='count'`` for OrdinalCLIP) applied to the prediction file, so
     one test run gives both the per-sample predictions and the metrics."""
-    import numclip_mm  # noqa: F401  (registry; also makes torchvision importable first)
+    import numclip_mm.register  # noqa: F401  (registry; also makes torchvision importable first)
     from mmengine.config import Config
     from numclip_mm.evaluation import OrdinalMetric, load_predictions
     evaluator = dict(Config.fromfile(osp.join(ROOT, config)).test_evaluator)

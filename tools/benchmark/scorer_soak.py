@@ -24,10 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scorer_throughput import photo, random_checkpoint, run_sampled  # noqa: E402
+from scorer_throughput import photo, random_checkpoint, run_sampled  # a sibling script (tools/benchmark is on sys.path)
 
 
 def parse_args():
@@ -121,7 +119,7 @@ def main():
     counts = {k: kinds.count(k) for k in ['ok', *HOSTILE]}
     print(f'catalog: {len(kinds)} rows, {sum(p.stat().st_size for p in cat.glob("*.parquet")) / 1e6:.1f} MB; '
           f'hostile rows: { {k: v for k, v in counts.items() if k != "ok" and v} }', flush=True)
-    cmd = [sys.executable, '-m', 'batch.score', '--config', args.config, '--checkpoint', checkpoint, '--input',
+    cmd = [sys.executable, '-m', 'numclip_mm.batch.score', '--config', args.config, '--checkpoint', checkpoint, '--input',
            str(cat), '--output', str(out), '--num-cpus', str(args.num_cpus), '--overwrite', '--quiet']
     returncode, stdout, stderr, wall, sampler = run_sampled(cmd, capture_stderr=True)
     if returncode != 0:

@@ -34,7 +34,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))  # run from anywhere: batch/ lives at the repo root
 
 
 def parse_args():
@@ -195,7 +194,7 @@ def bare_loop(predictor, catalog: Path, batch_size: int):
 def driver(spec: dict) -> dict:
     """The scoring driver (run in its own process by :func:`scorer_run`): prepare, start Ray, score; its own
     /proc/self/io between phases."""
-    from batch.pipeline import ScoreOptions, ensure_ray, prepare, run
+    from numclip_mm.batch.pipeline import ScoreOptions, ensure_ray, prepare, run
     opts = ScoreOptions(**spec)
     io0, t0 = proc_io(), time.perf_counter()
     job = prepare(opts)  # the up-front checks, then Ray, as the command line does

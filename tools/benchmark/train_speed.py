@@ -23,8 +23,7 @@ import resource
 import sys
 import time
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-import numclip_mm  # noqa: E402,F401
+import numclip_mm.register  # noqa: F401  (registration; also makes torchvision importable first)
 
 import torch  # noqa: E402
 from mmengine.config import Config  # noqa: E402

@@ -8,12 +8,12 @@
       GPU:           map_batches(RowGroupDecoder) CPU tasks -> map_batches(InferenceActor, num_gpus=...)
       -> small prediction columns (file, row, CRC of the cell, value/label/probability/error) to the driver
     driver: when all rows of a file are in, one Ray task (write_output, on a worker) streams that input file,
-            checks every row's CRC, appends the columns and commits the output atomically (batch.catalog).
+            checks every row's CRC, appends the columns and commits the output atomically (numclip_mm.batch.catalog).
 
 So the driver reads Parquet footers and prediction columns only (tens of bytes per row), never an image; a 10 TB
 catalog's bytes are read and written by the workers. Row order: every prediction carries its (file, row) index, so
 outputs have exactly the input's rows in the input's order whatever order Ray finishes the work in. Resume: each
-output records the input's identity, its row count and the model in its metadata (batch.catalog.output_status);
+output records the input's identity, its row count and the model in its metadata (numclip_mm.batch.catalog.output_status);
 files whose output matches are not read at all; a changed input or model is re-scored.
 Failures: a worker that dies (out of memory, crash) is retried at most ``max_retries`` times, then the job ends
 with a message; the files already committed stay committed and the next run continues from them.
@@ -34,7 +34,7 @@ from .columns import CELL_CRC, FILE_INDEX, ROW_INDEX, cell_crcs, output_columns,
     prediction_types
 from .decode import DEFAULT_MAX_PIXELS, CellDecoder, RowGroupDecoder
 
-logger = logging.getLogger('batch')
+logger = logging.getLogger('numclip_mm.batch')
 
 
 class ScoringFailed(RuntimeError):
@@ -75,7 +75,7 @@ class ScoreOptions:
     address: Optional[str] = None          # None: RAY_ADDRESS or a local instance; 'auto', 'ray://...'
     num_cpus: Optional[int] = None         # only for a local ray.init
     object_store_memory: Optional[int] = None  # only for a local ray.init
-    fault_injection: Optional[dict] = None  # tests only: see batch.actor.InferenceActor
+    fault_injection: Optional[dict] = None  # tests only: see numclip_mm.batch.actor.InferenceActor
 
 
 @dataclass
@@ -197,7 +197,7 @@ def work_items(plans: Sequence[catalog.FilePlan]) -> List[Dict[str, Any]]:
 
 
 def build_dataset(job: ScoringJob, plans: Sequence[catalog.FilePlan]):
-    """The lazy Ray Dataset of prediction columns (batch.columns.prediction_schema) for ``plans``."""
+    """The lazy Ray Dataset of prediction columns (numclip_mm.batch.columns.prediction_schema) for ``plans``."""
     import ray
 
     from .actor import InferenceActor

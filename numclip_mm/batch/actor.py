@@ -1,6 +1,6 @@
 """The inference actor: one Predictor per actor, built once; batches in, small prediction columns out.
 
-It runs in one of two modes (see :mod:`batch.pipeline`):
+It runs in one of two modes (see :mod:`numclip_mm.batch.pipeline`):
 
 - ``decode_in_actor`` (the CPU default): the actor takes (file, row group) work items, reads and decodes them
   itself and runs the model, so decoded pixels never cross a process boundary (no serialisation, no copies).
@@ -34,7 +34,7 @@ class InferenceActor:
         config, checkpoint: as for :class:`numclip_mm.inference.Predictor`.
         device, precision: 'cpu'/'cuda'; 'fp32'/'fp16'/'bf16' (None: the device's default).
         torch_threads: ``torch.set_num_threads`` in the actor (None: Ray's OMP setting).
-        row_decoder: a :class:`batch.decode.RowGroupDecoder` whose preprocessor this actor replaces by its own
+        row_decoder: a :class:`numclip_mm.batch.decode.RowGroupDecoder` whose preprocessor this actor replaces by its own
             model's (input size included): set in ``decode_in_actor`` mode.
         intervals: conformal coverage levels whose interval bounds are added (``low_<level>``/``high_<level>``).
         fault_injection: for tests: ``dict(exit_at_batch=N, marker=path or None)``: the actor process exits (as a
