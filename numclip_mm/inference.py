@@ -5,6 +5,7 @@ The work is split in two picklable halves so a pipeline can run them in differen
 :class:`ImagePreprocessor` (decode-side, CPU: the config's test transforms) and :class:`Predictor` (the model,
 with text prototypes cached after the first batch).
 """
+import logging
 import os
 from typing import Dict, Optional, Sequence, Union
 
@@ -129,8 +130,8 @@ class Predictor:
 
     Args:
         config: config path or :class:`Config` the model was trained with.
-        checkpoint: a checkpoint saved by the Runner (or a bare state dict); None keeps the config's weights
-            (zero-shot). Loaded weights-only with numclip_mm's allow-list; a checkpoint that does not fit the config
+        checkpoint: a checkpoint saved by the Runner (or a bare state dict): every weight comes from it, no CLIP
+            file is read. None: the config's own weights (``init_weights``: pretrained CLIP, zero-shot). Loaded weights-only with numclip_mm's allow-list; a checkpoint that does not fit the config
             raises ``CheckpointMismatchError`` naming the keys.
         device: 'cpu', 'cuda', 'cuda:1', ...
         precision: 'fp32', 'fp16' or 'bf16' (autocast; weights stay fp32); default :func:`default_precision`.
@@ -145,9 +146,11 @@ class Predictor:
         if precision not in PRECISIONS:
             raise ValueError(f'precision must be one of {sorted(PRECISIONS)}, got {precision!r}')
         cfg = load_config(config)
-        self.model = MODELS.build(cfg.model)
+        self.model = MODELS.build(cfg.model)  # the architecture only: no CLIP file is read
         if checkpoint is not None:
             load_model_checkpoint(self.model, checkpoint)
+        else:  # zero-shot: the config's own weights (pretrained CLIP)
+            apply_config_weights(self.model)
         self.model.to(device).eval()
         self.device = torch.device(device)
         if not isinstance(self.model.head, OrdinalHead):
@@ -210,6 +213,19 @@ class Predictor:
                                      else self.preprocessor(i) for i in images], intervals)
 
 
+def apply_config_weights(model: torch.nn.Module) -> None:
+    """The model's ``init_weights`` (pretrained CLIP for NumCLIP), as the Runner runs it before training, without
+    MMEngine's per-parameter report (logged at INFO when no log file is open: hundreds of lines for inference)."""
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
+
+
 def _input_size(model: torch.nn.Module) -> Optional[tuple]:
     """(H, W) of the image tower (open_clip's ``visual.image_size``), None when the model does not say."""
     size = getattr(getattr(getattr(model, 'backbone', None), 'visual', None), 'image_size', None)
@@ -222,13 +238,12 @@ def describe_model(config: ConfigLike, checkpoint: Optional[str] = None) -> Dict
     """``{'task': OrdinalTask, 'input_size': (H, W) or None}`` of the config's model, and, when ``checkpoint`` is
     given, the same exact key/shape check as :class:`Predictor` (``CheckpointMismatchError`` naming the keys).
 
-    The model is built without weight initialisation (parameters are allocated but never initialised, and nothing
-    is loaded into them), so a scoring driver can refuse a wrong checkpoint up front at a fraction of a Predictor's
-    cost.
+    The model is a skeleton on the meta device (shapes, no storage, nothing initialised or read), so a scoring
+    driver can refuse a wrong checkpoint up front at a fraction of a Predictor's cost.
     """
     from mmpretrain.registry import MODELS
     cfg = load_config(config)
-    with _skip_weight_init():
+    with torch.device('meta'):
         model = MODELS.build(cfg.model)
     if checkpoint is not None:
         try:  # memory-mapped: only the shapes are looked at, so the tensors' bytes are never read
@@ -237,21 +252,6 @@ def describe_model(config: ConfigLike, checkpoint: Optional[str] = None) -> Dict
             raise FileNotFoundError(f'checkpoint not found: {checkpoint}') from None
         check_state_dict(model, state.get('state_dict', state), checkpoint)
     return dict(task=model.head.task, input_size=_input_size(model))
-
-
-class _skip_weight_init:
-    """Make torch.nn.init's in-place initialisers no-ops (the shapes are all a key/shape check needs)."""
-    NAMES = ('uniform_', 'normal_', 'trunc_normal_', 'constant_', 'ones_', 'zeros_', 'xavier_uniform_',
-             'xavier_normal_', 'kaiming_uniform_', 'kaiming_normal_', 'orthogonal_')
-
-    def __enter__(self):
-        self.saved = {n: getattr(torch.nn.init, n) for n in self.NAMES if hasattr(torch.nn.init, n)}
-        for n in self.saved:
-            setattr(torch.nn.init, n, lambda tensor, *a, **k: tensor)
-
-    def __exit__(self, *exc):
-        for n, f in self.saved.items():
-            setattr(torch.nn.init, n, f)
 
 
 def check_calibration(calibration_file: str, checkpoint: str, levels: Sequence[float]) -> None:
