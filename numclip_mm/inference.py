@@ -290,14 +290,17 @@ def describe_model(config: ConfigLike, checkpoint: Optional[str] = None) -> Dict
     return dict(task=model.head.task, input_size=_input_size(model))
 
 
-def check_calibration(calibration_file: str, checkpoint: str, levels: Sequence[float]) -> None:
-    """Raise ValueError (or KeyError for a level it lacks) unless ``calibration_file`` (a conformal sidecar, see
-    :func:`sidecar_path`) was fitted for ``checkpoint`` and holds every coverage level of ``levels``."""
+def check_calibration(calibration_file: str, checkpoint: str, levels: Sequence[float],
+                      checkpoint_sha256: Optional[str] = None):
+    """The :class:`~numclip_mm.conformal.Calibration` in ``calibration_file`` (a conformal sidecar, see
+    :func:`sidecar_path`); ValueError (or KeyError for a level it lacks) unless it was fitted for ``checkpoint``
+    (whose sha256, when already known, is ``checkpoint_sha256``) and holds every coverage level of ``levels``."""
     levels = check_levels(levels)
     calibration = get_calibration(calibration_file)
-    check_checkpoint(calibration, checkpoint)
+    check_checkpoint(calibration, checkpoint, checkpoint_sha256)
     for level in levels:
         calibration.threshold(level)
+    return calibration
 
 
 def read_checkpoint_bytes(checkpoint: str) -> bytes:

@@ -157,7 +157,7 @@ def _check_calibration(opts: ScoreOptions, local_checkpoint: Optional[str], chec
     """Refuse intervals the checkpoint's calibration cannot give (before any work); returns the calibration and
     its file's sha256. ``local_checkpoint`` is the checkpoint's local copy, its sidecar beside it
     (:func:`catalog.local_copy`)."""
-    from numclip_mm.conformal import check_checkpoint, check_levels, get_calibration, sidecar_path
+    from numclip_mm.inference import check_calibration, sidecar_path
     Err = catalog.ScoringSetupError
     levels = [f'{v:g}' for v in opts.intervals]
     if opts.checkpoint is None:
@@ -169,11 +169,7 @@ def _check_calibration(opts: ScoreOptions, local_checkpoint: Optional[str], chec
                   f'({sidecar_path(opts.checkpoint)} not found); run tools/calibrate.py CONFIG {opts.checkpoint} '
                   f'--coverage {" ".join(levels)} first')
     try:
-        check_levels(opts.intervals)
-        calibration = get_calibration(sidecar)
-        check_checkpoint(calibration, local_checkpoint, checkpoint_sha256)
-        for level in opts.intervals:
-            calibration.threshold(level)
+        calibration = check_calibration(sidecar, local_checkpoint, opts.intervals, checkpoint_sha256)
     except (KeyError, ValueError) as err:
         raise Err(f'--interval: {str(err).strip(chr(34) + chr(39))}') from None
     return calibration, file_digest(sidecar)
