@@ -170,3 +170,17 @@ def test_load_from_and_resume_skip_the_clip_file(trained, clip_reads, tmp_path):
     assert clip_reads == []
     frozen = 'head.text_encoder.token_embedding.weight'
     assert torch.equal(runner.model.state_dict()[frozen], trained['model'].state_dict()[frozen].cpu())
+
+
+def test_predictor_loads_exactly_the_bytes_of_the_expected_digest(trained, tmp_path):
+    """With ``checkpoint_sha256`` (what the scorer's actors pass) the bytes read are the bytes checked and loaded; a
+    file whose digest differs is refused before any weight is used."""
+    from numclip_mm.inference import CheckpointChangedError
+    from numclip_mm.shared import file_digest
+    digest = file_digest(str(trained['ckpt']))
+    predictor = Predictor(trained['config'], str(trained['ckpt']), checkpoint_sha256=digest)
+    assert torch.equal(predictor.model.state_dict()['neck.down.weight'],
+                       trained['model'].state_dict()['neck.down.weight'].cpu())
+    with pytest.raises(CheckpointChangedError, match='changed since the job was planned') as err:
+        Predictor(trained['config'], str(trained['ckpt']), checkpoint_sha256='0' * 64)
+    assert str(trained['ckpt']) in str(err.value) and digest in str(err.value)

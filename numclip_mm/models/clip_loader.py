@@ -1,4 +1,4 @@
-"""Build an open_clip CLIP model offline, and apply its pretrained weights: a local file, or a tag found in a local cache.
+"""Build an open_clip CLIP model offline, and apply its pretrained weights (a local file, or a tag found in a cache).
 
 Building is not loading: :func:`clip_architecture` allocates the model (open_clip's random init) and reads no weights;
 :func:`load_pretrained` applies ``pretrained`` to it (what :meth:`NumCLIP.init_weights` does before training, and
