@@ -1,31 +1,39 @@
 """One small predictor API: config + checkpoint -> model; ``predict(images)`` -> columns.
 
-Used by ``batch/`` (the Ray scorer) and any other inference code; it never touches training code paths.
+Used by the scorer (:mod:`numclip_mm.batch`) and any other inference code; it never touches training code paths.
 The work is split in two picklable halves so a pipeline can run them in different processes:
 :class:`ImagePreprocessor` (decode-side, CPU: the config's test transforms) and :class:`Predictor` (the model,
 with text prototypes cached after the first batch).
+
+Importing this module is light (torch, OpenCV, PIL): the model stack (mmpretrain, open_clip and
+numclip_mm's models) is imported when a model or a pipeline is first built (:func:`register_inference_components`),
+and numclip_mm's datasets, metrics and runner never are.
 """
+import importlib
+import io
+import logging
 import os
-from typing import Dict, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Dict, Optional, Sequence, Union
 
 import cv2
 import numpy as np
 import torch
-from mmengine.config import Config
-from mmengine.dataset import Compose
 
-from .datasets.transforms import DEFAULT_MAX_PIXELS, decode_bgr
-from .evaluation.conformal import (SIDECAR_SUFFIX, CalibrationLike, check_checkpoint, check_levels, find_calibration,
-                                   get_calibration, level_key, sidecar_path)
-from .models.heads import OrdinalHead
+from .conformal import (SIDECAR_SUFFIX, CalibrationLike, check_checkpoint, check_levels, find_calibration,
+                        get_calibration, sidecar_path)
+from .image_decode import decode_bgr
+from .shared import DEFAULT_MAX_PIXELS, bytes_digest, level_key
 from .tasks import OrdinalTask
 from .utils.checkpoint import CheckpointLoadError, CheckpointMismatchError, check_state_dict, load_weights_only
 
-__all__ = ['CheckpointLoadError', 'CheckpointMismatchError', 'DEFAULT_MAX_PIXELS', 'ImagePreprocessor', 'Predictor',
-           'PRECISIONS', 'SIDECAR_SUFFIX', 'check_calibration', 'describe_model', 'decode_image', 'default_precision', 'load_config',
-           'load_model_checkpoint', 'sidecar_path']
+if TYPE_CHECKING:  # mmengine's config (and its formatter, yapf) is imported when a config is first loaded
+    from mmengine.config import Config
 
-ConfigLike = Union[str, Config]
+__all__ = ['CheckpointChangedError', 'CheckpointLoadError', 'CheckpointMismatchError', 'DEFAULT_MAX_PIXELS',
+           'ImagePreprocessor', 'Predictor', 'PRECISIONS', 'SIDECAR_SUFFIX', 'check_calibration', 'describe_model',
+           'decode_image', 'default_precision', 'load_config', 'load_model_checkpoint', 'sidecar_path']
+
+ConfigLike = Union[str, 'Config']
 _LOADERS = ('LoadImageFromFile', 'LoadOrdinalImage')
 PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
@@ -37,12 +45,31 @@ def default_precision(device: str) -> str:
     return 'fp32'
 
 
-def load_config(config: ConfigLike) -> Config:
-    """A config (path or object) with numclip_mm registered and its default scope set."""
+class CheckpointChangedError(CheckpointLoadError):
+    """The checkpoint's bytes are not the ones expected (the file was replaced after its digest was taken)."""
+
+
+def register_inference_components(cfg: Optional['Config'] = None) -> None:
+    """Register what building a model and its test pipeline needs: numclip_mm's models (:mod:`numclip_mm.models`)
+    and mmpretrain's transforms, plus a config's other ``custom_imports``; not numclip_mm's datasets, metrics and
+    runner (what ``numclip_mm.register``, the configs' own custom import, adds for training)."""
+    from ._setup import prepare_runtime
+    prepare_runtime()  # before open_clip/mmpretrain import torchvision
+    import mmpretrain.datasets.transforms  # noqa: F401  (the test pipeline's steps)
+
+    import numclip_mm.models  # noqa: F401
+    for name in ((cfg.get('custom_imports') if cfg is not None else None) or {}).get('imports', []):
+        if name != 'numclip_mm.register':
+            importlib.import_module(name)
+
+
+def load_config(config: ConfigLike) -> 'Config':
+    """A config (path or object) with what inference needs registered and its default scope set."""
+    from mmengine.config import Config
     if not isinstance(config, Config) and not os.path.isfile(config):
         raise FileNotFoundError(f'config not found: {config}')
-    cfg = config if isinstance(config, Config) else Config.fromfile(config)
-    import numclip_mm.register  # noqa: F401  (registration; configs name our components)
+    cfg = config if isinstance(config, Config) else Config.fromfile(config, import_custom_modules=False)
+    register_inference_components(cfg)
     from mmengine.registry import init_default_scope
     init_default_scope(cfg.get('default_scope', 'mmpretrain'))
     return cfg
@@ -50,7 +77,7 @@ def load_config(config: ConfigLike) -> Config:
 
 def decode_image(data: bytes, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Encoded image bytes -> RGB uint8 (H, W, 3): the public RGB entry over the project's one decoder
-    (:func:`numclip_mm.datasets.decode_bgr`, also used by training's ``LoadOrdinalImage``).
+    (:func:`numclip_mm.image_decode.decode_bgr`, also used by training's ``LoadOrdinalImage``).
 
     Raises ValueError ('empty image', 'cannot decode image ...', or 'exceeds the pixel limit' when the header
     declares more than ``max_pixels`` pixels; None: no limit) without decoding oversized images.
@@ -73,6 +100,7 @@ class ImagePreprocessor:
     """
 
     def __init__(self, config: ConfigLike, input_size: Optional[Sequence[int]] = None):
+        from mmengine.dataset import Compose
         cfg = load_config(config)
         steps = [t for t in cfg.test_dataloader.dataset.pipeline if t['type'] not in _LOADERS]
         self.pipeline_cfg = steps
@@ -115,8 +143,9 @@ class ImagePreprocessor:
         return dict(pipeline_cfg=self.pipeline_cfg, input_size=self.input_size)
 
     def __setstate__(self, state):
-        import numclip_mm.register  # noqa: F401
+        from mmengine.dataset import Compose
         from mmengine.registry import init_default_scope
+        register_inference_components()
         init_default_scope('mmpretrain')
         self.pipeline_cfg = state['pipeline_cfg']
         self.input_size = state.get('input_size')
@@ -129,25 +158,34 @@ class Predictor:
 
     Args:
         config: config path or :class:`Config` the model was trained with.
-        checkpoint: a checkpoint saved by the Runner (or a bare state dict); None keeps the config's weights
-            (zero-shot). Loaded weights-only with numclip_mm's allow-list; a checkpoint that does not fit the config
-            raises ``CheckpointMismatchError`` naming the keys.
+        checkpoint: a checkpoint saved by the Runner (or a bare state dict), a local path or an fsspec URI: every
+            weight comes from it, no CLIP file is read. Loaded weights-only with numclip_mm's allow-list; a
+            checkpoint that does not fit the config raises ``CheckpointMismatchError`` naming the keys. None: the
+            config's own weights (``init_weights``: pretrained CLIP, zero-shot).
         device: 'cpu', 'cuda', 'cuda:1', ...
         precision: 'fp32', 'fp16' or 'bf16' (autocast; weights stay fp32); default :func:`default_precision`.
         calibration: conformal calibration for prediction intervals (docs/intervals.md); by default the
             ``<checkpoint>.calibration.json`` sidecar written by tools/calibrate.py when it exists, else none.
+        checkpoint_sha256: the digest the checkpoint must have (the scorer's, taken once while planning): its bytes
+            are read once, checked and loaded from memory, so the model is exactly that file;
+            :class:`CheckpointChangedError` when the file was replaced since.
     """
 
     def __init__(self, config: ConfigLike, checkpoint: Optional[str] = None, device: str = 'cpu',
-                 precision: Optional[str] = None, calibration: Optional[CalibrationLike] = None):
-        from mmpretrain.registry import MODELS
+                 precision: Optional[str] = None, calibration: Optional[CalibrationLike] = None,
+                 checkpoint_sha256: Optional[str] = None):
         precision = precision or default_precision(device)
         if precision not in PRECISIONS:
             raise ValueError(f'precision must be one of {sorted(PRECISIONS)}, got {precision!r}')
         cfg = load_config(config)
-        self.model = MODELS.build(cfg.model)
+        from mmpretrain.registry import MODELS
+
+        from .models.heads import OrdinalHead
+        self.model = MODELS.build(cfg.model)  # the architecture only: no CLIP file is read
         if checkpoint is not None:
-            load_model_checkpoint(self.model, checkpoint)
+            load_model_checkpoint(self.model, checkpoint, checkpoint_sha256)
+        else:  # zero-shot: the config's own weights (pretrained CLIP)
+            apply_config_weights(self.model)
         self.model.to(device).eval()
         self.device = torch.device(device)
         if not isinstance(self.model.head, OrdinalHead):
@@ -158,9 +196,10 @@ class Predictor:
         self.concepts = np.asarray(self.task.concepts, dtype=object)
         self.input_size = _input_size(self.model)
         self.preprocessor = ImagePreprocessor(cfg, self.input_size)
-        self.calibration = get_calibration(calibration or find_calibration(checkpoint))
-        if self.calibration is not None and calibration is None:
-            check_checkpoint(self.calibration, checkpoint)
+        found = None if calibration is not None or '://' in str(checkpoint) else find_calibration(checkpoint)
+        self.calibration = get_calibration(calibration or found)
+        if self.calibration is not None and (found is not None or checkpoint_sha256 is not None):
+            check_checkpoint(self.calibration, checkpoint, checkpoint_sha256)
 
     def check_intervals(self, levels: Sequence[float]) -> None:
         """Raise a clear error now (not mid-pipeline) if intervals at ``levels`` cannot be produced."""
@@ -185,7 +224,7 @@ class Predictor:
         self.check_intervals(intervals)
         if self.device.type == 'cuda' and isinstance(inputs, torch.Tensor):
             inputs = inputs.pin_memory().to(self.device, non_blocking=True)
-        head: OrdinalHead = self.model.head
+        head = self.model.head  # an OrdinalHead
         with torch.autocast(self.device.type, dtype=PRECISIONS[self.precision],
                             enabled=self.precision != 'fp32'):
             data = self.model.data_preprocessor(dict(inputs=inputs), False)
@@ -210,6 +249,19 @@ class Predictor:
                                      else self.preprocessor(i) for i in images], intervals)
 
 
+def apply_config_weights(model: torch.nn.Module) -> None:
+    """The model's ``init_weights`` (pretrained CLIP for NumCLIP), as the Runner runs it before training, without
+    MMEngine's per-parameter report (logged at INFO when no log file is open: hundreds of lines for inference)."""
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
+
+
 def _input_size(model: torch.nn.Module) -> Optional[tuple]:
     """(H, W) of the image tower (open_clip's ``visual.image_size``), None when the model does not say."""
     size = getattr(getattr(getattr(model, 'backbone', None), 'visual', None), 'image_size', None)
@@ -222,13 +274,12 @@ def describe_model(config: ConfigLike, checkpoint: Optional[str] = None) -> Dict
     """``{'task': OrdinalTask, 'input_size': (H, W) or None}`` of the config's model, and, when ``checkpoint`` is
     given, the same exact key/shape check as :class:`Predictor` (``CheckpointMismatchError`` naming the keys).
 
-    The model is built without weight initialisation (parameters are allocated but never initialised, and nothing
-    is loaded into them), so a scoring driver can refuse a wrong checkpoint up front at a fraction of a Predictor's
-    cost.
+    The model is a skeleton on the meta device (shapes, no storage, nothing initialised or read), so a scoring
+    driver can refuse a wrong checkpoint up front at a fraction of a Predictor's cost.
     """
     from mmpretrain.registry import MODELS
     cfg = load_config(config)
-    with _skip_weight_init():
+    with torch.device('meta'):
         model = MODELS.build(cfg.model)
     if checkpoint is not None:
         try:  # memory-mapped: only the shapes are looked at, so the tensors' bytes are never read
@@ -239,37 +290,55 @@ def describe_model(config: ConfigLike, checkpoint: Optional[str] = None) -> Dict
     return dict(task=model.head.task, input_size=_input_size(model))
 
 
-class _skip_weight_init:
-    """Make torch.nn.init's in-place initialisers no-ops (the shapes are all a key/shape check needs)."""
-    NAMES = ('uniform_', 'normal_', 'trunc_normal_', 'constant_', 'ones_', 'zeros_', 'xavier_uniform_',
-             'xavier_normal_', 'kaiming_uniform_', 'kaiming_normal_', 'orthogonal_')
-
-    def __enter__(self):
-        self.saved = {n: getattr(torch.nn.init, n) for n in self.NAMES if hasattr(torch.nn.init, n)}
-        for n in self.saved:
-            setattr(torch.nn.init, n, lambda tensor, *a, **k: tensor)
-
-    def __exit__(self, *exc):
-        for n, f in self.saved.items():
-            setattr(torch.nn.init, n, f)
-
-
-def check_calibration(calibration_file: str, checkpoint: str, levels: Sequence[float]) -> None:
-    """Raise ValueError (or KeyError for a level it lacks) unless ``calibration_file`` (a conformal sidecar, see
-    :func:`sidecar_path`) was fitted for ``checkpoint`` and holds every coverage level of ``levels``."""
+def check_calibration(calibration_file: str, checkpoint: str, levels: Sequence[float],
+                      checkpoint_sha256: Optional[str] = None):
+    """The :class:`~numclip_mm.conformal.Calibration` in ``calibration_file`` (a conformal sidecar, see
+    :func:`sidecar_path`); ValueError (or KeyError for a level it lacks) unless it was fitted for ``checkpoint``
+    (whose sha256, when already known, is ``checkpoint_sha256``) and holds every coverage level of ``levels``."""
     levels = check_levels(levels)
     calibration = get_calibration(calibration_file)
-    check_checkpoint(calibration, checkpoint)
+    check_checkpoint(calibration, checkpoint, checkpoint_sha256)
     for level in levels:
         calibration.threshold(level)
+    return calibration
 
 
-def load_model_checkpoint(model: torch.nn.Module, checkpoint: str) -> None:
-    """Strictly load a Runner checkpoint (``state_dict`` inside) or a bare state dict, weights-only."""
+def read_checkpoint_bytes(checkpoint: str) -> bytes:
+    """The bytes of a checkpoint file, a local path or an fsspec URI."""
     try:
-        state = load_weights_only(checkpoint)
+        if '://' in str(checkpoint):
+            import fsspec
+            with fsspec.open(str(checkpoint), 'rb') as f:
+                return f.read()
+        with open(checkpoint, 'rb') as f:
+            return f.read()
     except FileNotFoundError:
         raise FileNotFoundError(f'checkpoint not found: {checkpoint}') from None
+
+
+def load_model_checkpoint(model: torch.nn.Module, checkpoint: str, sha256: Optional[str] = None) -> None:
+    """Strictly load a Runner checkpoint (``state_dict`` inside) or a bare state dict, weights-only.
+
+    With ``sha256``, the file is read once into memory, its digest checked (:class:`CheckpointChangedError` when
+    it differs) and those very bytes loaded: what is loaded is exactly what was checked.
+    """
+    if sha256 is not None:
+        data = read_checkpoint_bytes(checkpoint)
+        got = bytes_digest(data)
+        if got != sha256:
+            raise CheckpointChangedError(
+                f'checkpoint {checkpoint} changed since the job was planned: its sha256 is {got}, the job (and the '
+                f'outputs it labels) expects {sha256}; nothing was scored with it. Keep the checkpoint unchanged '
+                f'while a job runs, then run the command again')
+        state = load_weights_only(io.BytesIO(data), name=str(checkpoint))
+        del data
+    elif '://' in str(checkpoint):
+        state = load_weights_only(io.BytesIO(read_checkpoint_bytes(checkpoint)), name=str(checkpoint))
+    else:
+        try:
+            state = load_weights_only(checkpoint)
+        except FileNotFoundError:
+            raise FileNotFoundError(f'checkpoint not found: {checkpoint}') from None
     state = state.get('state_dict', state)
     check_state_dict(model, state, checkpoint)
     model.load_state_dict(state, strict=True)

@@ -26,7 +26,7 @@ from numclip_mm.batch.score import main as cli_main
 from numclip_mm.inference import Predictor
 from numclip_mm.utils import CheckpointMismatchError
 
-from helpers import Payload, write_tiny_config
+from helpers import Payload, dying_actor, write_tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_TIMEOUT_S = 180  # per test (conftest's module_timeout): a hung Ray pipeline fails instead of hanging CI
@@ -344,7 +344,7 @@ def test_path_column_input(env, ray_session, tmp_path):
 
 def _calibrated_checkpoint(env, folder: Path, levels=(0.5, 0.9)) -> str:
     """A copy of the test checkpoint with a conformal calibration sidecar fitted for it (synthetic residuals)."""
-    from numclip_mm.evaluation.conformal import fit_calibration, file_digest, sidecar_path
+    from numclip_mm.conformal import fit_calibration, file_digest, sidecar_path
     folder.mkdir(parents=True, exist_ok=True)
     ckpt = str(folder / 'calibrated.pth')
     shutil.copy(env['ckpt'], ckpt)
@@ -407,8 +407,8 @@ def test_actor_dying_mid_run_is_retried(env, scored, tmp_path):
     every output complete, rows out == rows in, predictions identical to an undisturbed run."""
     marker = tmp_path / 'died'
     out = tmp_path / 'out'
-    report = score_catalog(_opts(env, input=str(env['cat']), output=str(out),
-                                 fault_injection=dict(exit_at_batch=2, marker=str(marker))))
+    report = score_catalog(_opts(env, input=str(env['cat']), output=str(out)),
+                           actor_class=dying_actor(exit_at_batch=2, marker=str(marker)))
     assert marker.exists()  # it did die
     assert report['files_written'] == 2 and report['rows_scored'] == 20
     for name in env['kinds']:
@@ -425,14 +425,59 @@ def test_worker_dying_again_and_again_ends_the_job(env, ray_session, tmp_path):
     from numclip_mm.batch.pipeline import ScoringFailed
     with pytest.raises(ScoringFailed, match='retries'):
         score_catalog(_opts(env, input=str(env['cat'] / 'part-001.parquet'), output=str(tmp_path / 'out'),
-                            max_retries=1, fault_injection=dict(exit_at_batch=1)))
+                            max_retries=1), actor_class=dying_actor(exit_at_batch=1))
     assert not (tmp_path / 'out' / 'part-001.parquet').exists()
+
+
+def test_checkpoint_replaced_after_planning_fails_the_job(env, ray_session, tmp_path):
+    """The outputs record the checkpoint digest taken while planning; a checkpoint file replaced after that (a
+    finished copy moved over it) is refused by the actors, which load exactly the bytes they checked: the job fails
+    naming the file, and no output is written (none labelled with the planned digest but another model's values)."""
+    from numclip_mm.batch.pipeline import ScoringFailed
+    ckpt = tmp_path / 'ck.pth'
+    shutil.copy(env['ckpt'], ckpt)
+    out = tmp_path / 'out'
+    job = prepare(_opts(env, checkpoint=str(ckpt), input=str(env['cat'] / 'part-001.parquet'), output=str(out)))
+    planned = job.model_identity['checkpoint']
+    other = torch.load(env['ckpt'], weights_only=True)
+    other['state_dict'] = {k: v + 1 if v.is_floating_point() else v for k, v in other['state_dict'].items()}
+    torch.save(other, tmp_path / 'epoch_29.pth')
+    os.replace(tmp_path / 'epoch_29.pth', ckpt)  # as `mv` of a finished copy
+    with pytest.raises(ScoringFailed) as err:
+        run(job)
+    msg = str(err.value)
+    assert 'changed since the job was planned' in msg and str(ckpt) in msg and planned in msg
+    assert 'out of memory' not in msg
+    assert not out.exists() or not list(out.glob('*.parquet'))
+
+
+def test_trained_checkpoint_scores_without_its_clip_file(env, ray_session, tmp_path):
+    """A config whose model.clip.pretrained is a CLIP file: the trained checkpoint scores after the file is gone
+    (building is not loading; the checkpoint holds every weight)."""
+    from numclip_mm.models.clip_loader import build_open_clip
+    clip_file = tmp_path / 'clip.pt'
+    torch.manual_seed(5)
+    torch.save(build_open_clip('numclip-tiny').state_dict(), clip_file)
+    cfg = tmp_path / 'pretrained.py'
+    cfg.write_text(f"_base_ = [{env['cfg']!r}]\nmodel = dict(clip=dict(pretrained={str(clip_file)!r}))\n")
+    trained = Predictor(str(cfg))  # zero-shot: the config's pretrained weights applied (init_weights)
+    ckpt = tmp_path / 'trained.pth'
+    torch.save({'state_dict': trained.model.state_dict(), 'meta': {}}, ckpt)
+    clip_file.unlink()
+    out = tmp_path / 'out'
+    src = env['cat'] / 'part-001.parquet'
+    report = score_catalog(_opts(env, config=str(cfg), checkpoint=str(ckpt), input=str(src), output=str(out)))
+    assert report['rows_scored'] == 7
+    got = pq.read_table(out / 'part-001.parquet')
+    ok = [i for i, k in enumerate(env['kinds']['part-001.parquet']) if k in GOOD]
+    cells = pq.read_table(src).column('image').to_pylist()
+    expected = trained.predict([cells[i] for i in ok])
+    np.testing.assert_allclose([got.column('count_value')[i].as_py() for i in ok], expected['value'], atol=1e-5)
 
 
 def test_worker_side_modules_stay_light():
     """The write tasks and the driver import numclip_mm.batch.pipeline/catalog/columns/decode: importing them must not pull in
-    torch, mmpretrain or numclip_mm's model code (each new Ray worker would pay seconds of CPU for imports), and the pixel limit
-    written out in numclip_mm.batch.columns is numclip_mm's one limit."""
+    torch, mmpretrain or numclip_mm's model code (each new Ray worker would pay seconds of CPU for imports)."""
     import subprocess
     import sys
     code = ('import sys, numclip_mm.batch.pipeline, numclip_mm.batch.catalog, numclip_mm.batch.columns, numclip_mm.batch.decode, numclip_mm.batch.actor; '
@@ -441,9 +486,6 @@ def test_worker_side_modules_stay_light():
     out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, check=True,
                          env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert out.stdout.strip() == '[]'
-    from numclip_mm.batch.columns import DEFAULT_MAX_PIXELS
-    from numclip_mm.inference import DEFAULT_MAX_PIXELS as LIMIT
-    assert DEFAULT_MAX_PIXELS == LIMIT
 
 
 def test_failing_batch_is_retried_row_by_row():

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from numclip_mm.datasets.demo import generate_count_images
-from numclip_mm.evaluation.conformal import Calibration, file_digest, fit_calibration, sidecar_path
+from numclip_mm.conformal import Calibration, file_digest, fit_calibration, sidecar_path
 from numclip_mm.inference import Predictor
 
 from test_tools import ROOT, run_tool

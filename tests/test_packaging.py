@@ -1,5 +1,6 @@
-"""A non-editable install (the wheel `pip install .` builds) carries the package data: the demo model builds from
-outside the checkout."""
+"""A non-editable install (the wheel `pip install .` builds) carries the package data and the console command: the
+demo model builds and `numclip-score --help` runs from outside the checkout, and no top-level `batch` module is
+installed."""
 import os
 import shutil
 import subprocess
@@ -11,7 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 PROBE = r'''
-import os, sys
+import importlib.util, os, sys
+assert importlib.util.find_spec('batch') is None, importlib.util.find_spec('batch')  # no global 'batch' package
 import numclip_mm
 from numclip_mm.models.clip_loader import TINY_MODELS, build_open_clip
 assert numclip_mm.__file__.startswith(sys.argv[1]), numclip_mm.__file__
@@ -47,3 +49,10 @@ def test_wheel_ships_model_configs_and_builds_the_demo_model(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split()[0] == 'ok' and int(out.stdout.split()[1]) > 0
+    assert not (target / 'batch').exists()
+    script = target / 'bin' / 'numclip-score'  # the console script pip wrote for the entry point
+    assert script.is_file()
+    cli = subprocess.run([str(script), '--help'], cwd=str(outside), env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert cli.stdout.startswith('usage: numclip-score') and '--checkpoint' in cli.stdout

@@ -20,7 +20,7 @@ from common import add_common_args, build_runner, finish_args, run_cli, set_data
 from mmengine.config import Config
 from mmengine.logging import print_log
 
-from numclip_mm.evaluation.conformal import (DEFAULT_METHOD, METHODS, add_interval_columns, coverage_and_width,
+from numclip_mm.conformal import (DEFAULT_METHOD, METHODS, add_interval_columns, coverage_and_width,
                                              file_digest, fit_calibration, level_key, score_columns, sidecar_path)
 from numclip_mm.evaluation.dump import load_predictions
 from numclip_mm.tasks import get_task

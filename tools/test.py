@@ -22,7 +22,7 @@ from mmengine.logging import print_log
 
 from numclip_mm.evaluation import DumpOrdinalPredictions, OrdinalMetric
 from numclip_mm.evaluation.dump import TABLE_FORMATS
-from numclip_mm.evaluation.conformal import check_checkpoint, find_calibration, get_calibration
+from numclip_mm.conformal import check_checkpoint, find_calibration, get_calibration
 
 
 PICKLE_FORMATS = ('.pkl', '.pickle')

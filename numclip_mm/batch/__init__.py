@@ -4,5 +4,5 @@
 :func:`numclip_mm.batch.pipeline.score_catalog` the Python entry point. One concern per module: ``columns`` (names, types,
 cell CRCs), ``catalog`` (the only module touching files and URIs), ``decode``, ``actor``, ``pipeline`` (the Ray
 graph and the driver), ``score`` (command line). This package depends on ``numclip_mm.inference`` only (never on
-training code or ``tools/``).
+training code or ``tools/``), and on the light :mod:`numclip_mm.shared` for what both sides use.
 """

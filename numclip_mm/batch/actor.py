@@ -8,7 +8,6 @@ It runs in one of two modes (see :mod:`numclip_mm.batch.pipeline`):
 
 A batch whose inference fails is retried row by row, so only the guilty rows get an error.
 """
-import os
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -17,14 +16,14 @@ import pyarrow as pa
 from .columns import CELL_CRC, FILE_INDEX, IMAGE_TENSOR, ROW_ERROR, ROW_INDEX, interval_types, prediction_schema
 
 
-def load_predictor(config, checkpoint: Optional[str], device: str = 'cpu', precision: Optional[str] = None):
-    """A Predictor; a checkpoint URI is downloaded to a local temporary file first, with its conformal calibration
-    sidecar (``<checkpoint>.calibration.json``) when there is one."""
-    from numclip_mm.inference import SIDECAR_SUFFIX, Predictor
-
-    from . import catalog
-    with catalog.local_copy(checkpoint, companions=(SIDECAR_SUFFIX,)) as local:
-        return Predictor(config, local, device=device, precision=precision)
+def load_predictor(config, checkpoint: Optional[str], device: str = 'cpu', precision: Optional[str] = None,
+                   checkpoint_sha256: Optional[str] = None, calibration=None):
+    """A Predictor of exactly the checkpoint the job planned with: a local path or URI whose bytes are read once and
+    must have ``checkpoint_sha256`` (else :class:`numclip_mm.inference.CheckpointChangedError`), with the
+    calibration the driver already checked (the sidecar is not read again)."""
+    from numclip_mm.inference import Predictor
+    return Predictor(config, checkpoint, device=device, precision=precision, calibration=calibration,
+                     checkpoint_sha256=checkpoint_sha256)
 
 
 class InferenceActor:
@@ -32,24 +31,24 @@ class InferenceActor:
 
     Args:
         config, checkpoint: as for :class:`numclip_mm.inference.Predictor`.
+        checkpoint_sha256: the digest the job's outputs record: the actor loads exactly the bytes that have it.
+        calibration: the conformal calibration the driver checked (a :class:`numclip_mm.conformal.Calibration`).
         device, precision: 'cpu'/'cuda'; 'fp32'/'fp16'/'bf16' (None: the device's default).
         torch_threads: ``torch.set_num_threads`` in the actor (None: Ray's OMP setting).
         row_decoder: a :class:`numclip_mm.batch.decode.RowGroupDecoder` whose preprocessor this actor replaces by its own
             model's (input size included): set in ``decode_in_actor`` mode.
         intervals: conformal coverage levels whose interval bounds are added (``low_<level>``/``high_<level>``).
-        fault_injection: for tests: ``dict(exit_at_batch=N, marker=path or None)``: the actor process exits (as a
-            crash would) when it reaches its N-th batch; with a marker, only while that file does not exist yet
-            (it is created first: one death), without one at every N-th batch of every incarnation.
     """
 
-    def __init__(self, config, checkpoint, device='cpu', precision=None, torch_threads=None, row_decoder=None,
-                 intervals=(), fault_injection=None):
+    def __init__(self, config, checkpoint, checkpoint_sha256=None, calibration=None, device='cpu', precision=None,
+                 torch_threads=None, row_decoder=None, intervals=()):
         import torch
         if torch_threads:
             torch.set_num_threads(int(torch_threads))
-        self.attach(load_predictor(config, checkpoint, device, precision), row_decoder, intervals, fault_injection)
+        self.attach(load_predictor(config, checkpoint, device, precision, checkpoint_sha256, calibration),
+                    row_decoder, intervals)
 
-    def attach(self, predictor, row_decoder=None, intervals=(), fault_injection=None) -> None:
+    def attach(self, predictor, row_decoder=None, intervals=()) -> None:
         """Everything the constructor does besides loading the model (tests attach a stand-in predictor)."""
         self.predictor = predictor
         self.intervals = tuple(intervals)
@@ -59,8 +58,6 @@ class InferenceActor:
         self.row_decoder = row_decoder
         if row_decoder is not None:
             row_decoder.decoder.preprocessor = self.predictor.preprocessor
-        self.fault_injection = fault_injection or {}
-        self.batches = 0
 
     # -- inference -----------------------------------------------------------------------------------------------
     def _predict(self, tensors: np.ndarray):
@@ -73,7 +70,6 @@ class InferenceActor:
 
     def predict_rows(self, rows, crcs, errors: List[Optional[str]], tensors: np.ndarray, file_index) -> pa.Table:
         """Prediction columns for one decoded batch; rows with a decode error get nulls and keep their error."""
-        self._maybe_exit()
         errors = list(errors)
         n = len(errors)
         ok = np.array([e is None for e in errors], dtype=bool)
@@ -103,17 +99,6 @@ class InferenceActor:
             pa.array(value, mask=~ok), pa.array(raw, mask=~ok), pa.array(label, type=pa.string()),
             pa.array(prob, mask=~ok), pa.array(errors, type=pa.string()),
             *(pa.array(column, mask=~ok) for column in bounds.values())], schema=self.schema)
-
-    def _maybe_exit(self):
-        self.batches += 1
-        if self.batches != self.fault_injection.get('exit_at_batch'):
-            return
-        marker = self.fault_injection.get('marker')
-        if marker is None:
-            os._exit(1)
-        if not os.path.exists(marker):
-            open(marker, 'w').close()
-            os._exit(1)
 
     # -- Ray Data ------------------------------------------------------------------------------------------------
     def __call__(self, batch: Dict[str, np.ndarray]):

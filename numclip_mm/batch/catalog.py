@@ -20,7 +20,6 @@ and its ``numclip.scoring`` metadata matches the input's identity, row count and
 """
 import contextlib
 import glob as globlib
-import hashlib
 import json
 import os
 import posixpath
@@ -139,16 +138,6 @@ def file_identity(fs, path: str) -> Dict[str, Any]:
         return dict(size=int(info.get('size') or 0), etag=str(etag).strip('"'))
     mtime = info.get('LastModified') or info.get('mtime') or info.get('last_modified') or info.get('updated')
     return dict(size=int(info.get('size') or 0), mtime=str(mtime))
-
-
-def file_digest(path: str, chunk: int = 1 << 24) -> str:
-    """sha256 of a file (local path or URI): the checkpoint's identity in each output's metadata."""
-    fs, p = url_to_fs(path)
-    h = hashlib.sha256()
-    with fs.open(p, 'rb') as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def copy_to_local(uri: str, local: str, what: str = 'checkpoint') -> None:

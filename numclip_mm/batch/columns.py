@@ -6,10 +6,7 @@ from typing import Dict, Sequence
 import numpy as np
 import pyarrow as pa
 
-# The pixel limit checked from each image's header before decoding: numclip_mm's one limit
-# (numclip_mm.inference.DEFAULT_MAX_PIXELS, which tests/test_batch_scorer.py checks this equals), written out here
-# because importing numclip_mm means torch and mmpretrain, and the driver's and writers' modules must stay light.
-DEFAULT_MAX_PIXELS = 64_000_000
+from ..shared import level_key
 
 # internal columns (never written to an output file)
 FILE_INDEX = '__numclip_file'     # index of the input file in the job's plan
@@ -22,11 +19,6 @@ IMAGE_TENSOR = '__numclip_tensor' # decoded CHW uint8 image at the model's input
 VALUE, VALUE_RAW, LABEL, PROBABILITY, ERROR = 'value', 'value_raw', 'label', 'probability', 'error'
 OUTPUT_TYPES: Dict[str, pa.DataType] = {VALUE: pa.float64(), VALUE_RAW: pa.float64(), LABEL: pa.string(),
                                         PROBABILITY: pa.float64(), ERROR: pa.string()}
-
-
-def level_key(level: float) -> str:
-    """A coverage level as it appears in column names: 0.9 -> '0.9' (as numclip_mm.evaluation.conformal)."""
-    return f'{float(level):g}'
 
 
 def interval_types(intervals: Sequence[float] = ()) -> Dict[str, pa.DataType]:

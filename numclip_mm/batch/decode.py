@@ -10,7 +10,8 @@ import numpy as np
 import pyarrow as pa
 
 from . import catalog
-from .columns import CELL_CRC, DEFAULT_MAX_PIXELS, FILE_INDEX, IMAGE_TENSOR, ROW_ERROR, ROW_INDEX, cell_crcs
+from ..shared import DEFAULT_MAX_PIXELS
+from .columns import CELL_CRC, FILE_INDEX, IMAGE_TENSOR, ROW_ERROR, ROW_INDEX, cell_crcs
 
 
 class CellDecoder:

@@ -32,7 +32,8 @@ import pyarrow as pa
 from . import catalog
 from .columns import CELL_CRC, FILE_INDEX, ROW_INDEX, cell_crcs, output_columns, prediction_schema, \
     prediction_types
-from .decode import DEFAULT_MAX_PIXELS, CellDecoder, RowGroupDecoder
+from ..shared import DEFAULT_MAX_PIXELS, file_digest
+from .decode import CellDecoder, RowGroupDecoder
 
 logger = logging.getLogger('numclip_mm.batch')
 
@@ -75,7 +76,6 @@ class ScoreOptions:
     address: Optional[str] = None          # None: RAY_ADDRESS or a local instance; 'auto', 'ray://...'
     num_cpus: Optional[int] = None         # only for a local ray.init
     object_store_memory: Optional[int] = None  # only for a local ray.init
-    fault_injection: Optional[dict] = None  # tests only: see numclip_mm.batch.actor.InferenceActor
 
 
 @dataclass
@@ -90,6 +90,8 @@ class ScoringJob:
     fs_out: Any
     out_dir: str
     plans: List[catalog.FilePlan]
+    checkpoint_sha256: Optional[str] = None  # what every actor must load (None: zero-shot, no checkpoint)
+    calibration: Any = None                  # the checked numclip_mm.conformal.Calibration when intervals are asked
 
     @property
     def column(self) -> str:
@@ -105,7 +107,8 @@ def _config_digest(cfg) -> str:
 
 def prepare(opts: ScoreOptions) -> ScoringJob:
     """All checks that need no Ray. Raises FileNotFoundError, CheckpointMismatchError or ScoringSetupError."""
-    from numclip_mm.inference import PRECISIONS, SIDECAR_SUFFIX, describe_model, load_config
+    from numclip_mm.conformal import SIDECAR_SUFFIX
+    from numclip_mm.inference import PRECISIONS, describe_model, load_config
     Err = catalog.ScoringSetupError
     if (opts.batch_size is not None and opts.batch_size < 1) or opts.num_actors < 1:
         raise Err('batch size and number of actors must be at least 1')
@@ -128,11 +131,15 @@ def prepare(opts: ScoreOptions) -> ScoringJob:
         checkpoint_digest = f'pretrained:{pretrained}'
     elif opts.zero_shot:
         raise Err('--zero-shot and --checkpoint exclude each other')
+    # the checkpoint travels once here: a local copy (URIs), its digest, the key/shape check and the calibration;
+    # actors get the digest and the checked calibration, and load exactly the bytes that have that digest
+    checkpoint_sha256, calibration, calibration_digest = None, None, None
     with catalog.local_copy(opts.checkpoint, companions=(SIDECAR_SUFFIX,) if opts.intervals else ()) as local:
         model = describe_model(config, local)  # exact key/shape check
         if opts.checkpoint is not None:
-            checkpoint_digest = catalog.file_digest(local)
-        calibration_digest = _check_calibration(opts, local) if opts.intervals else None
+            checkpoint_digest = checkpoint_sha256 = file_digest(local)
+        if opts.intervals:
+            calibration, calibration_digest = _check_calibration(opts, local, checkpoint_sha256)
     task = model['task']
     prefix = f'{task.name}_' if opts.prefix is None else opts.prefix
     names = output_columns(prefix, opts.keep_raw_value, opts.intervals)
@@ -142,12 +149,14 @@ def prepare(opts: ScoreOptions) -> ScoringJob:
     fs_in, fs_out, out_dir, plans = catalog.plan_job(
         opts.input, opts.output, image_column=opts.image_column, path_column=opts.path_column,
         new_columns=names, model=identity, overwrite=opts.overwrite)
-    return ScoringJob(opts, config, task.name, model['input_size'], identity, names, fs_out, out_dir, plans)
+    return ScoringJob(opts, config, task.name, model['input_size'], identity, names, fs_out, out_dir, plans,
+                      checkpoint_sha256, calibration)
 
 
-def _check_calibration(opts: ScoreOptions, local_checkpoint: Optional[str]) -> str:
-    """Refuse intervals the checkpoint's calibration cannot give (before any work); returns its sha256.
-    ``local_checkpoint`` is the checkpoint's local copy, its sidecar beside it (:func:`catalog.local_copy`)."""
+def _check_calibration(opts: ScoreOptions, local_checkpoint: Optional[str], checkpoint_sha256: Optional[str]):
+    """Refuse intervals the checkpoint's calibration cannot give (before any work); returns the calibration and
+    its file's sha256. ``local_checkpoint`` is the checkpoint's local copy, its sidecar beside it
+    (:func:`catalog.local_copy`)."""
     from numclip_mm.inference import check_calibration, sidecar_path
     Err = catalog.ScoringSetupError
     levels = [f'{v:g}' for v in opts.intervals]
@@ -160,10 +169,10 @@ def _check_calibration(opts: ScoreOptions, local_checkpoint: Optional[str]) -> s
                   f'({sidecar_path(opts.checkpoint)} not found); run tools/calibrate.py CONFIG {opts.checkpoint} '
                   f'--coverage {" ".join(levels)} first')
     try:
-        check_calibration(sidecar, local_checkpoint, opts.intervals)
+        calibration = check_calibration(sidecar, local_checkpoint, opts.intervals, checkpoint_sha256)
     except (KeyError, ValueError) as err:
         raise Err(f'--interval: {str(err).strip(chr(34) + chr(39))}') from None
-    return catalog.file_digest(sidecar)
+    return calibration, file_digest(sidecar)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -196,12 +205,16 @@ def work_items(plans: Sequence[catalog.FilePlan]) -> List[Dict[str, Any]]:
     return items
 
 
-def build_dataset(job: ScoringJob, plans: Sequence[catalog.FilePlan]):
-    """The lazy Ray Dataset of prediction columns (numclip_mm.batch.columns.prediction_schema) for ``plans``."""
+def build_dataset(job: ScoringJob, plans: Sequence[catalog.FilePlan], actor_class=None):
+    """The lazy Ray Dataset of prediction columns (numclip_mm.batch.columns.prediction_schema) for ``plans``;
+    ``actor_class``: the ``map_batches`` class that infers (default :class:`~numclip_mm.batch.actor.InferenceActor`,
+    or a subclass of it)."""
     import ray
 
-    from .actor import InferenceActor
     from numclip_mm.inference import ImagePreprocessor
+
+    from .actor import InferenceActor
+    actor_class = actor_class or InferenceActor
     opts = job.opts
     gpu = bool(opts.num_gpus_per_actor)
     batch_size = opts.batch_size or (256 if gpu else 64)
@@ -221,12 +234,13 @@ def build_dataset(job: ScoringJob, plans: Sequence[catalog.FilePlan]):
     if gpu:
         remote['num_gpus'] = opts.num_gpus_per_actor
     return ds.map_batches(
-        InferenceActor, batch_format='numpy', batch_size=1 if in_actor else batch_size,
+        actor_class, batch_format='numpy', batch_size=1 if in_actor else batch_size,
         compute=ray.data.ActorPoolStrategy(size=opts.num_actors),
-        fn_constructor_kwargs=dict(config=job.config, checkpoint=opts.checkpoint, device='cuda' if gpu else 'cpu',
-                                   precision=opts.precision, torch_threads=opts.torch_threads,
-                                   row_decoder=row_decoder if in_actor else None, intervals=opts.intervals,
-                                   fault_injection=opts.fault_injection),
+        fn_constructor_kwargs=dict(config=job.config, checkpoint=opts.checkpoint,
+                                   checkpoint_sha256=job.checkpoint_sha256, calibration=job.calibration,
+                                   device='cuda' if gpu else 'cpu', precision=opts.precision,
+                                   torch_threads=opts.torch_threads, row_decoder=row_decoder if in_actor else None,
+                                   intervals=opts.intervals),
         **remote)
 
 
@@ -276,8 +290,9 @@ class Progress:
 
 
 
-def run(job: ScoringJob) -> Dict[str, Any]:
-    """Score the plan's pending files. Returns a summary (also logged); raises ScoringFailed when files failed."""
+def run(job: ScoringJob, actor_class=None) -> Dict[str, Any]:
+    """Score the plan's pending files. Returns a summary (also logged); raises ScoringFailed when files failed.
+    ``actor_class``: see :func:`build_dataset`."""
     opts = job.opts
     report: Dict[str, Any] = dict(columns=job.names, files=[], failed=[])
     if catalog.is_local(job.fs_out):
@@ -295,7 +310,7 @@ def run(job: ScoringJob) -> Dict[str, Any]:
     if pending:
         started = ensure_ray(opts)
         try:
-            _score(job, pending, report, start)
+            _score(job, pending, report, start, actor_class)
         finally:
             if started:
                 import ray
@@ -315,12 +330,13 @@ def run(job: ScoringJob) -> Dict[str, Any]:
     return report
 
 
-def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, Any], start: float) -> None:
+def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, Any], start: float,
+           actor_class=None) -> None:
     import ray
     opts = job.opts
     writer = ray.remote(write_output).options(  # I/O bound: no CPU reserved (never starved by the actors),
         num_cpus=0, max_retries=opts.max_retries, scheduling_strategy='SPREAD')  # spread over the nodes
-    ds = build_dataset(job, pending)
+    ds = build_dataset(job, pending, actor_class)
     buffers: Dict[int, List[pa.Table]] = {i: [] for i in range(len(pending))}
     counts = {i: 0 for i in range(len(pending))}
     in_flight: Dict[Any, int] = {}
@@ -383,6 +399,10 @@ def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, A
     except Exception as err:  # noqa: BLE001  (Ray's bounded retries are exhausted: end the job with a message)
         if in_flight:
             collect(ray.wait(list(in_flight), num_returns=len(in_flight))[0])
+        changed = _checkpoint_changed(err)
+        if changed:
+            raise ScoringFailed(f'{changed} ({len(report["files"])} files written before are complete and kept)',
+                                report) from err
         raise ScoringFailed(
             f'scoring stopped after {opts.max_retries} retries of a failing worker ({type(err).__name__}: '
             f'{str(err).strip().splitlines()[-1] if str(err).strip() else ""}). A worker that dies again and again is '
@@ -396,10 +416,21 @@ def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, A
         raise ScoringFailed(f'the pipeline returned too few rows for {missing}')
 
 
-def score_catalog(opts: ScoreOptions = None, **kwargs) -> Dict[str, Any]:
-    """Check everything up front, then score. ``score_catalog(config=..., checkpoint=..., input=..., output=...)``."""
+def _checkpoint_changed(err: BaseException) -> Optional[str]:
+    """The message of a :class:`numclip_mm.inference.CheckpointChangedError` raised in an actor, as Ray reports
+    it (inside an actor-died or task error), else None."""
+    text = str(err)
+    marker = 'CheckpointChangedError: '
+    if marker not in text:
+        return None
+    return text[text.index(marker) + len(marker):].strip().splitlines()[0]
+
+
+def score_catalog(opts: ScoreOptions = None, actor_class=None, **kwargs) -> Dict[str, Any]:
+    """Check everything up front, then score. ``score_catalog(config=..., checkpoint=..., input=..., output=...)``;
+    ``actor_class``: see :func:`build_dataset`."""
     opts = opts or ScoreOptions(**kwargs)
-    return run(prepare(opts))
+    return run(prepare(opts), actor_class)
 
 
 __all__ = ['ScoreOptions', 'ScoringFailed', 'ScoringJob', 'prepare', 'run', 'score_catalog']

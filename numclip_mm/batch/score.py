@@ -20,8 +20,8 @@ import os
 import sys
 
 from numclip_mm.batch import catalog
-from numclip_mm.batch.decode import DEFAULT_MAX_PIXELS
 from numclip_mm.batch.pipeline import ScoreOptions, ScoringFailed, prepare, run
+from numclip_mm.shared import DEFAULT_MAX_PIXELS
 
 
 def _size(text: str) -> int:

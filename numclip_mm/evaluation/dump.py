@@ -16,7 +16,7 @@ from mmengine.logging import print_log
 
 from mmpretrain.registry import METRICS
 
-from .conformal import CalibrationLike, add_interval_columns, get_calibration
+from ..conformal import CalibrationLike, add_interval_columns, get_calibration
 from .ordinal_metric import to_scalar
 
 TABLE_FORMATS = ('.csv', '.parquet', '.pq')

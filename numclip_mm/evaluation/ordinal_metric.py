@@ -8,7 +8,7 @@ from mmengine.evaluator import BaseMetric
 from mmpretrain.registry import METRICS
 
 from ..tasks import TaskLike, get_task
-from .conformal import CalibrationLike, coverage_and_width, get_calibration
+from ..conformal import CalibrationLike, coverage_and_width, get_calibration
 
 ALL_ITEMS = ('mae', 'accuracy', 'off_by_one', 'cs', 'spearman', 'qwk', 'mae_bin')
 
@@ -86,7 +86,7 @@ class OrdinalMetric(BaseMetric):
             task's bins of the numbers (``bin(y)`` and ``bin(p)``, ``p`` clamped into the bins), not the labels:
             models with other bins (OrdinalCLIP's one class per rank) are then scored on the same bins as the rest.
         calibration (optional): a conformal calibration (the sidecar path written by tools/calibrate.py, its dict,
-            or a :class:`~numclip_mm.evaluation.conformal.Calibration`): adds ``coverage@``/``width@`` per level.
+            or a :class:`~numclip_mm.conformal.Calibration`): adds ``coverage@``/``width@`` per level.
         interval_method (str, optional): the interval method to score; defaults to the calibration's own.
     """
     default_prefix: Optional[str] = None

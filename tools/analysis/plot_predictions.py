@@ -21,7 +21,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from numclip_mm.evaluation.conformal import add_interval_columns, coverage_and_width, level_key  # noqa: E402
+from numclip_mm.conformal import add_interval_columns, coverage_and_width, level_key  # noqa: E402
 from numclip_mm.evaluation.dump import load_predictions  # noqa: E402
 from numclip_mm.evaluation.ordinal_metric import confusion  # noqa: E402
 

@@ -22,7 +22,7 @@ import pandas as pd
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 from numclip_mm.datasets.sampling import label_shift_indices  # noqa: E402
-from numclip_mm.evaluation.conformal import (DEFAULT_METHOD, METHODS, coverage_and_width,  # noqa: E402
+from numclip_mm.conformal import (DEFAULT_METHOD, METHODS, coverage_and_width,  # noqa: E402
                                              fit_calibration, interval_bounds, nonconformity, score_columns)
 from numclip_mm.evaluation.dump import load_predictions  # noqa: E402
 from numclip_mm.tasks import get_task  # noqa: E402

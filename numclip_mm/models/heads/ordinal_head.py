@@ -41,7 +41,8 @@ class OrdinalHead(ClsHead):
         self.value_range: Tuple[float, float] = self.task.value_range
 
     def init_weights(self):
-        """Ordinal heads initialise every part at construction (CLIP weights, N(0, 1e-3) layers)."""
+        """Ordinal heads initialise their own layers at construction (N(0, 1e-3)); the Runner's init must not redo
+        it. A head with a text tower refreshes what it derives from CLIP (:meth:`NumCLIPHead.init_weights`)."""
 
     @abstractmethod
     def predict_arrays(self, feats: Tuple[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
