@@ -19,9 +19,10 @@ from .evaluation.conformal import (SIDECAR_SUFFIX, CalibrationLike, check_checkp
                                    get_calibration, level_key, sidecar_path)
 from .models.heads import OrdinalHead
 from .tasks import OrdinalTask
+from .utils.config_file import ConfigLoadError, load_config_file
 from .utils.checkpoint import CheckpointLoadError, CheckpointMismatchError, check_state_dict, load_weights_only
 
-__all__ = ['CheckpointLoadError', 'CheckpointMismatchError', 'DEFAULT_MAX_PIXELS', 'ImagePreprocessor', 'Predictor',
+__all__ = ['CheckpointLoadError', 'CheckpointMismatchError', 'ConfigLoadError', 'DEFAULT_MAX_PIXELS', 'ImagePreprocessor', 'Predictor',
            'PRECISIONS', 'SIDECAR_SUFFIX', 'check_calibration', 'describe_model', 'decode_image', 'default_precision', 'load_config',
            'load_model_checkpoint', 'sidecar_path']
 
@@ -41,7 +42,7 @@ def load_config(config: ConfigLike) -> Config:
     """A config (path or object) with numclip_mm registered and its default scope set."""
     if not isinstance(config, Config) and not os.path.isfile(config):
         raise FileNotFoundError(f'config not found: {config}')
-    cfg = config if isinstance(config, Config) else Config.fromfile(config)
+    cfg = config if isinstance(config, Config) else load_config_file(config)  # ConfigLoadError: file and line
     import numclip_mm.register  # noqa: F401  (registration; configs name our components)
     from mmengine.registry import init_default_scope
     init_default_scope(cfg.get('default_scope', 'mmpretrain'))
