@@ -302,7 +302,7 @@ def test_config_that_does_not_load_is_exit_2_with_file_and_line(tmp_path, env, c
     raising.write_text(f"_base_ = [{env['cfg']!r}]\nscale = 1\nwidth = 64 / (scale - 1)\n")
     base = ['--checkpoint', env['ckpt'], '--input', str(env['cat']), '--output', str(tmp_path / 'o')]
     assert cli_main(['--config', str(broken), *base]) == 2
-    assert f'{broken}:1: SyntaxError' in capsys.readouterr().err
+    assert f"{broken}:2: SyntaxError: '(' was never closed" in capsys.readouterr().err
     assert cli_main(['--config', str(raising), *base]) == 2
     assert f'{raising}:3: ZeroDivisionError: division by zero' in capsys.readouterr().err
     for tool in ('tools/train.py', 'tools/calibrate.py'):  # the training tools share the loader and the exit code
