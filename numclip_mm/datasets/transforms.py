@@ -17,8 +17,9 @@ from PIL import Image
 
 from mmpretrain.registry import TRANSFORMS
 
-# 64 megapixels: the largest common camera sensors (50-61 Mpx) pass and one decode stays under ~200 MB (PIL's own
-# bomb warning starts at 89 Mpx); a 20000x20000 PNG (1 MB on disk, 1.2 GB decoded) is refused from its header.
+# 64 megapixels: the largest common camera sensors (50-61 Mpx) pass, and one decode peaks at about 370 MB (cv2.imdecode
+# holds two BGR copies, 6 bytes per pixel; measured for 8000x8000 WebP, JPEG and PNG); PIL's own bomb warning starts at
+# 89 Mpx. A 20000x20000 PNG (1 MB on disk, 1.2 GB decoded, 2.4 GB at the decode's peak) is refused from its header.
 # Training (LoadOrdinalImage) and scoring (batch/) share this one limit.
 DEFAULT_MAX_PIXELS = 64_000_000
 
