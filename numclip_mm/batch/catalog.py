@@ -504,14 +504,15 @@ class ImageReader:
     # -- http(s): one GET, a deadline for the whole read, the body never read past the limit ------------------
     def _read_http(self, url: str, shown: str, max_bytes: Optional[int]) -> bytes:
         deadline = time.monotonic() + self.timeout
-        for attempt in range(HTTP_RETRIES + 1):
+        attempt = 0
+        while True:
             try:
                 return self._get(url, shown, max_bytes, deadline)
             except _Transient as err:
-                if attempt == HTTP_RETRIES or time.monotonic() + 0.5 >= deadline:
+                attempt += 1
+                if attempt > HTTP_RETRIES or time.monotonic() + 0.5 >= deadline:
                     raise ImageUnreachable(str(err)) from None
                 time.sleep(0.5)
-        raise AssertionError('unreachable')
 
     def _get(self, url: str, shown: str, max_bytes: Optional[int], deadline: float) -> bytes:
         if self._opener is None:
