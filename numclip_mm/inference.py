@@ -24,12 +24,13 @@ from .conformal import (SIDECAR_SUFFIX, CalibrationLike, check_checkpoint, check
 from .image_decode import decode_bgr
 from .shared import DEFAULT_MAX_PIXELS, bytes_digest, level_key
 from .tasks import OrdinalTask
+from .utils.config_file import ConfigLoadError, load_config_file
 from .utils.checkpoint import CheckpointLoadError, CheckpointMismatchError, check_state_dict, load_weights_only
 
 if TYPE_CHECKING:  # mmengine's config (and its formatter, yapf) is imported when a config is first loaded
     from mmengine.config import Config
 
-__all__ = ['CheckpointChangedError', 'CheckpointLoadError', 'CheckpointMismatchError', 'DEFAULT_MAX_PIXELS',
+__all__ = ['CheckpointChangedError', 'CheckpointLoadError', 'CheckpointMismatchError', 'ConfigLoadError', 'DEFAULT_MAX_PIXELS',
            'ImagePreprocessor', 'Predictor', 'PRECISIONS', 'SIDECAR_SUFFIX', 'check_calibration', 'describe_model',
            'decode_image', 'default_precision', 'load_config', 'load_model_checkpoint', 'sidecar_path']
 
@@ -68,7 +69,8 @@ def load_config(config: ConfigLike) -> 'Config':
     from mmengine.config import Config
     if not isinstance(config, Config) and not os.path.isfile(config):
         raise FileNotFoundError(f'config not found: {config}')
-    cfg = config if isinstance(config, Config) else Config.fromfile(config, import_custom_modules=False)
+    # ConfigLoadError names the file and line; custom imports are registered below, only what inference needs
+    cfg = config if isinstance(config, Config) else load_config_file(config, import_custom_modules=False)
     register_inference_components(cfg)
     from mmengine.registry import init_default_scope
     init_default_scope(cfg.get('default_scope', 'mmpretrain'))

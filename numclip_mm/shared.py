@@ -6,8 +6,9 @@ columns, decode) import this without paying for the model stack.
 import hashlib
 from typing import Union
 
-# 64 megapixels: the largest common camera sensors (50-61 Mpx) pass and one decode stays under ~200 MB (PIL's own
-# bomb warning starts at 89 Mpx); a 20000x20000 PNG (1 MB on disk, 1.2 GB decoded) is refused from its header.
+# 64 megapixels: the largest common camera sensors (50-61 Mpx) pass, and one decode peaks at about 370 MB (cv2.imdecode
+# holds two BGR copies, 6 bytes per pixel; measured for 8000x8000 WebP, JPEG and PNG); PIL's own bomb warning starts at
+# 89 Mpx. A 20000x20000 PNG (1 MB on disk, 1.2 GB decoded) is refused from its header.
 # Training (LoadOrdinalImage), inference (decode_image) and scoring (--max-image-pixels) share this one limit.
 DEFAULT_MAX_PIXELS = 64_000_000
 

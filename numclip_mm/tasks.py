@@ -41,6 +41,13 @@ class OrdinalTask:
         if len(self.concepts) != k or len(self.anchors) != k:
             raise ValueError(f'task {self.name!r}: {k} edges but {len(self.concepts)} concepts and '
                              f'{len(self.anchors)} anchors; they must match')
+        # NaN compares false with everything, so it would pass the order check below and leave a bin no value
+        # can ever reach; an infinite edge or anchor makes a bin without a finite value or a regressor target
+        for what, numbers in (('edges', self.edges), ('anchors', self.anchors),
+                              ('upper', () if self.upper is None else (self.upper,))):
+            if not np.isfinite(np.asarray(numbers, dtype=np.float64)).all():
+                hint = ' (upper=None leaves the last bin open)' if what == 'upper' else ''
+                raise ValueError(f'task {self.name!r}: {what} must be finite numbers, got {numbers}{hint}')
         if any(b <= a for a, b in zip(self.edges, self.edges[1:])):
             raise ValueError(f'task {self.name!r}: edges must be strictly increasing, got {self.edges}')
         if self.upper is not None and self.upper < self.edges[-1]:

@@ -326,9 +326,10 @@ def test_adience_malformed_fold_file_names_file_and_line(tmp_path):
 # ---------------------------------------------------------------- up-front image check
 def _images_with_holes(tmp_path):
     (tmp_path / 'ok.png').write_bytes(_png())
+    (tmp_path / 'ok2.png').write_bytes(_png())
     (tmp_path / 'broken.png').write_bytes(b'broken')
     (tmp_path / 'bomb.png').write_bytes(png_claiming_size(20000, 20000))
-    return _write(tmp_path / 'ann.txt', 'ok.png 1\nmissing.png 2\nbroken.png 3\nok.png 4\nbomb.png 5\n')
+    return _write(tmp_path / 'ann.txt', 'ok.png 1\nmissing.png 2\nbroken.png 3\nok2.png 4\nbomb.png 5\n')
 
 
 def test_check_images_lists_missing_and_unreadable_up_front(tmp_path):

@@ -13,6 +13,7 @@ from mmengine.registry import RUNNERS
 
 from numclip_mm.engine import StrictLoadRunner, init_cpu_distributed, resolve_dist_backend
 from numclip_mm.utils import CheckpointLoadError
+from numclip_mm.utils.config_file import ConfigLoadError, load_config_file  # noqa: F401  (the tools' config loader)
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -78,10 +79,14 @@ def build_runner(cfg):
 
 
 def run_cli(main) -> None:
-    """Run a tool's ``main``; a checkpoint that cannot be used (missing, refused, not fitting) ends the process
-    with exit code 1 and the one-line reason on stderr instead of a traceback."""
+    """Run a tool's ``main``; a config that cannot be loaded (``load_config_file``: syntax error, an exception
+    while it runs) ends the process with exit code 2, a checkpoint that cannot be used (missing, refused, not
+    fitting) with exit code 1, each with the one-line reason on stderr instead of a traceback."""
     try:
         main()
+    except ConfigLoadError as err:
+        print(f'error: {err}', file=sys.stderr)
+        sys.exit(2)
     except (CheckpointLoadError, FileNotFoundError) as err:
         print(f'error: {err}', file=sys.stderr)
         sys.exit(1)

@@ -12,6 +12,7 @@ import pyarrow as pa
 from . import catalog
 from ..shared import DEFAULT_MAX_PIXELS
 from .columns import CELL_CRC, FILE_INDEX, IMAGE_TENSOR, ROW_ERROR, ROW_INDEX, cell_crcs
+from .errortext import error_text, shown_cell
 
 
 class CellDecoder:
@@ -20,19 +21,26 @@ class CellDecoder:
     Args:
         preprocessor: the model's :class:`numclip_mm.inference.ImagePreprocessor` (its ``input_size`` set, so that
             every image leaves at the model's input size).
-        mode: 'bytes' (the cell holds the encoded image) or 'path' (a local path or URI, read with fsspec).
-        max_bytes: larger images get an error, unread past ``max_bytes + 1``.
+        mode: 'bytes' (the cell holds the encoded image) or 'path' (a local path or URI, see
+            :class:`numclip_mm.batch.catalog.ImageReader`).
+        max_bytes: larger images get an error, unread past ``max_bytes + 1`` (None: no limit).
         max_pixels: images whose header claims more pixels get an error, undecoded.
-        path_root: folder that relative paths are resolved against.
+        path_root: folder that relative paths are resolved against, and that no local path may leave.
+        cwd: folder that relative paths are resolved against without ``path_root``.
+        read_timeout: seconds for the whole read of a URI.
+
+    Error texts name the cause, redacted and at most ``errortext.MAX_ERROR_CHARS`` characters (see
+    :mod:`numclip_mm.batch.errortext`).
     """
 
-    def __init__(self, preprocessor, mode: str, max_bytes: Optional[int] = None,
-                 max_pixels: Optional[int] = DEFAULT_MAX_PIXELS, path_root: Optional[str] = None):
+    def __init__(self, preprocessor, mode: str, max_bytes: Optional[int] = catalog.DEFAULT_MAX_IMAGE_BYTES,
+                 max_pixels: Optional[int] = DEFAULT_MAX_PIXELS, path_root: Optional[str] = None,
+                 cwd: Optional[str] = None, read_timeout: float = catalog.DEFAULT_READ_TIMEOUT_S):
         if mode not in ('bytes', 'path'):
             raise ValueError(f'mode must be bytes or path, got {mode!r}')
         self.preprocessor, self.mode = preprocessor, mode
         self.max_bytes, self.max_pixels = max_bytes, max_pixels
-        self.reader = catalog.ImageReader(path_root)
+        self.reader = catalog.ImageReader(path_root, cwd, read_timeout)
 
     @property
     def output_shape(self) -> Optional[Tuple[int, int, int]]:
@@ -45,15 +53,16 @@ class CellDecoder:
         try:
             data = cell if self.mode == 'bytes' else self.reader(cell, self.max_bytes)
             if self.max_bytes is not None and len(data) > self.max_bytes:
-                return None, (f'image too large: more than {self.max_bytes} bytes' if self.mode == 'path'
-                              else f'image too large: {len(data)} bytes > {self.max_bytes}')
+                return None, (f'image too large: more than {self.max_bytes} bytes (--max-image-bytes): '
+                              f'{shown_cell(cell)}' if self.mode == 'path'
+                              else f'image too large: {len(data)} bytes > {self.max_bytes} (--max-image-bytes)')
             # the header is checked against max_pixels before any pixel is decoded (ImageTooLargeError)
             tensor = self.preprocessor.from_bytes(data, max_pixels=self.max_pixels)
             return np.asarray(tensor.numpy() if hasattr(tensor, 'numpy') else tensor, dtype=np.uint8), None
         except (ValueError, OSError) as err:
-            return None, str(err) or type(err).__name__
+            return None, error_text(str(err) or type(err).__name__)
         except Exception as err:  # noqa: BLE001  (a transform failing on one odd image must not stop the job)
-            return None, f'{type(err).__name__}: {err}'
+            return None, error_text(f'{type(err).__name__}: {err}')
 
     def decode_many(self, cells: Sequence) -> Tuple[np.ndarray, List[Optional[str]]]:
         """-> (tensors stacked (N, C, H, W), or an object array when sizes differ; per-row error or None)."""

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -30,10 +31,11 @@ import numpy as np
 import pyarrow as pa
 
 from . import catalog
-from .columns import CELL_CRC, FILE_INDEX, ROW_INDEX, cell_crcs, output_columns, prediction_schema, \
+from .columns import CELL_CRC, ERROR, FILE_INDEX, ROW_INDEX, cell_crcs, output_columns, prediction_schema, \
     prediction_types
 from ..shared import DEFAULT_MAX_PIXELS, file_digest
 from .decode import CellDecoder, RowGroupDecoder
+from .errortext import error_text, redact
 
 logger = logging.getLogger('numclip_mm.batch')
 
@@ -66,9 +68,10 @@ class ScoreOptions:
     decode_in_actor: Optional[bool] = None  # default: True on CPU, False with GPUs (decode in CPU tasks)
     precision: Optional[str] = None        # fp32 | fp16 | bf16; default bf16/fp16 on CUDA, fp32 on CPU
     torch_threads: Optional[int] = None    # torch.set_num_threads in each actor (default: Ray's OMP setting)
-    max_image_bytes: Optional[int] = None
+    max_image_bytes: Optional[int] = catalog.DEFAULT_MAX_IMAGE_BYTES  # larger images: a row error, read no further
     max_image_pixels: Optional[int] = DEFAULT_MAX_PIXELS
-    path_root: Optional[str] = None        # relative paths in the path column are resolved against this folder
+    path_root: Optional[str] = None        # relative paths are resolved against it; no local path may leave it
+    read_timeout: float = catalog.DEFAULT_READ_TIMEOUT_S  # seconds for the whole read of one image URI
     overwrite: bool = False
     max_retries: int = 3                   # per task / actor restarts before the job ends
     max_writes_in_flight: int = 4
@@ -112,9 +115,11 @@ def prepare(opts: ScoreOptions) -> ScoringJob:
     Err = catalog.ScoringSetupError
     if (opts.batch_size is not None and opts.batch_size < 1) or opts.num_actors < 1:
         raise Err('batch size and number of actors must be at least 1')
-    for name in ('max_image_bytes', 'max_image_pixels'):
-        if getattr(opts, name) is not None and getattr(opts, name) < 1:
+    for name in ('max_image_bytes', 'max_image_pixels', 'read_timeout'):
+        if getattr(opts, name) is not None and not getattr(opts, name) > 0:
             raise Err(f'--{name.replace("_", "-")} must be positive')
+    if opts.path_root is not None and '://' not in opts.path_root and not os.path.isdir(opts.path_root):
+        raise Err(f'--path-root {opts.path_root} is not a folder')
     if opts.precision is not None and opts.precision not in PRECISIONS:
         raise Err(f'--precision must be one of {sorted(PRECISIONS)}, got {opts.precision!r}')
     if opts.checkpoint is not None and '://' not in opts.checkpoint and not os.path.isfile(opts.checkpoint):
@@ -225,7 +230,8 @@ def build_dataset(job: ScoringJob, plans: Sequence[catalog.FilePlan], actor_clas
     preprocessor = None if in_actor else ImagePreprocessor(job.config, job.input_size)  # actors bring their own
     row_decoder = RowGroupDecoder(
         CellDecoder(preprocessor, 'bytes' if opts.image_column else 'path', opts.max_image_bytes,
-                    opts.max_image_pixels, opts.path_root or os.getcwd()), job.column, batch_size)
+                    opts.max_image_pixels, _absolute(opts.path_root), os.getcwd(), opts.read_timeout), job.column,
+        batch_size)
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     if not in_actor:
         ds = ds.map_batches(row_decoder, batch_size=1, batch_format='numpy', num_cpus=opts.cpus_per_decode_task,
@@ -242,6 +248,11 @@ def build_dataset(job: ScoringJob, plans: Sequence[catalog.FilePlan], actor_clas
                                    torch_threads=opts.torch_threads, row_decoder=row_decoder if in_actor else None,
                                    intervals=opts.intervals),
         **remote)
+
+
+def _absolute(path_root: Optional[str]) -> Optional[str]:
+    """A local --path-root made absolute here, on the driver (workers run in other folders)."""
+    return path_root if not path_root or '://' in path_root else os.path.abspath(path_root)
 
 
 def _check_crcs(input_column, predictions: pa.Table, first_row: int, source: str = '') -> None:
@@ -284,7 +295,8 @@ class Progress:
         self.files += 1
         elapsed = time.perf_counter() - self.start
         logger.info('[%d/%d] %s -> %s: %d rows (%d with errors); %d/%d rows in %.1f s, %.1f rows/s', self.files,
-                    self.total_files, plan.input, plan.output, plan.num_rows, bad, self.rows, self.total_rows,
+                    self.total_files, redact(plan.input), redact(plan.output), plan.num_rows, bad, self.rows,
+                    self.total_rows,
                     elapsed, self.rows / max(elapsed, 1e-9))
 
 
@@ -350,9 +362,9 @@ def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, A
             try:
                 bad = ray.get(ref)
             except Exception as err:  # noqa: BLE001  (one file failing does not stop the others)
-                msg = str(getattr(err, 'cause', None) or err).strip().splitlines()[-1]
-                logger.error('%s: %s', p.input, msg)
-                report['failed'].append(dict(input=p.input, error=f'{p.input}: {msg}'))
+                msg = error_text(_last_error_line(str(getattr(err, 'cause', None) or err)))
+                logger.error('%s: %s', redact(p.input), msg)
+                report['failed'].append(dict(input=p.input, error=f'{redact(p.input)}: {msg}'))
                 report['files'].append(dict(input=p.input, output=p.output, rows=p.num_rows, status='failed'))
                 continue
             progress.file_done(p, bad)
@@ -371,6 +383,11 @@ def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, A
         while len(in_flight) >= opts.max_writes_in_flight:
             done, _ = ray.wait(list(in_flight), num_returns=1)
             collect(done)
+        errors = preds.column(ERROR)
+        if errors.null_count < len(errors):  # the log names a cause, not only a count (texts are redacted, short)
+            first = int(np.flatnonzero(errors.is_valid().to_numpy(zero_copy_only=False))[0])
+            logger.info('%s: %d rows with an error; the first, row %d: %s', redact(p.input),
+                        len(errors) - errors.null_count, first, errors[first].as_py())
         metadata = catalog.expected_metadata(p, job.model_identity, job.names)
         in_flight[writer.remote(p, preds, job.names, job.column, metadata)] = i
 
@@ -399,15 +416,17 @@ def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, A
     except Exception as err:  # noqa: BLE001  (Ray's bounded retries are exhausted: end the job with a message)
         if in_flight:
             collect(ray.wait(list(in_flight), num_returns=len(in_flight))[0])
+        kept = f'{len(report["files"])} files are complete and kept; run the same command again to continue.'
         changed = _checkpoint_changed(err)
         if changed:
-            raise ScoringFailed(f'{changed} ({len(report["files"])} files written before are complete and kept)',
-                                report) from err
+            raise ScoringFailed(f'{changed} ({kept})', report) from err
+        if _actor_start_failed(err):  # e.g. the checkpoint was deleted since planning: not a memory problem
+            raise ScoringFailed(f'the inference actors could not start: {error_text(_last_error_line(str(err)))}. '
+                                f'{kept}', report) from err
         raise ScoringFailed(
             f'scoring stopped after {opts.max_retries} retries of a failing worker ({type(err).__name__}: '
-            f'{str(err).strip().splitlines()[-1] if str(err).strip() else ""}). A worker that dies again and again is '
-            f'usually out of memory: lower --batch-size or --max-image-pixels, or give actors more memory. '
-            f'{len(report["files"])} files are complete and kept; run the same command again to continue.',
+            f'{error_text(_last_error_line(str(err)))}). A worker that dies again and again is usually out of '
+            f'memory: lower --batch-size or --max-image-pixels, or give actors more memory. {kept}',
             report) from err
     if in_flight:
         collect(ray.wait(list(in_flight), num_returns=len(in_flight))[0])
@@ -424,6 +443,24 @@ def _checkpoint_changed(err: BaseException) -> Optional[str]:
     if marker not in text:
         return None
     return text[text.index(marker) + len(marker):].strip().splitlines()[0]
+
+
+def _actor_start_failed(err: BaseException) -> bool:
+    """Whether Ray ended the job because an actor's constructor raised (Ray does not restart those)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if getattr(err, 'actor_init_failed', False) or 'raised in its creation task' in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _last_error_line(text: str) -> str:
+    """The innermost ``SomeError: message`` line of a (remote) traceback text, else its last line."""
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    named = [line for line in lines if re.match(r'^[\w.]*(Error|Exception|Exit|Interrupt)\b:?', line)]
+    return (named or lines or [''])[-1]
 
 
 def score_catalog(opts: ScoreOptions = None, actor_class=None, **kwargs) -> Dict[str, Any]:

@@ -11,7 +11,7 @@ On a running cluster: ``ray job submit`` or ``ray submit`` (see docs/batch_scori
 Every input column is kept and ``{prefix}value``, ``{prefix}label``, ``{prefix}probability`` and ``{prefix}error``
 (null on success) are added; one output file per input file, same base name, same row order. Files whose complete
 output exists are skipped (re-run a killed job to continue), unless ``--overwrite``.
-Exit status: 0 done, 2 bad arguments/inputs (nothing started), 1 failure while scoring.
+Exit status: 0 done, 2 bad arguments, inputs, config or output folder (nothing started), 1 failure while scoring.
 """
 import argparse
 import json
@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument('--image-column', default=None, help='column of encoded image bytes (default: image)')
     src.add_argument('--path-column', default=None, help='column of image paths or URIs, read with fsspec')
     p.add_argument('--path-root', default=None,
-                   help='folder that relative paths in --path-column are resolved against (default: current dir)')
+                   help='folder that relative paths in --path-column are resolved against (default: current dir); '
+                        'when given, local paths that resolve outside it (.., symbolic links) get an error')
     p.add_argument('--prefix', default=None, help='prefix of the new columns (default: "<task name>_")')
     p.add_argument('--keep-raw-value', action='store_true',
                    help='also write {prefix}value_raw, the value before clamping to the task\'s range')
@@ -69,8 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help='decode images inside the inference actors (default on CPU) or in separate CPU tasks '
                         '(default with GPUs)')
     p.add_argument('--torch-threads', type=int, default=None, help='torch threads per actor (default: Ray\'s)')
-    p.add_argument('--max-image-bytes', type=_size, default=None,
-                   help='larger images get an error instead of a prediction (e.g. 20MB)')
+    p.add_argument('--max-image-bytes', type=_size, default=catalog.DEFAULT_MAX_IMAGE_BYTES,
+                   help='larger images get an error instead of a prediction, read no further (e.g. 20MB; '
+                        'default: 64MiB)')
+    p.add_argument('--read-timeout', type=float, default=catalog.DEFAULT_READ_TIMEOUT_S,
+                   help='seconds for the whole read of one image URI (connection, answer and body); slower reads '
+                        'get an error (default: %(default)s)')
     p.add_argument('--max-image-pixels', type=int, default=DEFAULT_MAX_PIXELS,
                    help='images whose header claims more pixels get an error, undecoded (default: %(default)s)')
     p.add_argument('--max-retries', type=int, default=3,
@@ -99,6 +104,7 @@ def options_from_args(args: argparse.Namespace) -> ScoreOptions:
         decode_in_actor=None if args.decode_in is None else args.decode_in == 'actor',
         torch_threads=args.torch_threads, max_image_bytes=args.max_image_bytes,
         max_image_pixels=args.max_image_pixels or None, max_retries=args.max_retries, path_root=args.path_root,
+        read_timeout=args.read_timeout,
         overwrite=args.overwrite,
         address=args.address, num_cpus=args.num_cpus, object_store_memory=args.object_store_memory)
 
@@ -109,10 +115,10 @@ def main(argv=None) -> int:
                         format='%(asctime)s %(name)s %(levelname)s %(message)s')
     logging.getLogger('numclip_mm.batch').setLevel(logging.WARNING if args.quiet else logging.INFO)
     opts = options_from_args(args)
-    from numclip_mm.inference import CheckpointLoadError
+    from numclip_mm.inference import CheckpointLoadError, ConfigLoadError
     try:
         prep = prepare(opts)
-    except (FileNotFoundError, CheckpointLoadError, catalog.ScoringSetupError) as err:
+    except (FileNotFoundError, CheckpointLoadError, ConfigLoadError, catalog.ScoringSetupError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
     try:
