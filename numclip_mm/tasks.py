@@ -73,6 +73,16 @@ class OrdinalTask:
                              f'[{self.edges[0]}, {self.upper if self.upper is not None else "inf"}]')
         return np.searchsorted(np.asarray(self.edges), values, side='right') - 1
 
+    def nearest_bin(self, values) -> np.ndarray:
+        """Vectorised bin index of each *prediction*: the bin of the value clamped into ``[edges[0], upper]``, so a
+        reported (clamped) value and its label always agree (``nearest_bin(v) == value_to_bin(v)`` for every v in
+        range). Raises on non-finite values, which name no bin."""
+        values = np.asarray(values, dtype=np.float64)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise ValueError(f'task {self.name!r}: non-finite predictions {values[bad][:5].tolist()} have no bin')
+        return np.clip(np.searchsorted(np.asarray(self.edges), values, side='right') - 1, 0, self.num_bins - 1)
+
     def anchors_tensor(self):
         """The anchors as a float32 torch tensor (torch is imported here only: the task table itself is cheap)."""
         import torch
