@@ -5,6 +5,7 @@ The work is split in two picklable halves so a pipeline can run them in differen
 :class:`ImagePreprocessor` (decode-side, CPU: the config's test transforms) and :class:`Predictor` (the model,
 with text prototypes cached after the first batch).
 """
+import copy
 import os
 from typing import Dict, Optional, Sequence, Union
 
@@ -18,7 +19,7 @@ from .datasets.transforms import DEFAULT_MAX_PIXELS, decode_bgr
 from .evaluation.conformal import (SIDECAR_SUFFIX, CalibrationLike, check_checkpoint, check_levels, find_calibration,
                                    get_calibration, level_key, sidecar_path)
 from .models.heads import OrdinalHead
-from .tasks import OrdinalTask
+from .tasks import OrdinalTask, apply_config_task
 from .utils.checkpoint import CheckpointLoadError, CheckpointMismatchError, check_state_dict, load_weights_only
 
 __all__ = ['CheckpointLoadError', 'CheckpointMismatchError', 'DEFAULT_MAX_PIXELS', 'ImagePreprocessor', 'Predictor',
@@ -38,10 +39,12 @@ def default_precision(device: str) -> str:
 
 
 def load_config(config: ConfigLike) -> Config:
-    """A config (path or object) with numclip_mm registered and its default scope set."""
+    """A config (path or object; an object is copied, not changed) with its top-level ``task`` applied
+    (:func:`numclip_mm.tasks.apply_config_task`), numclip_mm registered and its default scope set."""
     if not isinstance(config, Config) and not os.path.isfile(config):
         raise FileNotFoundError(f'config not found: {config}')
-    cfg = config if isinstance(config, Config) else Config.fromfile(config)
+    cfg = copy.deepcopy(config) if isinstance(config, Config) else Config.fromfile(config)
+    apply_config_task(cfg)  # a top-level ``task`` is the head's and datasets' task
     import numclip_mm.register  # noqa: F401  (registration; configs name our components)
     from mmengine.registry import init_default_scope
     init_default_scope(cfg.get('default_scope', 'mmpretrain'))

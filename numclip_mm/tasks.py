@@ -147,3 +147,41 @@ def get_task(task: TaskLike) -> OrdinalTask:
         return OrdinalTask(**task)
     raise TypeError(f'task must be a name, dict or OrdinalTask, got {type(task).__name__}')
 
+
+
+DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+
+
+def apply_config_task(cfg):
+    """Make a config's top-level ``task`` (a name, a dict as for :func:`get_task`, or an OrdinalTask) the task of its
+    model's head and of every dataset its dataloaders build (a wrapper's inner datasets too), so that a config sets
+    its task in one line; a config without ``task`` is returned as it is. Changes ``cfg`` (any mapping, e.g. an
+    MMEngine Config) in place and returns it. The Runner (:class:`numclip_mm.engine.StrictLoadRunner`),
+    :func:`numclip_mm.inference.load_config` and tools/check_dataset.py apply it.
+
+    Why a variable and not ``{{_base_.task}}``: MMEngine resolves such references when the base file is read, so a
+    child config could not change the task its base's head and datasets were written with.
+    """
+    task = cfg.get('task')
+    if task is None:
+        return cfg
+    get_task(task)  # a malformed task fails here, before anything is built
+    head = (cfg.get('model') or {}).get('head')
+    if head is not None:
+        head['task'] = task
+    for name in DATALOADERS:
+        loader = cfg.get(name)
+        if loader and loader.get('dataset') is not None:
+            _set_dataset_task(loader['dataset'], task)
+    return cfg
+
+
+def _set_dataset_task(dataset, task) -> None:
+    """The task of one dataset config; wrappers (``dataset=``, ``datasets=[...]``) pass it to what they wrap."""
+    if dataset.get('datasets') is not None:
+        for inner in dataset['datasets']:
+            _set_dataset_task(inner, task)
+    elif dataset.get('dataset') is not None:
+        _set_dataset_task(dataset['dataset'], task)
+    else:
+        dataset['task'] = task

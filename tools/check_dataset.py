@@ -13,6 +13,8 @@ import sys
 
 from mmengine.config import Config, DictAction
 
+from numclip_mm.tasks import apply_config_task
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Check that every image of a config\'s data sets can be read')
@@ -55,6 +57,7 @@ def main(argv=None) -> int:
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
+    apply_config_task(cfg)
     findings, status = [], 0
     for split in args.split:
         if cfg.get(f'{split}_dataloader') is None:

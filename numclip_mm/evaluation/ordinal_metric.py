@@ -132,6 +132,8 @@ class OrdinalMetric(BaseMetric):
             if self.value_source not in sample:
                 raise KeyError(f'OrdinalMetric: data sample has no {self.value_source!r}; keys: {sorted(sample)}')
             pred_label = sample.get('pred_bin_argmax')  # the coarse stage's bin (see the class docstring)
+            if pred_label is None:  # samples of other heads, whose pred_label (mmpretrain's) is the arg-max
+                pred_label = sample.get('pred_label')
             if pred_label is None:
                 pred_label = torch.as_tensor(sample['pred_score']).argmax()
             gt_label = sample['gt_label']
