@@ -234,3 +234,45 @@ def test_s3_killed_run_then_one_rerun(s3, job, tmp_path):
     for f in range(6):
         table = _read(fs, f'{BUCKET}/big-scored/p{f}.parquet')
         assert table.num_rows == 300 and table.column('count_error').null_count == 300
+
+
+def documented_s3_environment(endpoint):
+    """The variables docs/batch_scoring.md ("Object stores and credentials") tells a user to export, with this test's
+    endpoint and moto's fake credentials as their values."""
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / 'docs' / 'batch_scoring.md').read_text()
+    found = re.search(r'<!-- recipe: object store environment[^>]*-->\s*```bash\n(.*?)```', text, re.S)
+    assert found, 'docs/batch_scoring.md lost its object store environment block'
+    names = re.findall(r'^export (\w+)=', found.group(1), re.M)
+    values = dict(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID='testing', AWS_SECRET_ACCESS_KEY='testing')
+    assert set(names) == set(values), names
+    return values
+
+
+def test_s3_with_only_the_documented_environment_through_the_cli(s3, job, tmp_path):
+    """A user's shell that exports only what the docs say (no FSSPEC_* variable, no AWS config files) scores an s3://
+    catalog with an s3:// checkpoint through the CLI; its local Ray workers inherit the variables. Every label is the
+    bin of its value."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    home = tmp_path / 'home'
+    home.mkdir()
+    env = dict(PATH=os.environ['PATH'], HOME=str(home), PYTHONPATH=str(repo), OMP_NUM_THREADS='1',
+               RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER='0', **documented_s3_environment(s3['endpoint']))
+    out = f's3://{BUCKET}/documented-env/'
+    proc = subprocess.run([sys.executable, '-m', 'numclip_mm.batch.score', '--config', job['cfg'], '--checkpoint',
+                           job['ckpt'], '--input', f's3://{BUCKET}/catalog/', '--output', out, '--num-cpus', '2',
+                           '--quiet'], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])['files_written'] == 2
+    task = job['reference'].task
+    for name, cells in job['images'].items():
+        table = _read(s3['fs'], f'{BUCKET}/documented-env/{name}')
+        value, label = table.column('count_value').to_pylist(), table.column('count_label').to_pylist()
+        want = job['reference'].predict(cells[:-1])
+        np.testing.assert_allclose(value[:-1], want['value'], atol=1e-5)
+        assert label[:-1] == [task.concepts[b] for b in task.value_to_bin(value[:-1])] and label[-1] is None
