@@ -6,13 +6,13 @@ Local run (starts a private Ray instance); three equivalent forms::
     python -m numclip_mm.batch.score ...
     python batch/score.py ...            # what `ray submit cluster.yaml batch/score.py -- ...` runs
 
-On a running cluster: ``ray job submit`` or ``ray submit`` (docs/batch_scoring.md).
+On a running cluster: ``ray job submit`` or ``ray submit`` (see docs/batch_scoring.md).
 
 Every input column is kept and these are added: ``{prefix}value`` (the predicted number, clamped to the task's
 range), ``{prefix}label`` (the concept of the bin the value falls in) and ``{prefix}probability`` (that bin's),
 ``{prefix}bin_argmax`` and ``{prefix}bin_argmax_probability`` (the most probable bin and its probability) and
-``{prefix}error`` (null on success); one output file per input file, same base name, same row order. Files whose complete
-output exists are skipped (re-run a killed job to continue), unless ``--overwrite``.
+``{prefix}error`` (null on success); one output file per input file, same base name, same row order. Files whose
+complete output exists are skipped (re-run a killed job to continue), unless ``--overwrite``.
 Exit status: 0 done, 2 bad arguments/inputs (nothing started), 1 failure while scoring.
 """
 import argparse
