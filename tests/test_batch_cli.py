@@ -223,6 +223,7 @@ def test_documented_ray_job_submit_recipe(env, tmp_path):
     temp_dir = tempfile.mkdtemp(prefix='rayt', dir='/tmp')  # short: Ray's unix socket paths must stay < 108 chars
     start = 'ray start --head --dashboard-host 127.0.0.1'
     assert start in recipe and 'http://127.0.0.1:8265' in recipe
+    assert '--working-dir configs ' in recipe  # only the configs are uploaded: no catalog, output or checkpoint
     out = tmp_path / 'scored'
     script = (recipe
               .replace(start, f'{start} --port={port} --num-cpus=2 --node-ip-address=127.0.0.1 '
@@ -231,14 +232,14 @@ def test_documented_ray_job_submit_recipe(env, tmp_path):
                               f'--metrics-export-port={metrics} --ray-client-server-port={client} '
                               f'--disable-usage-stats --temp-dir={temp_dir}')
               .replace('http://127.0.0.1:8265', f'http://127.0.0.1:{dash}')
-              .replace('configs/numclip_demo.py', env['cfg'])
+              .replace('--config numclip_demo.py', f"--config {env['cfg']}")
               .replace('"$PWD/work_dirs/numclip_demo/epoch_30.pth"', env['ckpt'])
               .replace('"$PWD/catalog/"', str(env['cat']))
               .replace('"$PWD/scored/"', str(out)))
     home = tmp_path / 'home'
     home.mkdir()
     shell_env = _env(HOME=str(home), PATH=f'{Path(PY).parent}:{os.environ.get("PATH", "")}')
-    shell_env.pop('PYTHONPATH')  # the job must find the package through its working dir / the environment
+    shell_env.pop('PYTHONPATH')  # the job must find the package in the environment
     log = tmp_path / 'recipe.log'  # a file, not a pipe: the daemons `ray start` leaves behind inherit it
     with open(log, 'w') as sink:
         proc = subprocess.Popen(['bash', '-e', '-c', script], cwd=REPO, env=shell_env, stdout=sink,
