@@ -108,15 +108,13 @@ def test_new_task_example_config_trains_tests_and_predicts(tmp_path):
     assert set(table['pred_bin_argmax']) <= {0, 1, 2}
     val = [s for s in read_scalars(work) if 'mae' in s]
     assert val and 'mae_bin_2' in val[-1] and 'mae_bin_3' not in val[-1]  # the metrics saw 3 bins
-    code = (f"from mmengine.config import Config\n"
-            f"from numclip_mm.inference import Predictor\n"
-            f"import numpy as np\n"
-            f"cfg = Config.fromfile({config!r})\n"
-            f"cfg.merge_from_dict(dict(model=dict(clip=dict(model_name='numclip-tiny'))))\n"
-            f"p = Predictor(cfg, {str(work / 'epoch_1.pth')!r})\n"
-            f"out = p.predict(np.zeros((32, 32, 3), np.uint8))\n"
-            f"print(p.task.name, p.task.num_bins, out['label'][0] in p.task.concepts)\n")
-    assert run_tool('-c', code).stdout.split()[-3:] == ['count3', '3', 'True']
+    from mmengine.config import Config
+    from numclip_mm.inference import Predictor
+    cfg = Config.fromfile(ROOT / config)
+    cfg.merge_from_dict({'model.clip.model_name': 'numclip-tiny'})
+    predictor = Predictor(cfg, str(work / 'epoch_1.pth'))  # strict load: the 3-bin shapes fit
+    out = predictor.predict(np.zeros((32, 32, 3), np.uint8))
+    assert predictor.task.name == 'count3' and out['label'][0] in ('few', 'several', 'many')
 
 
 def test_test_tool_out_pq_is_parquet_and_unknown_suffix_is_refused(tmp_path):
