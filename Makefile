@@ -22,7 +22,8 @@ demo: setup
 	$(BIN)/python tools/train.py configs/numclip_demo.py --work-dir $(DEMO_DIR)
 	$(BIN)/python tools/test.py configs/numclip_demo.py $$(cat $(DEMO_DIR)/last_checkpoint) \
 		--work-dir $(DEMO_DIR) --out $(DEMO_DIR)/predictions.csv
-	$(BIN)/python tools/analysis/plot_predictions.py $(DEMO_DIR)/predictions.csv --out-dir $(DEMO_DIR)/plots
+	$(BIN)/python tools/analysis/plot_predictions.py $(DEMO_DIR)/predictions.csv --out-dir $(DEMO_DIR)/plots \
+		--config configs/numclip_demo.py
 
 test: setup
 	$(BIN)/python -m pytest tests -q

@@ -9,6 +9,7 @@ Importing this module is light (torch, OpenCV, PIL): the model stack (mmpretrain
 numclip_mm's models) is imported when a model or a pipeline is first built (:func:`register_inference_components`),
 and numclip_mm's datasets, metrics and runner never are.
 """
+import copy
 import importlib
 import io
 import logging
@@ -23,7 +24,7 @@ from .conformal import (SIDECAR_SUFFIX, CalibrationLike, check_checkpoint, check
                         get_calibration, sidecar_path)
 from .image_decode import decode_bgr
 from .shared import DEFAULT_MAX_PIXELS, bytes_digest, level_key
-from .tasks import OrdinalTask
+from .tasks import OrdinalTask, apply_config_task
 from .utils.config_file import ConfigLoadError, load_config_file
 from .utils.checkpoint import CheckpointLoadError, CheckpointMismatchError, check_state_dict, load_weights_only
 
@@ -32,7 +33,8 @@ if TYPE_CHECKING:  # mmengine's config (and its formatter, yapf) is imported whe
 
 __all__ = ['CheckpointChangedError', 'CheckpointLoadError', 'CheckpointMismatchError', 'ConfigLoadError', 'DEFAULT_MAX_PIXELS',
            'ImagePreprocessor', 'Predictor', 'PRECISIONS', 'SIDECAR_SUFFIX', 'check_calibration', 'describe_model',
-           'decode_image', 'default_precision', 'load_config', 'load_model_checkpoint', 'sidecar_path']
+           'decode_image', 'default_precision', 'image_to_model_input', 'load_config', 'load_model_checkpoint',
+           'sidecar_path']
 
 ConfigLike = Union[str, 'Config']
 _LOADERS = ('LoadImageFromFile', 'LoadOrdinalImage')
@@ -65,12 +67,15 @@ def register_inference_components(cfg: Optional['Config'] = None) -> None:
 
 
 def load_config(config: ConfigLike) -> 'Config':
-    """A config (path or object) with what inference needs registered and its default scope set."""
+    """A config (path or object; an object is copied, not changed) with its top-level ``task`` applied
+    (:func:`numclip_mm.tasks.apply_config_task`), what inference needs registered and its default scope set."""
     from mmengine.config import Config
     if not isinstance(config, Config) and not os.path.isfile(config):
         raise FileNotFoundError(f'config not found: {config}')
     # ConfigLoadError names the file and line; custom imports are registered below, only what inference needs
-    cfg = config if isinstance(config, Config) else load_config_file(config, import_custom_modules=False)
+    cfg = copy.deepcopy(config) if isinstance(config, Config) else load_config_file(config,
+                                                                                   import_custom_modules=False)
+    apply_config_task(cfg)  # a top-level ``task`` is the head's and datasets' task
     register_inference_components(cfg)
     from mmengine.registry import init_default_scope
     init_default_scope(cfg.get('default_scope', 'mmpretrain'))
@@ -86,6 +91,75 @@ def decode_image(data: bytes, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) ->
     """
     bgr = decode_bgr(data, 'input', max_pixels)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # the one channel conversion, in place
+
+
+ImageLike = Union[bytes, bytearray, memoryview, str, os.PathLike, np.ndarray, 'PIL.Image.Image']
+_PIL_HIGH_BIT_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N')  # 16-bit gray: 8 bits kept, as the decoder does
+
+
+def image_to_model_input(image: ImageLike, float_scale: Optional[float] = None) -> Union[bytes, np.ndarray]:
+    """One image in any form :meth:`Predictor.predict` accepts -> encoded bytes (decoded by the training decoder,
+    :func:`numclip_mm.datasets.decode_bgr`) or an RGB uint8 (H, W, 3) array.
+
+    Raises TypeError for a type that is not an image (naming it) and for float/non-uint8 arrays without
+    ``float_scale``; ValueError for an array of another shape or with values outside ``[0, float_scale]``.
+    """
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return bytes(image)
+    if isinstance(image, (str, os.PathLike)):
+        from .batch.catalog import ImageReader  # fsspec: local paths and URIs, as the scorer reads path columns
+        return ImageReader()(os.fspath(image), max_bytes=None)
+    if isinstance(image, np.ndarray):
+        return _array_to_rgb(image, float_scale)
+    from PIL import Image
+    if isinstance(image, Image.Image):
+        return _pil_to_rgb(image, float_scale)
+    hint = (' (preprocessed CHW uint8 tensors go to predict_tensors; an HWC image tensor: pass tensor.numpy())'
+            if isinstance(image, torch.Tensor) else '')
+    raise TypeError(f'cannot predict from a {type(image).__module__}.{type(image).__qualname__}: give encoded '
+                    f'bytes, a path or URI (str/pathlib.Path), a PIL image or an HWC numpy array{hint}')
+
+
+def _pil_to_rgb(image, float_scale: Optional[float]) -> np.ndarray:
+    """PIL image -> RGB uint8, its EXIF orientation applied first (the training decoder, OpenCV, applies it too)."""
+    from PIL import ImageOps
+    image = ImageOps.exif_transpose(image)
+    if image.mode in _PIL_HIGH_BIT_MODES:
+        return _array_to_rgb((np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8), None)
+    if image.mode in ('I', 'F'):  # 32-bit int/float pixels: no fixed white level
+        if float_scale is None:
+            raise TypeError(f'a PIL image of mode {image.mode!r} has no fixed range: pass float_scale=<value of full '
+                            f'white>, e.g. predict(image, float_scale=65535) for 16-bit data')
+        return _array_to_rgb(np.asarray(image, dtype=np.float64), float_scale)
+    return np.asarray(image.convert('RGB'))
+
+
+def _array_to_rgb(array: np.ndarray, float_scale: Optional[float]) -> np.ndarray:
+    """HWC (or HW) array -> RGB uint8 (H, W, 3): gray repeated, alpha dropped, non-uint8 scaled by ``float_scale``."""
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ValueError(f'expected an image array (H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA, got shape '
+                         f'{array.shape}' + (' (a batch? pass a list of images)' if array.ndim == 4 else ''))
+    if array.dtype != np.uint8:
+        if array.dtype == bool or not (np.issubdtype(array.dtype, np.floating)
+                                       or np.issubdtype(array.dtype, np.integer)):
+            raise TypeError(f'cannot predict from a {array.dtype} array: give uint8 pixels, or float pixels with '
+                            f'float_scale')
+        if float_scale is None:
+            raise TypeError(f'a {array.dtype} image array needs its scale: pass float_scale=<value of full white>, '
+                            f'e.g. predict(x, float_scale=1.0) for pixels in [0, 1] or predict(x, float_scale=255) '
+                            f'for [0, 255] (uint8 arrays need none)')
+        if not float_scale > 0:
+            raise ValueError(f'float_scale must be positive, got {float_scale}')
+        values = array.astype(np.float64) / float(float_scale)
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1 + 1e-6:
+            raise ValueError(f'pixel values must lie in [0, float_scale={float_scale:g}]; this array spans '
+                             f'[{np.nanmin(array):g}, {np.nanmax(array):g}] (is float_scale right?)')
+        array = np.rint(values.clip(0, 1) * 255).astype(np.uint8)
+    if array.shape[2] == 1:
+        return np.repeat(array, 3, axis=2)
+    return array[..., :3]
 
 
 class ImagePreprocessor:
@@ -216,14 +290,14 @@ class Predictor:
     @torch.no_grad()
     def predict_tensors(self, inputs: Union[torch.Tensor, Sequence[torch.Tensor]],
                         intervals: Sequence[float] = ()) -> Dict[str, np.ndarray]:
-        """Preprocessed CHW uint8 tensors (a list or a stacked batch) -> prediction columns; plus ``low_<level>``
-        and ``high_<level>`` (conformal interval bounds) for each level of ``intervals``.
+        """Preprocessed CHW uint8 tensors (a list or a stacked batch) -> the prediction columns of :meth:`predict`.
 
-        ``value`` is clamped to the task's range (:meth:`OrdinalHead.to_task_range`); ``value_raw`` is the head's
-        number before clamping. On CUDA a stacked batch is copied from pinned host memory without blocking.
+        On CUDA a stacked batch is copied from pinned host memory without blocking.
         """
         intervals = tuple(intervals)
         self.check_intervals(intervals)
+        if len(inputs) == 0:
+            return self._empty_columns(intervals)
         if self.device.type == 'cuda' and isinstance(inputs, torch.Tensor):
             inputs = inputs.pin_memory().to(self.device, non_blocking=True)
         head = self.model.head  # an OrdinalHead
@@ -233,22 +307,53 @@ class Predictor:
             probs, raw = head.predict_arrays(self.model.extract_feat(data['inputs']))
         values = head.to_task_range(raw.float())
         probs, values, raw = (t.float().cpu().numpy() for t in (probs, values, raw))
-        index = probs.argmax(axis=1)
+        rows = np.arange(len(values))
+        index, top = self.task.nearest_bin(values), probs.argmax(axis=1)
         out = dict(value=values, value_raw=raw, label=self.concepts[index], label_index=index,
-                   probability=probs[np.arange(len(index)), index])
+                   probability=probs[rows, index], bin_argmax=self.concepts[top], bin_argmax_index=top,
+                   bin_argmax_probability=probs[rows, top])
         if intervals:
             for key, (low, high) in self.calibration.intervals(values, probs, intervals).items():
                 out[f'low_{key}'], out[f'high_{key}'] = low, high
         return out
 
-    def predict(self, images: Sequence[Union[np.ndarray, bytes]], intervals: Sequence[float] = ()
-                ) -> Dict[str, np.ndarray]:
-        """RGB uint8 arrays (or encoded image bytes) -> columns ``value`` (clamped to the task's range, see
-        :class:`OrdinalHead`), ``value_raw`` (unclamped), ``label``, ``label_index``, ``probability`` (of the
-        predicted bin), and ``low_<level>``/``high_<level>`` per level of ``intervals``; one row per image, in
-        order."""
-        return self.predict_tensors([self.preprocessor.from_bytes(i) if isinstance(i, (bytes, bytearray))
-                                     else self.preprocessor(i) for i in images], intervals)
+    def _empty_columns(self, intervals: Sequence[float]) -> Dict[str, np.ndarray]:
+        """The columns of :meth:`predict` with no rows (dtypes as for a non-empty batch)."""
+        floats, ints, labels = np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, dtype=object)
+        out = dict(value=floats, value_raw=floats.copy(), label=labels, label_index=ints, probability=floats.copy(),
+                   bin_argmax=labels.copy(), bin_argmax_index=ints.copy(), bin_argmax_probability=floats.copy())
+        for level in intervals:
+            out[f'low_{level_key(level)}'], out[f'high_{level_key(level)}'] = np.zeros(0), np.zeros(0)
+        return out
+
+    def predict(self, images: Union[ImageLike, Sequence[ImageLike]], intervals: Sequence[float] = (),
+                float_scale: Optional[float] = None) -> Dict[str, np.ndarray]:
+        """One image or a list of images -> prediction columns, one row per image, in order (one image: one row).
+
+        An image is any of (see :func:`image_to_model_input`): encoded bytes; a path (``str``, ``pathlib.Path`` or
+        an fsspec URI such as ``s3://bucket/key.jpg``); a PIL image of any mode (EXIF orientation applied, as in
+        training); a uint8 array (H, W) or (H, W, 1) gray, (H, W, 3) RGB or (H, W, 4) RGBA (alpha dropped, as the
+        decoder does for an RGBA PNG); a float (or non-uint8 integer) array only with ``float_scale``, the value of
+        full white (1.0 for images in [0, 1], 255 for [0, 255]). Anything else raises TypeError.
+
+        Columns (docs/predicting.md):
+
+        - ``value``: the predicted number, clamped to the task's range (:class:`OrdinalHead`); ``value_raw``: the
+          head's number before clamping.
+        - ``label`` / ``label_index``: the concept and index of the bin ``value`` falls in
+          (:meth:`OrdinalTask.nearest_bin`): label and value agree by construction. ``probability``: that bin's
+          probability.
+        - ``bin_argmax`` / ``bin_argmax_index`` / ``bin_argmax_probability``: the most probable bin (the coarse
+          classification stage) and its probability; it can differ from ``label`` when the fine stage moves the
+          number into a neighbouring bin.
+        - ``low_<level>``/``high_<level>``: conformal interval bounds per level of ``intervals``.
+        """
+        batch = images if isinstance(images, (list, tuple)) else [images]
+        return self.predict_tensors([self._model_input(image, float_scale) for image in batch], intervals)
+
+    def _model_input(self, image, float_scale: Optional[float]) -> torch.Tensor:
+        image = image_to_model_input(image, float_scale)
+        return self.preprocessor.from_bytes(image) if isinstance(image, bytes) else self.preprocessor(image)
 
 
 def apply_config_weights(model: torch.nn.Module) -> None:

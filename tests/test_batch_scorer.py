@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 TEST_TIMEOUT_S = 180  # per test (conftest's module_timeout): a hung Ray pipeline fails instead of hanging CI
 MAX_BYTES = 20_000
 NEW_COLUMNS = {'count_value': pa.float64(), 'count_label': pa.string(), 'count_probability': pa.float64(),
+               'count_bin_argmax': pa.string(), 'count_bin_argmax_probability': pa.float64(),
                'count_error': pa.string()}
 
 
@@ -176,6 +177,13 @@ def _check_output(out_file, in_file, kinds, reference, cell_bytes):
     np.testing.assert_allclose([value[i] for i in good], expected['value'], atol=1e-5, rtol=0)
     np.testing.assert_allclose([prob[i] for i in good], expected['probability'], atol=1e-5, rtol=0)
     assert [label[i] for i in good] == list(expected['label'])
+    top, top_prob = out.column('count_bin_argmax').to_pylist(), out.column('count_bin_argmax_probability').to_pylist()
+    assert [top[i] for i in good] == list(expected['bin_argmax'])
+    np.testing.assert_allclose([top_prob[i] for i in good], expected['bin_argmax_probability'], atol=1e-5, rtol=0)
+    assert all(top[i] is None and top_prob[i] is None for i in range(len(kinds)) if i not in good)
+    # the label is the bin of the written value on every row (by construction, not by luck of the arg-max)
+    task = reference.task
+    assert [label[i] for i in good] == [task.concepts[b] for b in task.value_to_bin([value[i] for i in good])]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -325,7 +333,8 @@ def test_path_column_input(env, ray_session, tmp_path):
                                  keep_raw_value=True))
     assert report['columns']['value'] == 'n_value'
     table = pq.read_table(out / 'paths.parquet')
-    assert table.column_names == ['key', 'path', 'n_value', 'n_value_raw', 'n_label', 'n_probability', 'n_error']
+    assert table.column_names == ['key', 'path', 'n_value', 'n_value_raw', 'n_label', 'n_probability', 'n_bin_argmax',
+                                  'n_bin_argmax_probability', 'n_error']
     raw = np.asarray(table.column('n_value_raw').to_pylist(), dtype=float)
     np.testing.assert_array_equal(np.asarray(table.column('n_value').to_pylist(), dtype=float), np.clip(raw, 0, 9))
     paths = table.column('path').to_pylist()
@@ -502,13 +511,16 @@ def test_failing_batch_is_retried_row_by_row():
                 raise RuntimeError('cannot score this one')
             v = inputs[:, 0, 0, 0].double().numpy()
             return dict(value=v, value_raw=v, probability=np.full(len(v), 0.5),
-                        label=np.array(['few'] * len(v), dtype=object))
+                        label=np.array(['few'] * len(v), dtype=object), bin_argmax_probability=np.full(len(v), 0.6),
+                        bin_argmax=np.array(['many'] * len(v), dtype=object))
     actor = InferenceActor.__new__(InferenceActor)
     actor.attach(Picky())
     tensors = np.zeros((4, 3, 2, 2), dtype=np.uint8)
     tensors[:, 0, 0, 0] = [1, 255, 3, 4]
     table = actor.predict_rows(np.arange(4), np.zeros(4), [None, None, None, 'null image'], tensors, 7)
     assert table.column('value').to_pylist() == [1.0, None, 3.0, None]
+    assert table.column('bin_argmax').to_pylist() == ['many', None, 'many', None]
+    assert table.column('bin_argmax_probability').to_pylist() == [0.6, None, 0.6, None]
     errors = table.column('error').to_pylist()
     assert errors[0] is None and errors[2] is None and errors[3] == 'null image'
     assert errors[1] == 'inference failed: RuntimeError: cannot score this one'

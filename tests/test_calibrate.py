@@ -62,7 +62,7 @@ def test_test_tool_columns_and_predictor_agree(calibrated, tmp_path):
     np.testing.assert_allclose(cols['value'], table['pred_value'][:5], atol=1e-4)
     np.testing.assert_allclose(cols['low_0.9'], table['pred_low_0.9'][:5], atol=1e-4)
     np.testing.assert_allclose(cols['high_0.9'], table['pred_high_0.9'][:5], atol=1e-4)
-    assert set(predictor.predict(list(images[:2]))) == {'value', 'value_raw', 'label', 'label_index', 'probability'}
+    assert set(predictor.predict(list(images[:2]))) == {'value', 'value_raw', 'label', 'label_index', 'probability', 'bin_argmax', 'bin_argmax_index', 'bin_argmax_probability'}
 
     # --preds: calibrate from a prediction file without running the model; same thresholds as fitting it directly
     cal_file = tmp_path / 'from_preds.json'

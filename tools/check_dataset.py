@@ -15,6 +15,8 @@ from mmengine.config import DictAction
 
 from numclip_mm.utils.config_file import ConfigLoadError, load_config_file
 
+from numclip_mm.tasks import apply_config_task
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Check that every image of a config\'s data sets can be read')
@@ -61,6 +63,7 @@ def main(argv=None) -> int:
         return 2
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
+    apply_config_task(cfg)
     findings, status = [], 0
     for split in args.split:
         if cfg.get(f'{split}_dataloader') is None:

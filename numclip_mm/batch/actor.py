@@ -73,9 +73,9 @@ class InferenceActor:
         errors = list(errors)
         n = len(errors)
         ok = np.array([e is None for e in errors], dtype=bool)
-        value, raw, prob = np.zeros(n), np.zeros(n), np.zeros(n)
+        value, raw, prob, top_prob = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
         bounds = {key: np.zeros(n) for key in self.interval_columns}
-        label = np.full(n, None, dtype=object)
+        label, top = np.full(n, None, dtype=object), np.full(n, None, dtype=object)
         index = np.flatnonzero(ok)
         if len(index):
             try:
@@ -91,13 +91,15 @@ class InferenceActor:
             for where, out in outs:
                 value[where], raw[where] = out['value'], out['value_raw']
                 prob[where], label[where] = out['probability'], out['label']
+                top_prob[where], top[where] = out['bin_argmax_probability'], out['bin_argmax']
                 for key, column in bounds.items():
                     column[where] = out[key]
         return pa.Table.from_arrays([
             pa.array(np.broadcast_to(np.asarray(file_index, dtype=np.int64), (n,))),
             pa.array(np.asarray(rows, dtype=np.int64)), pa.array(np.asarray(crcs, dtype=np.int64)),
             pa.array(value, mask=~ok), pa.array(raw, mask=~ok), pa.array(label, type=pa.string()),
-            pa.array(prob, mask=~ok), pa.array(errors, type=pa.string()),
+            pa.array(prob, mask=~ok), pa.array(top, type=pa.string()), pa.array(top_prob, mask=~ok),
+            pa.array(errors, type=pa.string()),
             *(pa.array(column, mask=~ok) for column in bounds.values())], schema=self.schema)
 
     # -- Ray Data ------------------------------------------------------------------------------------------------

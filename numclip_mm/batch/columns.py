@@ -15,10 +15,15 @@ CELL_CRC = '__numclip_crc'        # CRC-32 of the image/path cell (see cell_crcs
 ROW_ERROR = '__numclip_error'     # decode error of the row (null when the image decoded)
 IMAGE_TENSOR = '__numclip_tensor' # decoded CHW uint8 image at the model's input size
 
-# output columns: suffix -> Arrow type; the column is named f'{prefix}{suffix}'
+# output columns: suffix -> Arrow type; the column is named f'{prefix}{suffix}'. As numclip_mm.inference.Predictor:
+# value (clamped to the task's range), value_raw (before clamping), label (the concept of the bin value falls in, so
+# the two agree by construction) and probability (that bin's), bin_argmax (the most probable bin's concept) and
+# bin_argmax_probability (its probability), error (null on success).
 VALUE, VALUE_RAW, LABEL, PROBABILITY, ERROR = 'value', 'value_raw', 'label', 'probability', 'error'
+BIN_ARGMAX, BIN_ARGMAX_PROBABILITY = 'bin_argmax', 'bin_argmax_probability'
 OUTPUT_TYPES: Dict[str, pa.DataType] = {VALUE: pa.float64(), VALUE_RAW: pa.float64(), LABEL: pa.string(),
-                                        PROBABILITY: pa.float64(), ERROR: pa.string()}
+                                        PROBABILITY: pa.float64(), BIN_ARGMAX: pa.string(),
+                                        BIN_ARGMAX_PROBABILITY: pa.float64(), ERROR: pa.string()}
 
 
 def interval_types(intervals: Sequence[float] = ()) -> Dict[str, pa.DataType]:

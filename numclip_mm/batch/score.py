@@ -8,9 +8,11 @@ Local run (starts a private Ray instance); three equivalent forms::
 
 On a running cluster: ``ray job submit`` or ``ray submit`` (see docs/batch_scoring.md).
 
-Every input column is kept and ``{prefix}value``, ``{prefix}label``, ``{prefix}probability`` and ``{prefix}error``
-(null on success) are added; one output file per input file, same base name, same row order. Files whose complete
-output exists are skipped (re-run a killed job to continue), unless ``--overwrite``.
+Every input column is kept and these are added: ``{prefix}value`` (the predicted number, clamped to the task's
+range), ``{prefix}label`` (the concept of the bin the value falls in) and ``{prefix}probability`` (that bin's),
+``{prefix}bin_argmax`` and ``{prefix}bin_argmax_probability`` (the most probable bin and its probability) and
+``{prefix}error`` (null on success); one output file per input file, same base name, same row order. Files whose
+complete output exists are skipped (re-run a killed job to continue), unless ``--overwrite``.
 Exit status: 0 done, 2 bad arguments, inputs, config or output folder (nothing started), 1 failure while scoring.
 """
 import argparse
@@ -61,11 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
                         '(tools/calibrate.py; docs/intervals.md)')
     p.add_argument('--batch-size', type=int, default=None, help='default: 64 on CPU, 256 per GPU actor')
     p.add_argument('--num-actors', type=int, default=1, help='inference actors (model replicas)')
-    p.add_argument('--num-gpus-per-actor', type=float, default=0)
+    p.add_argument('--num-gpus-per-actor', type=float, default=0,
+                   help='GPUs each actor reserves (fractions share a GPU); 0: CPU inference (default)')
     p.add_argument('--precision', choices=['fp32', 'fp16', 'bf16'], default=None,
                    help='inference precision (autocast); default bf16 (fp16 on older GPUs) on CUDA, fp32 on CPU')
-    p.add_argument('--cpus-per-actor', type=float, default=1)
-    p.add_argument('--cpus-per-decode-task', type=float, default=1)
+    p.add_argument('--cpus-per-actor', type=float, default=1, help='CPUs each inference actor reserves (default: 1)')
+    p.add_argument('--cpus-per-decode-task', type=float, default=1,
+                   help='CPUs each decode task reserves, with --decode-in tasks (default: 1)')
     p.add_argument('--decode-in', choices=['actor', 'tasks'], default=None,
                    help='decode images inside the inference actors (default on CPU) or in separate CPU tasks '
                         '(default with GPUs)')
@@ -77,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='seconds for the whole read of one image URI (connection, answer and body); slower reads '
                         'get an error (default: %(default)s)')
     p.add_argument('--max-image-pixels', type=int, default=DEFAULT_MAX_PIXELS,
-                   help='images whose header claims more pixels get an error, undecoded (default: %(default)s)')
+                   help='images whose header claims more pixels get an error, undecoded (default: %(default)s; '
+                        '0: no limit)')
     p.add_argument('--max-retries', type=int, default=3,
                    help='retries of a task/actor whose worker died, before the job ends (default: 3)')
     p.add_argument('--overwrite', action='store_true', help='recompute files whose output already exists')
@@ -86,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--num-cpus', type=int, default=None, help='CPUs of a local Ray instance')
     p.add_argument('--object-store-memory', type=_size, default=None, help='object store of a local Ray instance')
     p.add_argument('--summary-json', default=None, help='also write the run summary to this file')
-    p.add_argument('--quiet', action='store_true')
+    p.add_argument('--quiet', action='store_true', help='log warnings only (no progress lines; the summary is still printed)')
     return p
 
 

@@ -13,6 +13,7 @@ Build is not load: the pretrained CLIP weights are applied by the model's ``init
 ``--resume`` then replaces every weight; here the CLIP file is not read in that case (a strict load follows), and
 val/test without a checkpoint (zero-shot) apply the config's pretrained weights first.
 
+A config's top-level ``task`` becomes its head's and datasets' task here (:func:`numclip_mm.tasks.apply_config_task`).
 The configs' ``env_cfg.dist_cfg.backend='auto'`` is resolved here (NCCL with CUDA, gloo without) before MMEngine
 starts the process group.
 """
@@ -24,6 +25,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model, find_latest_checkpoint
 
+from ..tasks import apply_config_task
 from ..utils.checkpoint import check_state_dict, first_items, model_state_dict
 from .device_defaults import choose_dist_backend
 
@@ -31,6 +33,12 @@ from .device_defaults import choose_dist_backend
 @RUNNERS.register_module()
 class StrictLoadRunner(Runner):
     """``Runner`` whose checkpoint loading is strict unless ``cfg.load_strict`` is False."""
+
+    @classmethod
+    def from_cfg(cls, cfg) -> 'StrictLoadRunner':
+        """MMEngine's ``from_cfg`` after the config's top-level ``task`` is given to its head and datasets
+        (:func:`numclip_mm.tasks.apply_config_task`)."""
+        return super().from_cfg(apply_config_task(copy.deepcopy(cfg)))
 
     @property
     def load_strict(self) -> bool:

@@ -85,7 +85,7 @@ def metrics_of(config, predictions):
         raise ValueError(f'{config}: the report needs an OrdinalMetric test evaluator')
     frame = load_predictions(predictions)
     return OrdinalMetric(**evaluator).calculate(*(frame[k].to_numpy() for k in (
-        'pred_value', 'gt_value', 'pred_label', 'gt_label')))
+        'pred_value', 'gt_value', 'pred_bin_argmax', 'gt_label')))  # the metric's classes: the arg-max bin
 
 
 def table(title, rows, results):
