@@ -108,7 +108,7 @@ def image_to_model_input(image: ImageLike, float_scale: Optional[float] = None) 
         return bytes(image)
     if isinstance(image, (str, os.PathLike)):
         from .batch.catalog import ImageReader  # fsspec: local paths and URIs, as the scorer reads path columns
-        return ImageReader()(os.fspath(image), max_bytes=None)
+        return ImageReader()(os.fspath(image))  # bounded as the scorer reads: 64 MiB, --read-timeout's default
     if isinstance(image, np.ndarray):
         return _array_to_rgb(image, float_scale)
     from PIL import Image
