@@ -5,7 +5,8 @@ Dependency ranges only: the tested set is pinned in requirements/constraints.txt
 first and pass the constraints file to every later pip call (see README), or pip may pull a CUDA build.
 
 Package data: the tiny open_clip model configs (``numclip_mm/models/model_configs/*.json``) ship in the wheel and the
-sdist (MANIFEST.in), so ``numclip-demo``/``numclip-tiny`` exist in non-editable installs too.
+sdist (MANIFEST.in), so ``numclip-demo``/``numclip-tiny`` exist in non-editable installs too; so do the demo CLIP's
+pretrained weights (``numclip_mm/models/pretrained/``, tag ``numclip-tiny-synth``, about 7 MB in fp16).
 """
 import re
 from pathlib import Path
@@ -22,7 +23,8 @@ setup(
     long_description_content_type='text/markdown',
     python_requires='>=3.9',
     packages=find_packages(include=['numclip_mm', 'numclip_mm.*']),
-    package_data={'numclip_mm': ['models/model_configs/*.json']},
+    package_data={'numclip_mm': ['models/model_configs/*.json', 'models/pretrained/*.safetensors',
+                                 'models/pretrained/*.json']},
     include_package_data=True,
     install_requires=[
         'torch>=2.1',
