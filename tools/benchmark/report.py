@@ -13,7 +13,8 @@ Few-shot (docs/method.md §11, ``--shots``): ``num_shots`` training images per c
 
 The output folder holds `results.md` (mean +- std over seeds of MAE, accuracy, off-by-one, and the goal checks),
 `results.json` (every run), the runs' prediction files and the plots of NumCLIP's first seed. A run whose
-`metrics.json` exists is reused, so an interrupted report resumes.
+`metrics.json` exists is reused, so an interrupted report resumes. configs/README.md's demo results and
+docs/results/ are this file's output.
 
     nice python tools/benchmark/report.py --seeds 0 1 2 --epochs 30 --jobs 2
 """
