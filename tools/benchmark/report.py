@@ -159,7 +159,9 @@ def mean_std(runs, key):
 
 
 def table(title, rows, results):
-    """``results``: row name -> list of runs (one per seed)."""
+    """``results``: row name -> list of runs (one per seed); no table when none of ``rows`` ran."""
+    if not any(results.get(row) for row in rows):
+        return []
     lines = [f'#### {title}', '', '| method | ' + ' | '.join(c[1] for c in COLUMNS) + ' |',
              '|---|' + '---:|' * len(COLUMNS)]
     for row in rows:
