@@ -13,7 +13,7 @@ from numclip_mm.inference import Predictor
 from test_tools import ROOT, run_tool
 
 TINY_DEMO = """_base_ = [{base!r}]
-model = dict(clip=dict(model_name='numclip-tiny'))
+model = dict(clip=dict(model_name='numclip-tiny', pretrained=None))
 train_dataloader = dict(dataset=dict(num_samples=64, image_size=32))
 val_dataloader = dict(dataset=dict(num_samples=40, image_size=32))
 test_dataloader = dict(dataset=dict(num_samples=24, image_size=32))

@@ -1,6 +1,6 @@
 """A non-editable install (the wheel `pip install .` builds) carries the package data and the console command: the
-demo model builds and `numclip-score --help` runs from outside the checkout, and no top-level `batch` module is
-installed."""
+demo model builds, with its packaged pretrained weights, and `numclip-score --help` runs from outside the checkout,
+and no top-level `batch` module is installed."""
 import os
 import shutil
 import subprocess
@@ -18,7 +18,7 @@ import numclip_mm
 from numclip_mm.models.clip_loader import TINY_MODELS, build_open_clip
 assert numclip_mm.__file__.startswith(sys.argv[1]), numclip_mm.__file__
 assert set(TINY_MODELS) >= {'numclip-demo', 'numclip-tiny'}, TINY_MODELS
-model = build_open_clip('numclip-demo')
+model = build_open_clip('numclip-demo', 'numclip-tiny-synth')  # the packaged weights, by tag
 print('ok', sum(p.numel() for p in model.parameters()))
 '''
 
@@ -35,7 +35,8 @@ def test_wheel_ships_model_configs_and_builds_the_demo_model(tmp_path):
     wheel = next(wheels.glob('numclip_mm-*.whl'))
     names = zipfile.ZipFile(wheel).namelist()
     assert {'numclip_mm/models/model_configs/numclip-demo.json',
-            'numclip_mm/models/model_configs/numclip-tiny.json'} <= set(names)
+            'numclip_mm/models/model_configs/numclip-tiny.json',
+            'numclip_mm/models/pretrained/numclip-demo-synth.safetensors'} <= set(names)
     assert {n.split('/')[0] for n in names if not n.split('/')[0].endswith(('.dist-info', '.data'))} == {'numclip_mm'}
     entry_points = next(n for n in names if n.endswith('.dist-info/entry_points.txt'))
     assert 'numclip-score = numclip_mm.batch.score:main' in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # A tiny NumCLIP on 32x32 demo images: 1 epoch of 64 samples takes a few seconds on 2 CPU cores.
 TINY = [
-    'model.clip.model_name=numclip-tiny',
+    'model.clip.model_name=numclip-tiny', 'model.clip.pretrained=None',
     'train_dataloader.dataset.num_samples=64', 'train_dataloader.dataset.image_size=32',
     'val_dataloader.dataset.num_samples=32', 'val_dataloader.dataset.image_size=32',
     'test_dataloader.dataset.num_samples=32', 'test_dataloader.dataset.image_size=32',

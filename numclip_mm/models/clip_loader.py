@@ -8,7 +8,9 @@ zero-shot inference); :func:`build_open_clip` does both. Nothing here downloads.
   OpenAI's TorchScript archive (``ViT-B-16.pt``), open_clip/Hugging Face ``open_clip_pytorch_model.bin`` (a pickled
   state dict, read weights-only), ``open_clip_model.safetensors``, or any plain state dict saved with ``torch.save``;
 - a tag (``'openai'``, ``'laion2b_s34b_b88k'``, ...): open_clip's table names the files, which must already be in
-  one of the places :func:`resolve_pretrained` searches (docs/reproducing_the_paper.md "CLIP weights" lists them).
+  one of the places :func:`resolve_pretrained` searches (docs/reproducing_the_paper.md "CLIP weights" lists them);
+- a tag of weights shipped inside this package (:data:`PACKAGED_WEIGHTS`: ``'numclip-tiny-synth'`` for
+  ``numclip-demo``, docs/pretrained_tiny_clip.md).
 
 Weights always come back as fp32 (OpenAI's files hold fp16): precision is decided at run time by the optimizer
 wrapper (AMP), not by the file.
@@ -36,6 +38,9 @@ _NON_WEIGHT_KEYS = ('input_resolution', 'context_length', 'vocab_size', 'attn_ma
 # The file names open_clip's Hugging Face repos hold, in the order open_clip itself prefers them.
 HF_WEIGHT_FILES = ('open_clip_model.safetensors', 'open_clip_pytorch_model.bin')
 WEIGHT_SUFFIXES = ('.pt', '.pth', '.bin', '.safetensors')
+# Weights that ship with the package: (model name, tag) -> file under numclip_mm/models/pretrained/.
+PACKAGED_WEIGHTS = {('numclip-demo', 'numclip-tiny-synth'): 'numclip-demo-synth.safetensors'}
+_PACKAGED_DIR = Path(__file__).parent / 'pretrained'
 
 
 def default_cache_dir() -> str:
@@ -74,7 +79,8 @@ def names_a_file(pretrained: str) -> bool:
 def resolve_pretrained(model_name: str, pretrained: Optional[str], cache_dir: Optional[str] = None) -> Optional[str]:
     """Turn ``pretrained`` into a local file path (or None) without touching the network.
 
-    For a tag, the places searched, in order:
+    A packaged tag (:data:`PACKAGED_WEIGHTS`) is the file shipped in the package. For an open_clip tag, the places
+    searched, in order:
     1. ``cache_dir`` (default :func:`default_cache_dir`) / the file name of the tag's URL (``ViT-B-16.pt`` for
        ``ViT-B-16``/``openai``), i.e. where OpenAI's ``clip`` package keeps its downloads;
     2. the Hugging Face hub cache (:func:`hf_hub_cache_dir`) for the tag's repo
@@ -88,9 +94,16 @@ def resolve_pretrained(model_name: str, pretrained: Optional[str], cache_dir: Op
         return pretrained
     if names_a_file(pretrained):
         raise FileNotFoundError(f'CLIP checkpoint file not found: {pretrained}')
+    if (model_name, pretrained) in PACKAGED_WEIGHTS:
+        path = _PACKAGED_DIR / PACKAGED_WEIGHTS[model_name, pretrained]
+        if not path.is_file():
+            raise FileNotFoundError(f'the packaged weights {model_name}/{pretrained} are missing: {path} (the '
+                                    f'installation is incomplete; tools/pretrain_tiny_clip.py rebuilds the file)')
+        return str(path)
     cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
     if not cfg:
         tags = open_clip.list_pretrained_tags_by_model(model_name)
+        tags += [t for m, t in PACKAGED_WEIGHTS if m == model_name]
         raise ValueError(f'{pretrained!r} is neither a file nor a known open_clip tag of {model_name!r} '
                          f'(known tags: {tags})')
     cache_dir = cache_dir or default_cache_dir()
