@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 logger = logging.getLogger('numclip_mm.batch')
 
@@ -110,6 +110,7 @@ class RayStarter:
         self.error: Optional[BaseException] = None
         self.elapsed_s: Optional[float] = None
         self.session: Optional[str] = None  # session name of a private instance (its processes carry it)
+        self.on_ready: List[Callable[[], None]] = []  # run once by wait(), on its thread, when Ray is up
         self._ready, self._stop = threading.Event(), threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -168,6 +169,9 @@ class RayStarter:
             if self.address is not None and isinstance(self.error, (ConnectionError, TimeoutError)):
                 raise RayUnavailable(unreachable_message(self.address, self.source, str(self.error)))
             raise self.error
+        callbacks, self.on_ready = self.on_ready, []
+        for callback in callbacks:
+            callback()
 
     def describe(self) -> str:
         if self._thread is None and not self.started:

@@ -406,8 +406,11 @@ def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, A
     for i, p in enumerate(pending):
         if p.num_rows == 0:
             finish(i)
+    # an explicit iterator, closed in every case: its executor (actors, threads) stops while Ray is still up, also
+    # when a signal unwinds this frame (an abandoned one would call into Ray after shutdown: abort at exit)
+    stream = iter(ds.iter_batches(batch_format='pyarrow', batch_size=None, prefetch_batches=2))
     try:
-        for table in ds.iter_batches(batch_format='pyarrow', batch_size=None, prefetch_batches=2):
+        for table in stream:
             if not table.num_rows:
                 continue
             report.setdefault('first_output_s', time.perf_counter() - origin)
@@ -434,6 +437,10 @@ def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, A
             f'usually out of memory: lower --batch-size or --max-image-pixels, or give actors more memory. '
             f'{len(report["files"])} files are complete and kept; run the same command again to continue.',
             report) from err
+    finally:
+        close = getattr(stream, 'close', None)
+        if close is not None:
+            close()
     if in_flight:
         collect(ray.wait(list(in_flight), num_returns=len(in_flight))[0])
     if buffers:

@@ -136,15 +136,22 @@ def main(argv=None) -> int:
     logging.getLogger('numclip_mm.batch').setLevel(logging.WARNING if args.quiet else logging.INFO)
     opts = options_from_args(args)
     handlers = {}
-    try:
+
+    def install_handlers():
         for sig in (signal.SIGTERM, signal.SIGINT):
-            handlers[sig] = signal.signal(sig, _stop)
+            previous = signal.signal(sig, _stop)
+            handlers.setdefault(sig, previous)
+    try:
+        install_handlers()
     except ValueError:  # not the main thread (main() called from a library): the caller handles signals
         pass
     starter = None
     try:
         # Ray starts (or is connected) in the background while the inputs, model and checkpoint are checked
-        starter = RayStarter(opts.address, opts.num_cpus, opts.object_store_memory).start()
+        starter = RayStarter(opts.address, opts.num_cpus, opts.object_store_memory)
+        if handlers:  # Ray's core worker installs its own C++ SIGTERM handler (a stack dump, then abort): ours again
+            starter.on_ready.append(install_handlers)
+        starter.start()
         return _main(args, opts, starter, started_at)
     except RayUnavailable as err:
         print(f'error: {err}', file=sys.stderr)
