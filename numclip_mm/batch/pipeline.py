@@ -327,6 +327,7 @@ def run(job: ScoringJob, ray_starter: Optional[RayStarter] = None, started_at: O
                 sum(p.num_rows for p in job.plans), len(job.plans) - len(pending), len(pending))
     start = time.perf_counter()
     origin = start - (time.time() - started_at) if started_at is not None else start
+    report['started_at'] = started_at if started_at is not None else time.time()
     try:
         if pending:
             if ray_starter is not None:
