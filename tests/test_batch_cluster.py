@@ -243,3 +243,18 @@ def test_signal_stops_the_job_cleanly(env, tmp_path, sig):
     assert _session_processes(session) == []
     for f in out.glob('p*.parquet'):  # committed outputs are complete
         assert pq.read_metadata(f).num_rows == 1200
+
+
+def test_gpu_benchmark_smoke(tmp_path):
+    """tools/benchmark/scorer_gpu.py --smoke: the GPU layout (decode tasks feeding an inference actor) on CPU, with
+    the script's own JSON: what a GPU session will run, known to work before a GPU is lent."""
+    out = tmp_path / 'gpu.json'
+    done = subprocess.run([PY, str(REPO / 'tools' / 'benchmark' / 'scorer_gpu.py'), '--smoke', '--images', '128',
+                           '--files', '2', '--precisions', 'bf16', '--workdir', str(tmp_path / 'work'),
+                           '--out', str(out)], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=280,
+                          start_new_session=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = json.loads(out.read_text())['runs']['bf16']
+    assert run['images'] == 128 and run['images_per_s'] > 0 and run['first_prediction_s'] > 0
+    assert run['sizing']['decode_in_actor'] is False and run['sizing']['num_actors'] == 1
+    assert 'gpu_source' in run  # None here (no GPU tools); pynvml or nvidia-smi on a GPU machine
