@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -112,26 +113,28 @@ class RayStarter:
         self.session: Optional[str] = None  # session name of a private instance (its processes carry it)
         self.on_ready: List[Callable[[], None]] = []  # run once by wait(), on its thread, when Ray is up
         self._ready, self._stop = threading.Event(), threading.Event()
+        self._started_at = time.monotonic()
         self._thread: Optional[threading.Thread] = None
 
     def start(self) -> 'RayStarter':
-        import ray
-        if ray.is_initialized():
+        ray = sys.modules.get('ray')  # `import ray` itself (~1.5 s) happens in the background thread
+        if ray is not None and ray.is_initialized():
             self._ready.set()
             return self
         if self.num_cpus is not None or self.object_store_memory is not None:
             self.requested = self.requested or 'local'  # options of a private instance imply one
-        self.address, self.source = resolve_address(self.requested)
-        if self.address is None or self.requested is None:
+        if self.requested in (None, 'local'):
             os.environ.setdefault('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER', '0')  # keep a local instance on loopback
+        self._started_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, name='numclip-ray', daemon=True)
         self._thread.start()
         return self
 
     def _run(self) -> None:
-        import ray
         t0 = time.perf_counter()
         try:
+            import ray
+            self.address, self.source = resolve_address(self.requested)
             if self.address is None:
                 self.private = True
                 runtime_env = ({'worker_process_setup_hook': f'{__name__}.warm_worker'} if self.warm_workers
@@ -151,18 +154,16 @@ class RayStarter:
             self._ready.set()
         if self.started:
             self._stop.wait()
-            ray.shutdown()
+            sys.modules['ray'].shutdown()
 
     def wait(self, timeout: Optional[float] = None) -> None:
         """Block until Ray is up; raise :class:`RayUnavailable` (or Ray's own error) when it is not. An existing
         cluster that has not answered within ``timeout`` (default :data:`CONNECT_TIMEOUT_S`) is given up."""
-        if self.address is not None and timeout is None:
-            timeout = CONNECT_TIMEOUT_S
-        deadline = None if timeout is None else time.monotonic() + timeout
         while not self._ready.wait(0.2):  # short waits: signals reach the main thread promptly
-            if deadline is not None and time.monotonic() > deadline:
+            limit = timeout if timeout is not None else (CONNECT_TIMEOUT_S if self.address is not None else None)
+            if limit is not None and time.monotonic() - self._started_at > limit:
                 raise RayUnavailable(unreachable_message(self.address, self.source,
-                                                         f'ray.init did not connect within {timeout:.0f} s'))
+                                                         f'ray.init did not connect within {limit:.0f} s'))
         if self.error is not None:
             if isinstance(self.error, RayUnavailable):
                 raise self.error
