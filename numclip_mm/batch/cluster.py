@@ -84,9 +84,11 @@ def unreachable_message(address: str, source: str, reason: str) -> str:
 # starting or connecting, in the background
 
 def warm_worker() -> None:
-    """Ray ``worker_process_setup_hook`` of a private instance: import the model code in a background thread of
-    every worker process as it starts, so that an inference actor placed on a prestarted worker finds torch,
-    mmpretrain and open_clip already imported (the constructor's ``import`` waits for an import in progress)."""
+    """Ray ``worker_process_setup_hook`` (``RayStarter(warm_workers=True)``, off by default): import the model code
+    in a background thread of every worker process as it starts, so that an inference actor placed on a prestarted
+    worker finds torch, mmpretrain and open_clip already imported. Off by default: every worker pays it, the
+    writers' and Ray Data's own included; in the one benchmark run with it on (2 cores, heavily loaded) the scorer's
+    steady CPU per image was 2.4x the plain Ray Data script's."""
     def load():
         try:
             import numclip_mm.inference  # noqa: F401
@@ -101,7 +103,7 @@ class RayStarter:
     process started. Nothing happens when Ray already runs in this process (a caller's own ``ray.init``)."""
 
     def __init__(self, address: Optional[str] = None, num_cpus: Optional[int] = None,
-                 object_store_memory: Optional[int] = None, warm_workers: bool = True):
+                 object_store_memory: Optional[int] = None, warm_workers: bool = False):
         self.requested = address
         self.num_cpus, self.object_store_memory, self.warm_workers = num_cpus, object_store_memory, warm_workers
         self.started = False          # True when this process started or connected Ray (and must shut it down)
