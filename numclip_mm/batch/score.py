@@ -19,7 +19,6 @@ partial output left, the private Ray instance shut down).
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import time
