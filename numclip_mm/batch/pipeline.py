@@ -36,6 +36,7 @@ from .columns import CELL_CRC, ERROR, FILE_INDEX, ROW_INDEX, cell_crcs, output_c
 from ..shared import DEFAULT_MAX_PIXELS, file_digest
 from .decode import CellDecoder, RowGroupDecoder
 from .errortext import error_text, redact
+from .cluster import ACTOR_BASE_MEMORY, RayStarter, Sizing, cluster_resources, size_pipeline
 
 logger = logging.getLogger('numclip_mm.batch')
 
@@ -60,14 +61,15 @@ class ScoreOptions:
     zero_shot: bool = False                # score with the config's pretrained CLIP (no checkpoint)
     keep_raw_value: bool = False           # also write {prefix}value_raw (before clamping to the task's range)
     intervals: Tuple[float, ...] = ()      # conformal coverage levels: {prefix}low_<level>/{prefix}high_<level>
+    # sizing (numclip_mm.batch.cluster.size_pipeline): None = sized from the cluster's available resources
     batch_size: Optional[int] = None       # default: 64 on CPU, 256 per GPU actor
-    num_actors: int = 1
-    num_gpus_per_actor: float = 0
-    cpus_per_actor: float = 1
-    cpus_per_decode_task: float = 1
+    num_actors: Optional[int] = None       # default: one per GPU, else one per CPU (fewer when memory is short)
+    num_gpus_per_actor: Optional[float] = None  # default: 1 when the cluster has GPUs, else 0
+    cpus_per_actor: Optional[float] = None
+    cpus_per_decode_task: Optional[float] = None
     decode_in_actor: Optional[bool] = None  # default: True on CPU, False with GPUs (decode in CPU tasks)
     precision: Optional[str] = None        # fp32 | fp16 | bf16; default bf16/fp16 on CUDA, fp32 on CPU
-    torch_threads: Optional[int] = None    # torch.set_num_threads in each actor (default: Ray's OMP setting)
+    torch_threads: Optional[int] = None    # torch.set_num_threads in each actor (default: sized, 1 per CPU actor)
     max_image_bytes: Optional[int] = catalog.DEFAULT_MAX_IMAGE_BYTES  # larger images: a row error, read no further
     max_image_pixels: Optional[int] = DEFAULT_MAX_PIXELS
     path_root: Optional[str] = None        # relative paths are resolved against it; no local path may leave it
@@ -76,8 +78,8 @@ class ScoreOptions:
     max_retries: int = 3                   # per task / actor restarts before the job ends
     max_writes_in_flight: int = 4
     progress_interval_s: float = 10.0
-    address: Optional[str] = None          # None: RAY_ADDRESS or a local instance; 'auto', 'ray://...'
-    num_cpus: Optional[int] = None         # only for a local ray.init
+    address: Optional[str] = None          # as ray.init: RAY_ADDRESS, a `ray start` cluster, else a new one; 'local'
+    num_cpus: Optional[int] = None         # only for a private local instance (implies address='local')
     object_store_memory: Optional[int] = None  # only for a local ray.init
 
 
@@ -113,7 +115,7 @@ def prepare(opts: ScoreOptions) -> ScoringJob:
     from numclip_mm.conformal import SIDECAR_SUFFIX
     from numclip_mm.inference import PRECISIONS, describe_model, load_config
     Err = catalog.ScoringSetupError
-    if (opts.batch_size is not None and opts.batch_size < 1) or opts.num_actors < 1:
+    if (opts.batch_size is not None and opts.batch_size < 1) or (opts.num_actors is not None and opts.num_actors < 1):
         raise Err('batch size and number of actors must be at least 1')
     for name in ('max_image_bytes', 'max_image_pixels', 'read_timeout'):
         if getattr(opts, name) is not None and not getattr(opts, name) > 0:
@@ -183,19 +185,20 @@ def _check_calibration(opts: ScoreOptions, local_checkpoint: Optional[str], chec
 # ----------------------------------------------------------------------------------------------------------------
 # the Ray side
 
-def ensure_ray(opts: ScoreOptions) -> bool:
-    """Connect to (or start) Ray unless it already runs in this process. Returns True if we started it."""
-    if opts.address is None and not os.environ.get('RAY_ADDRESS'):
-        os.environ.setdefault('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER', '0')  # keep a local instance on loopback
+def ensure_ray(opts: ScoreOptions) -> Optional[RayStarter]:
+    """Connect to (or start) Ray unless it already runs in this process. Returns the starter to close when this
+    call started it, else None. Raises :class:`numclip_mm.batch.cluster.RayUnavailable` (within
+    ``CONNECT_TIMEOUT_S``) when the cluster's address does not answer."""
     import ray
     if ray.is_initialized():
-        return False
-    if opts.address is not None or os.environ.get('RAY_ADDRESS'):
-        ray.init(address=opts.address, log_to_driver=True)
-    else:
-        ray.init(num_cpus=opts.num_cpus, include_dashboard=False, object_store_memory=opts.object_store_memory,
-                 _node_ip_address='127.0.0.1')
-    return True
+        return None
+    starter = RayStarter(opts.address, opts.num_cpus, opts.object_store_memory).start()
+    try:
+        starter.wait()
+    except BaseException:
+        starter.close()
+        raise
+    return starter
 
 
 def work_items(plans: Sequence[catalog.FilePlan]) -> List[Dict[str, Any]]:
@@ -210,7 +213,28 @@ def work_items(plans: Sequence[catalog.FilePlan]) -> List[Dict[str, Any]]:
     return items
 
 
-def build_dataset(job: ScoringJob, plans: Sequence[catalog.FilePlan], actor_class=None):
+def plan_sizing(job: ScoringJob) -> Sizing:
+    """Actors x threads for the running cluster (:func:`numclip_mm.batch.cluster.size_pipeline`); the options the
+    user gave are kept."""
+    opts = job.opts
+    checkpoint_bytes = (os.path.getsize(opts.checkpoint) if opts.checkpoint and '://' not in opts.checkpoint
+                        else 0)
+    return size_pipeline(cluster_resources(), num_actors=opts.num_actors, cpus_per_actor=opts.cpus_per_actor,
+                         num_gpus_per_actor=opts.num_gpus_per_actor, torch_threads=opts.torch_threads,
+                         decode_in_actor=opts.decode_in_actor, cpus_per_decode_task=opts.cpus_per_decode_task,
+                         batch_size=opts.batch_size, actor_memory=ACTOR_BASE_MEMORY + 3 * checkpoint_bytes)
+
+
+def prediction_block_bytes(batch_size: int, intervals: Sequence[float] = ()) -> int:
+    """Ray Data's target block size for the actors' output: a little under one batch's prediction columns, so that
+    every inference batch leaves the actor as its own block at once (Ray Data otherwise gathers a work item's small
+    outputs up to 128 MiB: the first prediction would wait for a whole row group)."""
+    per_row = sum(4 if pa.types.is_string(f.type) else f.type.bit_width // 8
+                  for f in prediction_schema(intervals))
+    return max(1024, int(0.8 * batch_size * per_row))
+
+
+def build_dataset(job: ScoringJob, plans: Sequence[catalog.FilePlan], sizing: Sizing, actor_class=None):
     """The lazy Ray Dataset of prediction columns (numclip_mm.batch.columns.prediction_schema) for ``plans``;
     ``actor_class``: the ``map_batches`` class that infers (default :class:`~numclip_mm.batch.actor.InferenceActor`,
     or a subclass of it)."""
@@ -221,33 +245,39 @@ def build_dataset(job: ScoringJob, plans: Sequence[catalog.FilePlan], actor_clas
     from .actor import InferenceActor
     actor_class = actor_class or InferenceActor
     opts = job.opts
-    gpu = bool(opts.num_gpus_per_actor)
-    batch_size = opts.batch_size or (256 if gpu else 64)
-    in_actor = (not gpu) if opts.decode_in_actor is None else opts.decode_in_actor
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # not needed for correctness (rows are tagged); bounds buffering
+    gpu = bool(sizing.gpus_per_actor)
+    batch_size, in_actor = sizing.batch_size, sizing.decode_in_actor
     items = work_items(plans)
-    preprocessor = None if in_actor else ImagePreprocessor(job.config, job.input_size)  # actors bring their own
+    if in_actor:
+        preprocessor = None  # the actors bring their own
+    else:
+        from numclip_mm.inference import ImagePreprocessor
+        preprocessor = ImagePreprocessor(job.config, job.input_size)
     row_decoder = RowGroupDecoder(
         CellDecoder(preprocessor, 'bytes' if opts.image_column else 'path', opts.max_image_bytes,
                     opts.max_image_pixels, _absolute(opts.path_root), os.getcwd(), opts.read_timeout), job.column,
         batch_size)
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     if not in_actor:
-        ds = ds.map_batches(row_decoder, batch_size=1, batch_format='numpy', num_cpus=opts.cpus_per_decode_task,
+        ds = ds.map_batches(row_decoder, batch_size=1, batch_format='numpy', num_cpus=sizing.cpus_per_decode_task,
                             max_retries=opts.max_retries)
-    remote = dict(num_cpus=opts.cpus_per_actor, max_restarts=opts.max_retries, max_task_retries=opts.max_retries)
+    remote = dict(num_cpus=sizing.cpus_per_actor, max_restarts=opts.max_retries, max_task_retries=opts.max_retries)
     if gpu:
-        remote['num_gpus'] = opts.num_gpus_per_actor
-    return ds.map_batches(
+        remote['num_gpus'] = sizing.gpus_per_actor
+    ds = ds.map_batches(
         actor_class, batch_format='numpy', batch_size=1 if in_actor else batch_size,
-        compute=ray.data.ActorPoolStrategy(size=opts.num_actors),
+        compute=ray.data.ActorPoolStrategy(size=sizing.num_actors),
         fn_constructor_kwargs=dict(config=job.config, checkpoint=opts.checkpoint,
                                    checkpoint_sha256=job.checkpoint_sha256, calibration=job.calibration,
                                    device='cuda' if gpu else 'cpu', precision=opts.precision,
-                                   torch_threads=opts.torch_threads, row_decoder=row_decoder if in_actor else None,
+                                   torch_threads=sizing.torch_threads, row_decoder=row_decoder if in_actor else None,
                                    intervals=opts.intervals),
         **remote)
+    ctx = ds.context  # this dataset's own context (a copy): nothing leaks into the caller's other datasets
+    ctx.execution_options.preserve_order = True  # not needed for correctness (rows are tagged); bounds buffering
+    ctx.target_max_block_size = prediction_block_bytes(batch_size, opts.intervals)
+    ctx.enable_progress_bars = False  # the driver logs its own progress (rows/s, ETA, files)
+    return ds
 
 
 def _absolute(path_root: Optional[str]) -> Optional[str]:
@@ -302,9 +332,13 @@ class Progress:
 
 
 
-def run(job: ScoringJob, actor_class=None) -> Dict[str, Any]:
+def run(job: ScoringJob, actor_class=None, ray_starter: Optional[RayStarter] = None,
+        started_at: Optional[float] = None) -> Dict[str, Any]:
     """Score the plan's pending files. Returns a summary (also logged); raises ScoringFailed when files failed.
-    ``actor_class``: see :func:`build_dataset`."""
+
+    ``actor_class``: see :func:`build_dataset`. ``ray_starter``: Ray already being started in the background (:class:`RayStarter`; the command line starts it
+    before :func:`prepare` so the two overlap); closed here. ``started_at``: ``time.time()`` of the command's start,
+    from which ``first_output_s`` (the first prediction back in the driver) is counted (default: this call)."""
     opts = job.opts
     report: Dict[str, Any] = dict(columns=job.names, files=[], failed=[])
     if catalog.is_local(job.fs_out):
@@ -319,14 +353,19 @@ def run(job: ScoringJob, actor_class=None) -> Dict[str, Any]:
     logger.info('%d input files, %d rows: %d already scored, %d to score', len(job.plans),
                 sum(p.num_rows for p in job.plans), len(job.plans) - len(pending), len(pending))
     start = time.perf_counter()
-    if pending:
-        started = ensure_ray(opts)
-        try:
-            _score(job, pending, report, start, actor_class)
-        finally:
-            if started:
-                import ray
-                ray.shutdown()
+    origin = start - (time.time() - started_at) if started_at is not None else start
+    report['started_at'] = started_at if started_at is not None else time.time()
+    try:
+        if pending:
+            if ray_starter is not None:
+                ray_starter.wait()
+            else:
+                ray_starter = ensure_ray(opts)
+            report['ray_ready_s'] = time.perf_counter() - origin
+            _score(job, pending, report, origin, ray_starter, actor_class)
+    finally:
+        if ray_starter is not None:
+            ray_starter.close()
     elapsed = time.perf_counter() - start
     rows = sum(f['rows'] for f in report['files'] if f['status'] == 'written')
     report.update(rows_scored=rows, seconds=elapsed, rows_per_s=rows / elapsed if rows else 0.0,
@@ -342,13 +381,19 @@ def run(job: ScoringJob, actor_class=None) -> Dict[str, Any]:
     return report
 
 
-def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, Any], start: float,
-           actor_class=None) -> None:
+def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, Any], origin: float,
+           ray_starter: Optional[RayStarter], actor_class=None) -> None:
     import ray
     opts = job.opts
     writer = ray.remote(write_output).options(  # I/O bound: no CPU reserved (never starved by the actors),
         num_cpus=0, max_retries=opts.max_retries, scheduling_strategy='SPREAD')  # spread over the nodes
-    ds = build_dataset(job, pending, actor_class)
+    sizing = plan_sizing(job)
+    resources = cluster_resources()
+    logger.info('Ray: %s, %g CPUs and %g GPUs available (ready %.1f s after start); scoring with %s',
+                ray_starter.describe() if ray_starter else 'the Ray instance already running in this process',
+                resources['CPU'], resources['GPU'], report['ray_ready_s'], sizing.describe())
+    report['sizing'] = dict(vars(sizing))
+    ds = build_dataset(job, pending, sizing, actor_class)
     buffers: Dict[int, List[pa.Table]] = {i: [] for i in range(len(pending))}
     counts = {i: 0 for i in range(len(pending))}
     in_flight: Dict[Any, int] = {}
@@ -394,11 +439,14 @@ def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, A
     for i, p in enumerate(pending):
         if p.num_rows == 0:
             finish(i)
+    # an explicit iterator, closed in every case: its executor (actors, threads) stops while Ray is still up, also
+    # when a signal unwinds this frame (an abandoned one would call into Ray after shutdown: abort at exit)
+    stream = iter(ds.iter_batches(batch_format='pyarrow', batch_size=None, prefetch_batches=2))
     try:
-        for table in ds.iter_batches(batch_format='pyarrow', batch_size=None, prefetch_batches=2):
+        for table in stream:
             if not table.num_rows:
                 continue
-            report.setdefault('first_output_s', time.perf_counter() - start)
+            report.setdefault('first_output_s', time.perf_counter() - origin)
             files = table.column(FILE_INDEX).to_numpy()
             for i in np.unique(files).tolist():
                 part = table if files[0] == files[-1] == i else table.filter(pa.array(files == i))
@@ -428,6 +476,10 @@ def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, A
             f'{error_text(_last_error_line(str(err)))}). A worker that dies again and again is usually out of '
             f'memory: lower --batch-size or --max-image-pixels, or give actors more memory. {kept}',
             report) from err
+    finally:
+        close = getattr(stream, 'close', None)
+        if close is not None:
+            close()
     if in_flight:
         collect(ray.wait(list(in_flight), num_returns=len(in_flight))[0])
     if buffers:
