@@ -42,7 +42,7 @@ setup(
     ],
     extras_require={
         'batch': ['ray[default,data]>=2.40'],
-        'tests': ['pytest>=8', 'ray[default,data]>=2.40', 'moto[server]>=5', 's3fs', 'boto3', 'psutil'],
+        'tests': ['pytest>=8', 'ray[default,data]>=2.40', 'moto[server]>=5', 's3fs', 'boto3', 'psutil', 'ruff'],
         's3': ['s3fs'],
     },
     entry_points={'console_scripts': ['numclip-score = numclip_mm.batch.score:main']},

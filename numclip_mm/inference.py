@@ -20,18 +20,27 @@ import cv2
 import numpy as np
 import torch
 
-from .conformal import (SIDECAR_SUFFIX, CalibrationLike, check_checkpoint, check_levels, find_calibration,
-                        get_calibration, sidecar_path)
+from .conformal import (
+    SIDECAR_SUFFIX,
+    CalibrationLike,
+    check_checkpoint,
+    check_levels,
+    find_calibration,
+    get_calibration,
+    sidecar_path,
+)
 from .image_decode import decode_bgr
 from .shared import DEFAULT_MAX_PIXELS, bytes_digest, level_key
 from .tasks import OrdinalTask, apply_config_task
-from .utils.config_file import ConfigLoadError, load_config_file
 from .utils.checkpoint import CheckpointLoadError, CheckpointMismatchError, check_state_dict, load_weights_only
+from .utils.config_file import ConfigLoadError, load_config_file
 
 if TYPE_CHECKING:  # mmengine's config (and its formatter, yapf) is imported when a config is first loaded
     from mmengine.config import Config
+    from PIL import Image
 
-__all__ = ['CheckpointChangedError', 'CheckpointLoadError', 'CheckpointMismatchError', 'ConfigLoadError', 'DEFAULT_MAX_PIXELS',
+__all__ = ['CheckpointChangedError', 'CheckpointLoadError', 'CheckpointMismatchError', 'ConfigLoadError',
+           'DEFAULT_MAX_PIXELS',
            'ImagePreprocessor', 'Predictor', 'PRECISIONS', 'SIDECAR_SUFFIX', 'check_calibration', 'describe_model',
            'decode_image', 'default_precision', 'image_to_model_input', 'load_config', 'load_model_checkpoint',
            'sidecar_path']
@@ -93,7 +102,7 @@ def decode_image(data: bytes, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) ->
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # the one channel conversion, in place
 
 
-ImageLike = Union[bytes, bytearray, memoryview, str, os.PathLike, np.ndarray, 'PIL.Image.Image']
+ImageLike = Union[bytes, bytearray, memoryview, str, os.PathLike, np.ndarray, 'Image.Image']  # PIL's
 _PIL_HIGH_BIT_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N')  # 16-bit gray: 8 bits kept, as the decoder does
 
 

@@ -140,7 +140,8 @@ def get_task(task: TaskLike) -> OrdinalTask:
         return task
     if isinstance(task, str):
         if task not in TASKS:
-            raise KeyError(f'unknown task {task!r}; known: {sorted(TASKS)} (or give a dict with edges/concepts/context)')
+            raise KeyError(f'unknown task {task!r}; known: {sorted(TASKS)} '
+                           f'(or give a dict with edges/concepts/context)')
         return TASKS[task]
     if isinstance(task, dict):
         task = dict(task)

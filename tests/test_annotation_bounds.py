@@ -1,10 +1,8 @@
 """Training annotations that used to be misread in silence: a byte-order mark on the first path, a task edge of NaN,
 one image listed with two values, and a line so long that reading it cost gigabytes before its error."""
-import os
 import resource
 import time
 
-import numpy as np
 import pandas as pd
 import pytest
 

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import write_tiny_config
 from PIL import Image, PngImagePlugin
 
 from numclip_mm.batch import catalog
@@ -33,8 +34,6 @@ from numclip_mm.batch.pipeline import ScoreOptions, ScoringFailed, prepare, run,
 from numclip_mm.batch.score import main as cli_main
 from numclip_mm.datasets import UnreadableImageError, decode_bgr
 from numclip_mm.inference import Predictor
-
-from helpers import write_tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_TIMEOUT_S = 180
@@ -349,7 +348,8 @@ def test_hostile_path_cells_end_in_time_redacted_in_output_and_log(env, server, 
     os.mkfifo(images / 'pipe.png')
     cells = ['ok.png', 'pipe.png', '/dev/zero', '../escape.png', f'{url}/stall', f'{url}/ok.png',
              f'http://alice:{SECRET}@127.0.0.1:{port}/fail?token={TOKEN}', f'{url}/loop?X-Amz-Signature={TOKEN}']
-    want = [None, 'FIFO', 'outside --path-root', 'outside --path-root', 'within 1 s', None, 'HTTP 500', 'redirects in a loop']
+    want = [None, 'FIFO', 'outside --path-root', 'outside --path-root', 'within 1 s', None, 'HTTP 500',
+            'redirects in a loop']
     cat = tmp_path / 'paths'
     cat.mkdir()
     pq.write_table(pa.table({'path': cells}), cat / 'paths.parquet')

@@ -21,11 +21,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import write_tiny_config
 from PIL import Image
 
 from numclip_mm.inference import Predictor
-
-from helpers import write_tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable

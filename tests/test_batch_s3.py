@@ -15,9 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from PIL import Image
-
 from helpers import write_tiny_config
+from PIL import Image
 
 pytest.importorskip('moto')
 s3fs = pytest.importorskip('s3fs')
@@ -193,7 +192,8 @@ def test_s3_killed_run_then_one_rerun(s3, job, tmp_path):
         pq.write_table(pa.table({'id': range(300), 'image': pa.array(cells, pa.binary())}), buf, row_group_size=50)
         fs.pipe_file(f'{BUCKET}/big/p{f}.parquet', buf.getvalue())
     repo = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, '-m', 'numclip_mm.batch.score', '--config', job['cfg'], '--checkpoint', job['ckpt'], '--input',
+    cmd = [sys.executable, '-m', 'numclip_mm.batch.score', '--config', job['cfg'], '--checkpoint', job['ckpt'],
+           '--input',
            f's3://{BUCKET}/big/', '--output', f's3://{BUCKET}/big-scored/', '--num-cpus', '2', '--batch-size', '8',
            '--torch-threads', '1']
     home = tmp_path / 'home'

@@ -17,16 +17,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import Payload, dying_actor, write_tiny_config
 from PIL import Image
 
 from numclip_mm.batch import catalog
-from numclip_mm.batch.columns import cell_crcs
 from numclip_mm.batch.pipeline import ScoreOptions, prepare, run, score_catalog
 from numclip_mm.batch.score import main as cli_main
 from numclip_mm.inference import Predictor
 from numclip_mm.utils import CheckpointMismatchError
-
-from helpers import Payload, dying_actor, write_tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_TIMEOUT_S = 180  # per test (conftest's module_timeout): a hung Ray pipeline fails instead of hanging CI
@@ -94,7 +92,8 @@ def env(tmp_path_factory):
     base_cfg = Path(write_tiny_config(root / 'tiny_base.py'))
     cfg = root / 'tiny.py'
     cfg.write_text(f"_base_ = [{str(base_cfg)!r}]\n"
-                   "test_dataloader = dict(dataset=dict(pipeline=[dict(type='PackInputs', algorithm_keys=['gt_value'])]))\n")
+                   "test_dataloader = dict(dataset=dict(\n"
+                   "    pipeline=[dict(type='PackInputs', algorithm_keys=['gt_value'])]))\n")
     torch.manual_seed(1)
     reference = Predictor(str(cfg))
     ckpt = root / 'tiny.pth'
@@ -238,7 +237,7 @@ def test_folder_input_scores_every_row(env, scored):
     assert [f['errors'] for f in report['files']] == [5, 1]
     for name, kinds in env['kinds'].items():
         images = pq.read_table(env['cat'] / name).column('image').to_pylist()
-        _check_output(out / name, env['cat'] / name, kinds, env['reference'], lambda i: images[i])
+        _check_output(out / name, env['cat'] / name, kinds, env['reference'], images.__getitem__)
 
 
 def test_outputs_are_written_by_workers_not_the_driver(env, scored):
@@ -353,7 +352,7 @@ def test_path_column_input(env, ray_session, tmp_path):
 
 def _calibrated_checkpoint(env, folder: Path, levels=(0.5, 0.9)) -> str:
     """A copy of the test checkpoint with a conformal calibration sidecar fitted for it (synthetic residuals)."""
-    from numclip_mm.conformal import fit_calibration, file_digest, sidecar_path
+    from numclip_mm.conformal import file_digest, fit_calibration, sidecar_path
     folder.mkdir(parents=True, exist_ok=True)
     ckpt = str(folder / 'calibrated.pth')
     shutil.copy(env['ckpt'], ckpt)
@@ -485,11 +484,13 @@ def test_trained_checkpoint_scores_without_its_clip_file(env, ray_session, tmp_p
 
 
 def test_worker_side_modules_stay_light():
-    """The write tasks and the driver import numclip_mm.batch.pipeline/catalog/columns/decode: importing them must not pull in
+    """The write tasks and the driver import numclip_mm.batch.pipeline/catalog/columns/decode: importing them must not
+    pull in
     torch, mmpretrain or numclip_mm's model code (each new Ray worker would pay seconds of CPU for imports)."""
     import subprocess
     import sys
-    code = ('import sys, numclip_mm.batch.pipeline, numclip_mm.batch.catalog, numclip_mm.batch.columns, numclip_mm.batch.decode, numclip_mm.batch.actor; '
+    code = ('import sys, numclip_mm.batch.pipeline, numclip_mm.batch.catalog, numclip_mm.batch.columns, '
+            'numclip_mm.batch.decode, numclip_mm.batch.actor; '
             'print(sorted(m for m in ("torch", "numclip_mm.inference", "numclip_mm.models", "mmpretrain", "mmengine") '
             'if m in sys.modules))')
     out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, check=True,

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY_CONFIG, Payload, write_tiny_config
 from mmengine.config import Config
 from mmengine.runner import CheckpointLoader, load_checkpoint
 from mmpretrain.registry import MODELS
 
 from numclip_mm.engine import StrictLoadRunner, choose_dist_backend, fall_back_from_amp, resolve_dist_backend
 from numclip_mm.utils import CheckpointMismatchError, UnsafeCheckpointError
-
-from helpers import TINY_CONFIG, Payload, write_tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures('one_torch_thread')

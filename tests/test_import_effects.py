@@ -39,7 +39,8 @@ def test_import_effects_are_the_listed_ones():
 
 def test_bare_import_is_cheap_and_registers_nothing():
     code = ('import sys, numclip_mm; from numclip_mm import _setup; '
-            'print(sorted(m for m in ("torch", "mmengine", "mmpretrain", "open_clip", "torchvision") if m in sys.modules), '
+            'print(sorted(m for m in ("torch", "mmengine", "mmpretrain", "open_clip", "torchvision") '
+            'if m in sys.modules), '
             'dict(_setup.APPLIED), numclip_mm.get_task("age").num_bins)')
     out = subprocess.run([sys.executable, '-c', code], cwd=str(ROOT), capture_output=True, text=True, timeout=120,
                          env=dict(os.environ, PYTHONPATH=str(ROOT)))

@@ -5,11 +5,18 @@ import numpy as np
 import pytest
 import torch
 from mmengine.evaluator import Evaluator
-
 from mmpretrain.registry import METRICS
 from mmpretrain.structures import DataSample
-from numclip_mm.evaluation import (Calibration, DumpOrdinalPredictions, OrdinalMetric, average_ranks,
-                                   load_predictions, quadratic_weighted_kappa, spearman)
+
+from numclip_mm.evaluation import (
+    Calibration,
+    DumpOrdinalPredictions,
+    OrdinalMetric,
+    average_ranks,
+    load_predictions,
+    quadratic_weighted_kappa,
+    spearman,
+)
 
 # Task 'count' (edges 0, 2, 4, 6, 8). gt values 1, 4, 5, 3 -> bins 0, 2, 2, 1.
 PRED_VALUE = [1.0, 2.5, 6.0, 9.0]

@@ -5,12 +5,11 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from helpers import write_tiny_config
 from PIL import Image
 
 from numclip_mm.inference import ImagePreprocessor, Predictor, decode_image, default_precision, describe_model
 from numclip_mm.utils import CheckpointMismatchError
-
-from helpers import write_tiny_config
 
 COLUMNS = {'value', 'value_raw', 'label', 'label_index', 'probability', 'bin_argmax', 'bin_argmax_index',
            'bin_argmax_probability'}
@@ -130,7 +129,8 @@ def test_every_image_reaches_the_model_input_size(tiny, tmp_path):
     """A config whose test pipeline has no resize still gives the model its input size, for any image size."""
     cfg = tmp_path / 'noresize.py'
     cfg.write_text(f"_base_ = [{tiny['cfg']!r}]\n"
-                   "test_dataloader = dict(dataset=dict(pipeline=[dict(type='PackInputs', algorithm_keys=['gt_value'])]))\n")
+                   "test_dataloader = dict(dataset=dict(\n"
+                   "    pipeline=[dict(type='PackInputs', algorithm_keys=['gt_value'])]))\n")
     p = Predictor(str(cfg), tiny['ckpt'])
     sizes = [(32, 32), (224, 224), (1, 1), (17, 300)]
     rng = np.random.default_rng(1)

@@ -8,10 +8,16 @@ import pytest
 import torch
 
 from numclip_mm.datasets.demo import SPLIT_STREAMS
-from numclip_mm.models.clip_loader import (PACKAGED_WEIGHTS, build_open_clip, read_clip_state_dict,
-                                           resolve_pretrained)
-from numclip_mm.pretraining.synthetic_pairs import (CONCEPTS, PAIRS_STREAM, SHAPES, caption, captions,
-                                                    check_not_task_prompt, generate_pairs)
+from numclip_mm.models.clip_loader import PACKAGED_WEIGHTS, build_open_clip, read_clip_state_dict, resolve_pretrained
+from numclip_mm.pretraining.synthetic_pairs import (
+    CONCEPTS,
+    PAIRS_STREAM,
+    SHAPES,
+    caption,
+    captions,
+    check_not_task_prompt,
+    generate_pairs,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures('one_torch_thread')

@@ -98,6 +98,7 @@ def test_new_task_example_config_trains_tests_and_predicts(tmp_path):
              '--cfg-options', *TINY)
     import numpy as np
     import pandas as pd
+
     from numclip_mm.tasks import get_task
     table = pd.read_csv(out)
     task = get_task(dict(name='count3', edges=[0, 3, 6], concepts=['few', 'several', 'many'], context='', upper=9))
@@ -109,6 +110,7 @@ def test_new_task_example_config_trains_tests_and_predicts(tmp_path):
     val = [s for s in read_scalars(work) if 'mae' in s]
     assert val and 'mae_bin_2' in val[-1] and 'mae_bin_3' not in val[-1]  # the metrics saw 3 bins
     from mmengine.config import Config
+
     from numclip_mm.inference import Predictor
     cfg = Config.fromfile(ROOT / config)
     cfg.merge_from_dict({'model.clip.model_name': 'numclip-tiny'})

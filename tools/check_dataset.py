@@ -13,9 +13,8 @@ import sys
 
 from mmengine.config import DictAction
 
-from numclip_mm.utils.config_file import ConfigLoadError, load_config_file
-
 from numclip_mm.tasks import apply_config_task
+from numclip_mm.utils.config_file import ConfigLoadError, load_config_file
 
 
 def parse_args(argv=None):
@@ -33,6 +32,7 @@ def check_split(cfg, split: str, threads: int) -> dict:
     """Build one split's dataset without its own check, then check every image; returns a summary dict."""
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import DATASETS
+
     import numclip_mm.register  # noqa: F401  (registration)
     from numclip_mm.datasets import LoadOrdinalImage, OrdinalDataset
     from numclip_mm.datasets.image_check import find_unreadable_images

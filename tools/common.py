@@ -5,12 +5,11 @@ import os.path as osp
 import sys
 from copy import deepcopy
 
-import numclip_mm.register  # noqa: F401  (registration; also makes torchvision importable first)
-
 import torch
 from mmengine.config import ConfigDict, DictAction
 from mmengine.registry import RUNNERS
 
+import numclip_mm.register  # noqa: F401  (registration; also makes torchvision importable first)
 from numclip_mm.engine import StrictLoadRunner, init_cpu_distributed, resolve_dist_backend
 from numclip_mm.utils import CheckpointLoadError
 from numclip_mm.utils.config_file import ConfigLoadError, load_config_file  # noqa: F401  (the tools' config loader)

@@ -14,16 +14,23 @@ import argparse
 import os.path as osp
 from copy import deepcopy
 
-from common import (add_common_args, build_runner, drop_persistent_workers_without_workers, finish_args,
-                    load_config_file, run_cli, set_dataloader_defaults, set_work_dir)
+from common import (
+    add_common_args,
+    build_runner,
+    drop_persistent_workers_without_workers,
+    finish_args,
+    load_config_file,
+    run_cli,
+    set_dataloader_defaults,
+    set_work_dir,
+)
 from mmengine.config import ConfigDict
 from mmengine.evaluator import DumpResults
 from mmengine.logging import print_log
 
+from numclip_mm.conformal import check_checkpoint, find_calibration, get_calibration
 from numclip_mm.evaluation import DumpOrdinalPredictions, OrdinalMetric
 from numclip_mm.evaluation.dump import TABLE_FORMATS
-from numclip_mm.conformal import check_checkpoint, find_calibration, get_calibration
-
 
 PICKLE_FORMATS = ('.pkl', '.pickle')
 METRICS_FORMATS = ('.json', '.yaml', '.yml') + PICKLE_FORMATS  # what mmengine.dump writes

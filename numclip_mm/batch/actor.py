@@ -35,7 +35,8 @@ class InferenceActor:
         calibration: the conformal calibration the driver checked (a :class:`numclip_mm.conformal.Calibration`).
         device, precision: 'cpu'/'cuda'; 'fp32'/'fp16'/'bf16' (None: the device's default).
         torch_threads: ``torch.set_num_threads`` in the actor (None: Ray's OMP setting).
-        row_decoder: a :class:`numclip_mm.batch.decode.RowGroupDecoder` whose preprocessor this actor replaces by its own
+        row_decoder: a :class:`numclip_mm.batch.decode.RowGroupDecoder` whose preprocessor this actor replaces by its
+            own
             model's (input size included): set in ``decode_in_actor`` mode.
         intervals: conformal coverage levels whose interval bounds are added (``low_<level>``/``high_<level>``).
     """

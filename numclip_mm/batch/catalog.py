@@ -35,13 +35,13 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.exceptions import FSTimeoutError
 from fsspec.implementations.local import LocalFileSystem
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .errortext import shown_cell
 
@@ -290,7 +290,7 @@ def check_writable(fs, out_dir: str, output: str) -> None:
             os.rmdir(tempfile.mkdtemp(dir=folder, prefix=TMP_PREFIX + 'probe-'))
     except OSError as err:
         reason = err.strerror or str(err)
-        raise ScoringSetupError(f'output {output!r} is not writable ({reason}: {folder}); nothing was scored')
+        raise ScoringSetupError(f'output {output!r} is not writable ({reason}: {folder}); nothing was scored') from None
     if shutil.disk_usage(folder).free == 0:
         raise ScoringSetupError(f'output {output!r}: no space left on the device of {folder}; nothing was scored')
 

@@ -9,8 +9,8 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import pyarrow as pa
 
-from . import catalog
 from ..shared import DEFAULT_MAX_PIXELS
+from . import catalog
 from .columns import CELL_CRC, FILE_INDEX, IMAGE_TENSOR, ROW_ERROR, ROW_INDEX, cell_crcs
 from .errortext import error_text, shown_cell
 

@@ -13,7 +13,8 @@
 So the driver reads Parquet footers and prediction columns only (tens of bytes per row), never an image; a 10 TB
 catalog's bytes are read and written by the workers. Row order: every prediction carries its (file, row) index, so
 outputs have exactly the input's rows in the input's order whatever order Ray finishes the work in. Resume: each
-output records the input's identity, its row count and the model in its metadata (numclip_mm.batch.catalog.output_status);
+output records the input's identity, its row count and the model in its metadata
+(numclip_mm.batch.catalog.output_status);
 files whose output matches are not read at all; a changed input or model is re-scored.
 Failures: a worker that dies (out of memory, crash) is retried at most ``max_retries`` times, then the job ends
 with a message; the files already committed stay committed and the next run continues from them.
@@ -30,13 +31,21 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pyarrow as pa
 
-from . import catalog
-from .columns import CELL_CRC, ERROR, FILE_INDEX, ROW_INDEX, cell_crcs, output_columns, prediction_schema, \
-    prediction_types
 from ..shared import DEFAULT_MAX_PIXELS, file_digest
+from . import catalog
+from .cluster import ACTOR_BASE_MEMORY, RayStarter, Sizing, cluster_resources, size_pipeline
+from .columns import (
+    CELL_CRC,
+    ERROR,
+    FILE_INDEX,
+    ROW_INDEX,
+    cell_crcs,
+    output_columns,
+    prediction_schema,
+    prediction_types,
+)
 from .decode import CellDecoder, RowGroupDecoder
 from .errortext import error_text, redact
-from .cluster import ACTOR_BASE_MEMORY, RayStarter, Sizing, cluster_resources, size_pipeline
 
 logger = logging.getLogger('numclip_mm.batch')
 
@@ -336,7 +345,8 @@ def run(job: ScoringJob, actor_class=None, ray_starter: Optional[RayStarter] = N
         started_at: Optional[float] = None) -> Dict[str, Any]:
     """Score the plan's pending files. Returns a summary (also logged); raises ScoringFailed when files failed.
 
-    ``actor_class``: see :func:`build_dataset`. ``ray_starter``: Ray already being started in the background (:class:`RayStarter`; the command line starts it
+    ``actor_class``: see :func:`build_dataset`. ``ray_starter``: Ray already being started in the background
+    (:class:`RayStarter`; the command line starts it
     before :func:`prepare` so the two overlap); closed here. ``started_at``: ``time.time()`` of the command's start,
     from which ``first_output_s`` (the first prediction back in the driver) is counted (default: this call)."""
     opts = job.opts

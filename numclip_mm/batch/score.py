@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--object-store-memory', type=_size, default=None,
                    help='object store of a private Ray instance (implies --address local)')
     p.add_argument('--summary-json', default=None, help='also write the run summary to this file')
-    p.add_argument('--quiet', action='store_true', help='log warnings only (no progress lines; the summary is still printed)')
+    p.add_argument('--quiet', action='store_true',
+                   help='log warnings only (no progress lines; the summary is still printed)')
     return p
 
 
@@ -114,7 +115,8 @@ def options_from_args(args: argparse.Namespace) -> ScoreOptions:
         config=args.config, checkpoint=args.checkpoint, input=args.input, output=args.output,
         image_column=image_column, path_column=args.path_column, prefix=args.prefix, zero_shot=args.zero_shot,
         keep_raw_value=args.keep_raw_value, intervals=tuple(args.interval), batch_size=args.batch_size,
-        num_actors=args.num_actors, num_gpus_per_actor=args.num_gpus_per_actor, precision=args.precision, cpus_per_actor=args.cpus_per_actor,
+        num_actors=args.num_actors, num_gpus_per_actor=args.num_gpus_per_actor, precision=args.precision,
+        cpus_per_actor=args.cpus_per_actor,
         cpus_per_decode_task=args.cpus_per_decode_task,
         decode_in_actor=None if args.decode_in is None else args.decode_in == 'actor',
         torch_threads=args.torch_threads, max_image_bytes=args.max_image_bytes,

@@ -16,7 +16,6 @@ import pandas as pd
 from mmengine.fileio import join_path
 from mmengine.logging import print_log
 from mmengine.utils import is_abs
-
 from mmpretrain.datasets.base_dataset import BaseDataset
 from mmpretrain.registry import DATASETS
 

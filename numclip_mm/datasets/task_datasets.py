@@ -6,7 +6,6 @@ from typing import Sequence, Union
 
 import numpy as np
 import pandas as pd
-
 from mmpretrain.registry import DATASETS
 
 from .ordinal_dataset import OrdinalDataset, read_csv_table, read_text_bytes

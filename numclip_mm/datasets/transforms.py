@@ -5,7 +5,6 @@ from typing import Optional
 import mmengine.fileio as fileio
 import numpy as np
 from mmcv.transforms import BaseTransform
-
 from mmpretrain.registry import TRANSFORMS
 
 from ..image_decode import ImageTooLargeError, UnreadableImageError, decode_bgr, image_size_from_header  # noqa: F401

@@ -13,7 +13,6 @@ import pandas as pd
 import torch
 from mmengine.evaluator import BaseMetric
 from mmengine.logging import print_log
-
 from mmpretrain.registry import METRICS
 
 from ..conformal import CalibrationLike, add_interval_columns, get_calibration

@@ -4,11 +4,10 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 from mmengine.evaluator import BaseMetric
-
 from mmpretrain.registry import METRICS
 
-from ..tasks import TaskLike, get_task
 from ..conformal import CalibrationLike, coverage_and_width, get_calibration
+from ..tasks import TaskLike, get_task
 
 ALL_ITEMS = ('mae', 'accuracy', 'off_by_one', 'cs', 'spearman', 'qwk', 'mae_bin')
 

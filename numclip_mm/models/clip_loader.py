@@ -25,8 +25,13 @@ from typing import Dict, List, Optional
 import open_clip
 import torch
 
-from ..utils.checkpoint import (CheckpointLoadError, CheckpointMismatchError, check_state_dict, load_weights_only,
-                                model_state_dict)
+from ..utils.checkpoint import (
+    CheckpointLoadError,
+    CheckpointMismatchError,
+    check_state_dict,
+    load_weights_only,
+    model_state_dict,
+)
 
 _CONFIG_DIR = Path(__file__).parent / 'model_configs'
 open_clip.add_model_config(_CONFIG_DIR)  # tiny configs for tests and the embedded demo

@@ -17,9 +17,9 @@ import os
 import os.path as osp
 import sys
 
-import numclip_mm.register  # noqa: F401  (registration; also makes torchvision importable first)
-
 import matplotlib  # noqa: E402
+
+import numclip_mm.register  # noqa: F401  (registration; also makes torchvision importable first)
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402

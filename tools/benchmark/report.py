@@ -118,7 +118,8 @@ def train_and_test(job, args):
     epochs = few_shot_epochs(shots, args.few_shot_iters) if shots else args.epochs
     init_options = INITS[init][1]
     options = [*init_options, f'randomness.seed={seed}', f'train_cfg.max_epochs={epochs}',
-               f'param_scheduler.milestones=[{max(1, int(epochs * 0.8))}]', f'default_hooks.checkpoint.interval={epochs}',
+               f'param_scheduler.milestones=[{max(1, int(epochs * 0.8))}]',
+               f'default_hooks.checkpoint.interval={epochs}',
                'default_hooks.checkpoint.save_best=None', f'train_dataloader.dataset.num_samples={args.train_samples}']
     if shots:
         options.append(f'train_dataloader.dataset.num_shots={shots}')
@@ -142,8 +143,9 @@ def train_and_test(job, args):
 def metrics_of(config, predictions):
     """The config's own test evaluator (e.g. ``task='count'`` for OrdinalCLIP) applied to the prediction file, so
     one test run gives both the per-sample predictions and the metrics."""
-    import numclip_mm.register  # noqa: F401  (registry; also makes torchvision importable first)
     from mmengine.config import Config
+
+    import numclip_mm.register  # noqa: F401  (registry; also makes torchvision importable first)
     from numclip_mm.evaluation import OrdinalMetric, load_predictions
     evaluator = dict(Config.fromfile(osp.join(ROOT, config)).test_evaluator)
     if evaluator.pop('type') != 'OrdinalMetric':

@@ -24,7 +24,11 @@ import threading
 import time
 from pathlib import Path
 
-from scorer_throughput import random_checkpoint, run_sampled, write_catalog  # a sibling script (its folder is on sys.path)
+from scorer_throughput import (  # a sibling script (its folder is on sys.path)
+    random_checkpoint,
+    run_sampled,
+    write_catalog,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 

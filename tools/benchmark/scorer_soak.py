@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -35,7 +34,7 @@ import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[2]
 
-from scorer_throughput import photo, random_checkpoint, run_sampled  # a sibling script (tools/benchmark is on sys.path)
+from scorer_throughput import photo, random_checkpoint, run_sampled  # noqa: E402  (a sibling script in sys.path[0])
 
 
 def parse_args():
@@ -262,7 +261,8 @@ def run_case(args, checkpoint: str, folder: Path, cells, expect, source_args, ou
     wrong = [(i, want, got) for i, (want, got) in enumerate(zip(expect, errors))
              if (got is not None) != (want is not None) or (want is not None and want not in got)]
     hostile = [e for want, e in zip(expect, errors) if want is not None]
-    result.update(rows_out=table.num_rows, hostile_rows=len(hostile), rows_with_error=sum(e is not None for e in errors),
+    result.update(rows_out=table.num_rows, hostile_rows=len(hostile),
+                  rows_with_error=sum(e is not None for e in errors),
                   unexpected_outcomes=wrong[:5], example_error=hostile[0] if hostile else None,
                   ok=returncode == 0 and table.num_rows == len(cells) and not wrong
                   and not result['leftover_temporaries'])
@@ -297,7 +297,8 @@ def main():
     counts = {k: kinds.count(k) for k in ['ok', *HOSTILE]}
     print(f'catalog: {len(kinds)} rows, {sum(p.stat().st_size for p in cat.glob("*.parquet")) / 1e6:.1f} MB; '
           f'hostile rows: { {k: v for k, v in counts.items() if k != "ok" and v} }', flush=True)
-    cmd = [sys.executable, '-m', 'numclip_mm.batch.score', '--config', args.config, '--checkpoint', checkpoint, '--input',
+    cmd = [sys.executable, '-m', 'numclip_mm.batch.score', '--config', args.config, '--checkpoint', checkpoint,
+           '--input',
            str(cat), '--output', str(out), '--num-cpus', str(args.num_cpus), '--overwrite', '--quiet']
     returncode, stdout, stderr, wall, sampler = run_sampled(cmd, capture_stderr=True)
     if returncode != 0:

@@ -149,7 +149,6 @@ class TreeSampler(threading.Thread):
 def run_sampled(cmd, env=None, capture_stderr=False):
     """Run ``cmd`` in a child process while a :class:`TreeSampler` follows its whole process tree.
     Returns (returncode, stdout, stderr or None, wall seconds, sampler)."""
-    import subprocess
     t0 = time.perf_counter()
     child = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), **(env or {})),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE if capture_stderr else None, text=True)
@@ -164,6 +163,7 @@ def run_sampled(cmd, env=None, capture_stderr=False):
 def random_checkpoint(config: str, work: Path) -> str:
     """A checkpoint of the config's model with seeded random weights (the speed does not depend on them)."""
     import torch
+
     from numclip_mm.inference import Predictor
     torch.manual_seed(0)
     checkpoint = str(work / 'model.pth')
@@ -180,6 +180,7 @@ def first_batch_marker(folder: Path) -> None:
 def bare_main(spec: dict) -> dict:
     """Child process: the same Predictor in a loop, no Ray."""
     import torch
+
     from numclip_mm.inference import Predictor, decode_image
     predictor = Predictor(spec['config'], spec['checkpoint'])
     pre = predictor.preprocessor
@@ -198,12 +199,14 @@ class PredictorActor:
 
     def __init__(self, config, checkpoint, marks, threads=1):
         import torch
+
         from numclip_mm.inference import Predictor
         torch.set_num_threads(threads)
         self.predictor, self.marks, self.first = Predictor(config, checkpoint), Path(marks), True
 
     def __call__(self, batch):
         import torch
+
         from numclip_mm.inference import decode_image
         pre = self.predictor.preprocessor
         out = self.predictor.predict_tensors(torch.stack([pre(decode_image(c)) for c in batch['image']]))
