@@ -94,6 +94,42 @@ def test_address_resolution(monkeypatch):
 # --------------------------------------------------------------------------------------------------------------
 # real runs
 
+_RAY_BESIDE_CV2 = r"""
+import copy, importlib.machinery, os, sys, time
+class VendoredColoramaOnly:  # colorama as on a fresh install: only Ray's vendored copy, nothing in site-packages
+    def find_spec(self, name, path=None, target=None):
+        if name != 'colorama':
+            return None
+        vendored = [p for p in sys.path if p.endswith(os.path.join('ray', 'thirdparty_files'))]
+        spec = importlib.machinery.PathFinder.find_spec(name, vendored) if vendored else None
+        if spec is None:
+            raise ModuleNotFoundError("No module named 'colorama'")
+        return spec
+sys.meta_path.insert(0, VendoredColoramaOnly())
+from numclip_mm.batch.cluster import RayStarter
+starter = RayStarter(address='local', num_cpus=1).start()
+deadline = time.time() + 60
+while 'ray.exceptions' not in sys.modules and starter.error is None and time.time() < deadline:
+    saved = copy.copy(sys.path)  # what OpenCV's import does in the main thread (cv2/__init__.py bootstrap)
+    time.sleep(0.002)
+    sys.path = saved
+import cv2  # the real thing, too
+try:
+    starter.wait(60)
+    print('ray up')
+finally:
+    starter.close()
+"""
+
+
+def test_ray_starts_beside_an_import_that_restores_sys_path():
+    """`import ray` in RayStarter's thread while the main thread imports OpenCV, which saves ``sys.path`` and
+    assigns the copy back: Ray's vendored colorama stays importable (CI failed with "No module named 'colorama'")."""
+    proc = subprocess.run([PY, '-c', _RAY_BESIDE_CV2], cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and 'ray up' in proc.stdout, proc.stderr[-3000:]
+
+
 def _png(rng, h, w):
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format='PNG', compress_level=1)

@@ -111,6 +111,17 @@ def _read(fs, key):
         return pq.read_table(f)
 
 
+def test_predictor_reads_s3_paths(s3, job):
+    """Predictor.predict('s3://...'): the object store image, bounded like the scorer's reads, same prediction as
+    its bytes; a missing key is named."""
+    cells = job['images']['p0.parquet'][:2]
+    got = job['reference'].predict([f's3://{BUCKET}/images/{i}.png' for i in range(2)])
+    want = job['reference'].predict(cells)
+    assert got['value'].tolist() == want['value'].tolist()
+    with pytest.raises(OSError, match='missing.png'):
+        job['reference'].predict(f's3://{BUCKET}/images/missing.png')
+
+
 def test_s3_catalog_resume_and_commit(s3, job):
     from numclip_mm.batch.pipeline import prepare, score_catalog
     fs = s3['fs']

@@ -8,6 +8,7 @@ import torch
 from helpers import write_tiny_config
 from PIL import Image
 
+from numclip_mm.batch.catalog import ImageRefused
 from numclip_mm.inference import ImagePreprocessor, Predictor, decode_image, default_precision, describe_model
 from numclip_mm.utils import CheckpointMismatchError
 
@@ -187,9 +188,10 @@ def test_predict_paths_str_pathlib_and_uri(tiny, rgb, tmp_path):
     path.write_bytes(data)
     for image in (str(path), path, f'file://{path}'):
         _same_prediction(tiny['predictor'], image, data)
-    with fsspec.open('memory://predictor/image.png', 'wb') as f:  # a non-local fsspec filesystem
+    with fsspec.open('memory://predictor/image.png', 'wb') as f:  # a filesystem outside the reader's allow-list
         f.write(data)
-    _same_prediction(tiny['predictor'], 'memory://predictor/image.png', data)
+    with pytest.raises(ImageRefused, match=r'scheme memory:// is not read \(allowed: .*s3://'):
+        tiny['predictor'].predict('memory://predictor/image.png')  # (s3:// paths: tests/test_batch_s3.py)
     with pytest.raises(OSError, match='image file not found: .*missing.png'):
         tiny['predictor'].predict(tmp_path / 'missing.png')
 

@@ -98,7 +98,9 @@ def zero_shot_accuracy():
     accuracy = {}
     for name, pretrained in (('packaged', 'numclip-tiny-synth'), ('random', None)):
         torch.manual_seed(0)
-        model = MODELS.build(dict(cfg.model, clip=dict(cfg.model.clip, pretrained=pretrained))).eval()
+        model = MODELS.build(dict(cfg.model, clip=dict(cfg.model.clip, pretrained=pretrained)))
+        model.init_weights()  # build allocates; the pretrained weights come with init_weights (as the Runner does)
+        model.eval()
         with torch.no_grad():
             data = model.data_preprocessor(dict(inputs=[b['inputs'] for b in batch],
                                                 data_samples=[b['data_samples'] for b in batch]))

@@ -31,6 +31,21 @@ class RayUnavailable(RuntimeError):
     """No Ray cluster answers at the address the job was given (or found)."""
 
 
+def add_ray_vendored_path() -> None:
+    """Put Ray's vendored packages (``ray/thirdparty_files``: colorama, psutil) on ``sys.path`` now, from the main
+    thread, as ``import ray`` would. Ray adds the folder during its own import, which :class:`RayStarter` runs in a
+    background thread; an import in the main thread at the same time (OpenCV's, via mmcv) saves ``sys.path`` and
+    assigns the saved copy back, dropping the folder, and ``import ray`` then fails with ``No module named
+    'colorama'`` wherever colorama is not also installed on its own."""
+    import importlib.util
+    spec = importlib.util.find_spec('ray')  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return
+    vendored = os.path.join(list(spec.submodule_search_locations)[0], 'thirdparty_files')
+    if os.path.isdir(vendored) and vendored not in sys.path:
+        sys.path.insert(0, vendored)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # where the cluster is
 
@@ -128,6 +143,7 @@ class RayStarter:
         if self.requested in (None, 'local'):
             os.environ.setdefault('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER', '0')  # keep a local instance on loopback
         self._started_at = time.monotonic()
+        add_ray_vendored_path()
         self._thread = threading.Thread(target=self._run, name='numclip-ray', daemon=True)
         self._thread.start()
         return self

@@ -106,6 +106,7 @@ class ScoringJob:
     plans: List[catalog.FilePlan]
     checkpoint_sha256: Optional[str] = None  # what every actor must load (None: zero-shot, no checkpoint)
     calibration: Any = None                  # the checked numclip_mm.conformal.Calibration when intervals are asked
+    checkpoint_bytes: int = 0                # its size (local or remote), for the actors' memory request
 
     @property
     def column(self) -> str:
@@ -149,11 +150,12 @@ def prepare(opts: ScoreOptions) -> ScoringJob:
         raise Err('--zero-shot and --checkpoint exclude each other')
     # the checkpoint travels once here: a local copy (URIs), its digest, the key/shape check and the calibration;
     # actors get the digest and the checked calibration, and load exactly the bytes that have that digest
-    checkpoint_sha256, calibration, calibration_digest = None, None, None
+    checkpoint_sha256, calibration, calibration_digest, checkpoint_bytes = None, None, None, 0
     with catalog.local_copy(opts.checkpoint, companions=(SIDECAR_SUFFIX,) if opts.intervals else ()) as local:
         model = describe_model(config, local)  # exact key/shape check
         if opts.checkpoint is not None:
             checkpoint_digest = checkpoint_sha256 = file_digest(local)
+            checkpoint_bytes = os.path.getsize(local)
         if opts.intervals:
             calibration, calibration_digest = _check_calibration(opts, local, checkpoint_sha256)
     task = model['task']
@@ -166,7 +168,7 @@ def prepare(opts: ScoreOptions) -> ScoringJob:
         opts.input, opts.output, image_column=opts.image_column, path_column=opts.path_column,
         new_columns=names, model=identity, overwrite=opts.overwrite)
     return ScoringJob(opts, config, task.name, model['input_size'], identity, names, fs_out, out_dir, plans,
-                      checkpoint_sha256, calibration)
+                      checkpoint_sha256, calibration, checkpoint_bytes)
 
 
 def _check_calibration(opts: ScoreOptions, local_checkpoint: Optional[str], checkpoint_sha256: Optional[str]):
@@ -226,12 +228,10 @@ def plan_sizing(job: ScoringJob) -> Sizing:
     """Actors x threads for the running cluster (:func:`numclip_mm.batch.cluster.size_pipeline`); the options the
     user gave are kept."""
     opts = job.opts
-    checkpoint_bytes = (os.path.getsize(opts.checkpoint) if opts.checkpoint and '://' not in opts.checkpoint
-                        else 0)
     return size_pipeline(cluster_resources(), num_actors=opts.num_actors, cpus_per_actor=opts.cpus_per_actor,
                          num_gpus_per_actor=opts.num_gpus_per_actor, torch_threads=opts.torch_threads,
                          decode_in_actor=opts.decode_in_actor, cpus_per_decode_task=opts.cpus_per_decode_task,
-                         batch_size=opts.batch_size, actor_memory=ACTOR_BASE_MEMORY + 3 * checkpoint_bytes)
+                         batch_size=opts.batch_size, actor_memory=ACTOR_BASE_MEMORY + 3 * job.checkpoint_bytes)
 
 
 def prediction_block_bytes(batch_size: int, intervals: Sequence[float] = ()) -> int:
