@@ -90,7 +90,17 @@ class ImagePreprocessor:
 
     def from_bytes(self, data: bytes, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> torch.Tensor:
         """Encoded image bytes -> CHW uint8 tensor (ValueError as :func:`decode_image`)."""
-        return self._sized(decode_bgr(data, 'input', max_pixels))
+        return self.from_bgr(self.decode(data, max_pixels))
+
+    @staticmethod
+    def decode(data: bytes, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.ndarray:
+        """Encoded image bytes -> BGR uint8 (H, W, 3), the input of :meth:`from_bgr`: decode once, then bring the
+        image to several models' inputs (ValueError as :func:`decode_image`)."""
+        return decode_bgr(data, 'input', max_pixels)
+
+    def from_bgr(self, image_bgr: np.ndarray) -> torch.Tensor:
+        """A decoded BGR uint8 image (left unchanged) -> CHW uint8 tensor at ``input_size``."""
+        return self._sized(image_bgr)
 
     def _sized(self, image_bgr: np.ndarray) -> torch.Tensor:
         """The pipeline's output at ``input_size`` (when set), whatever the pipeline does with the image's size."""
@@ -174,9 +184,11 @@ class Predictor:
 
     @torch.no_grad()
     def predict_tensors(self, inputs: Union[torch.Tensor, Sequence[torch.Tensor]],
-                        intervals: Sequence[float] = ()) -> Dict[str, np.ndarray]:
+                        intervals: Sequence[float] = (), embeddings: bool = False) -> Dict[str, np.ndarray]:
         """Preprocessed CHW uint8 tensors (a list or a stacked batch) -> prediction columns; plus ``low_<level>``
-        and ``high_<level>`` (conformal interval bounds) for each level of ``intervals``.
+        and ``high_<level>`` (conformal interval bounds) for each level of ``intervals``, and with ``embeddings``
+        ``embedding``: (N, D) float32, the L2-normalised image feature the head sees (the image tower after the
+        adapter, before the text prototypes: ``v`` of docs/method.md §4-§5), for dedup and search.
 
         ``value`` is clamped to the task's range (:meth:`OrdinalHead.to_task_range`); ``value_raw`` is the head's
         number before clamping. On CUDA a stacked batch is copied from pinned host memory without blocking.
@@ -189,7 +201,8 @@ class Predictor:
         with torch.autocast(self.device.type, dtype=PRECISIONS[self.precision],
                             enabled=self.precision != 'fp32'):
             data = self.model.data_preprocessor(dict(inputs=inputs), False)
-            probs, raw = head.predict_arrays(self.model.extract_feat(data['inputs']))
+            feats = self.model.extract_feat(data['inputs'])
+            probs, raw = head.predict_arrays(feats)
         values = head.to_task_range(raw.float())
         probs, values, raw = (t.float().cpu().numpy() for t in (probs, values, raw))
         index = probs.argmax(axis=1)
@@ -198,16 +211,22 @@ class Predictor:
         if intervals:
             for key, (low, high) in self.calibration.intervals(values, probs, intervals).items():
                 out[f'low_{key}'], out[f'high_{key}'] = low, high
+        if embeddings:
+            out['embedding'] = torch.nn.functional.normalize(feats[-1].float(), dim=-1).cpu().numpy()
         return out
 
-    def predict(self, images: Sequence[Union[np.ndarray, bytes]], intervals: Sequence[float] = ()
-                ) -> Dict[str, np.ndarray]:
+    def predict(self, images: Sequence[Union[np.ndarray, bytes]], intervals: Sequence[float] = (),
+                embeddings: bool = False) -> Dict[str, np.ndarray]:
         """RGB uint8 arrays (or encoded image bytes) -> columns ``value`` (clamped to the task's range, see
         :class:`OrdinalHead`), ``value_raw`` (unclamped), ``label``, ``label_index``, ``probability`` (of the
-        predicted bin), and ``low_<level>``/``high_<level>`` per level of ``intervals``; one row per image, in
-        order."""
+        predicted bin), ``low_<level>``/``high_<level>`` per level of ``intervals``, and ``embedding`` with
+        ``embeddings`` (see :meth:`predict_tensors`); one row per image, in order."""
         return self.predict_tensors([self.preprocessor.from_bytes(i) if isinstance(i, (bytes, bytearray))
-                                     else self.preprocessor(i) for i in images], intervals)
+                                     else self.preprocessor(i) for i in images], intervals, embeddings)
+
+    def features(self, images: Sequence[Union[np.ndarray, bytes]]) -> np.ndarray:
+        """(N, D) float32 L2-normalised image embeddings (what ``numclip-score --embedding`` writes, in fp16)."""
+        return self.predict(images, embeddings=True)['embedding']
 
 
 def _input_size(model: torch.nn.Module) -> Optional[tuple]:

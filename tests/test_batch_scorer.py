@@ -300,7 +300,7 @@ def test_resume_notices_changed_input_and_model(env, scored, tmp_path):
     plan = prepare(_opts(env, checkpoint=str(other), input=str(cat / 'part-000.parquet'), output=str(out))).plans[0]
     assert plan.status == 'stale: model (config or checkpoint) changed'
     plan = prepare(_opts(env, input=str(cat / 'part-000.parquet'), output=str(out), prefix='n_')).plans[0]
-    assert plan.status == 'stale: output columns changed'
+    assert plan.status == "stale: models changed (added: 'n_'; removed: 'count_')"
 
 
 def test_overwrite_and_nothing_to_do(env, scored, tmp_path):
@@ -323,7 +323,7 @@ def test_path_column_input(env, ray_session, tmp_path):
                                  path_column='path', path_root=str(env['images']), prefix='n_', num_actors=2,
                                  decode_in_actor=False, cpus_per_actor=0.5,  # the GPU layout: decode tasks
                                  keep_raw_value=True))
-    assert report['columns']['value'] == 'n_value'
+    assert report['columns'] == ['n_value', 'n_value_raw', 'n_label', 'n_probability', 'n_error']
     table = pq.read_table(out / 'paths.parquet')
     assert table.column_names == ['key', 'path', 'n_value', 'n_value_raw', 'n_label', 'n_probability', 'n_error']
     raw = np.asarray(table.column('n_value_raw').to_pylist(), dtype=float)
@@ -395,7 +395,7 @@ def test_interval_without_calibration_is_refused_up_front(env, tmp_path, capsys)
     with pytest.raises(catalog.ScoringSetupError, match=r'\(0, 1\)'):
         prepare(_opts(env, checkpoint=ckpt, input=src, output=str(tmp_path / 'c'), intervals=(90,)))
     job = prepare(_opts(env, checkpoint='file://' + ckpt, input=src, output=str(tmp_path / 'c'), intervals=(0.9,)))
-    assert job.names['low_0.9'] == 'count_low_0.9'  # a file:// checkpoint finds its sidecar too
+    assert job.models[0].names['low_0.9'] == 'count_low_0.9'  # a file:// checkpoint finds its sidecar too
     assert cli_main(['--config', env['cfg'], '--checkpoint', env['ckpt'], '--input', src, '--output',
                      str(tmp_path / 'd'), '--interval', '0.9']) == 2
     assert 'no conformal calibration' in capsys.readouterr().err
@@ -462,7 +462,7 @@ def test_failing_batch_is_retried_row_by_row():
             return dict(value=v, value_raw=v, probability=np.full(len(v), 0.5),
                         label=np.array(['few'] * len(v), dtype=object))
     actor = InferenceActor.__new__(InferenceActor)
-    actor.attach(Picky())
+    actor.attach([Picky()])
     tensors = np.zeros((4, 3, 2, 2), dtype=np.uint8)
     tensors[:, 0, 0, 0] = [1, 255, 3, 4]
     table = actor.predict_rows(np.arange(4), np.zeros(4), [None, None, None, 'null image'], tensors, 7)

@@ -3,13 +3,14 @@
 Local run (starts a private Ray instance); three equivalent forms::
 
     numclip-score --config CFG --checkpoint CKPT --input catalog/ --output scored/
+    numclip-score --model CFG1 CKPT1 --model CFG2 CKPT2 age_ --input catalog/ --output scored/   # one pass, 2 models
     python -m numclip_mm.batch.score ...
     python batch/score.py ...            # what `ray submit cluster.yaml batch/score.py -- ...` runs
 
 On a running cluster: ``ray job submit`` or ``ray submit`` (see README, "Batch scoring with Ray").
 
 Every input column is kept and ``{prefix}value``, ``{prefix}label``, ``{prefix}probability`` and ``{prefix}error``
-(null on success) are added; one output file per input file, same base name, same row order. Files whose complete
+(null on success) are added per model; one output file per input file, same relative path, same row order. Files whose complete
 output exists are skipped (re-run a killed job to continue), unless ``--overwrite``.
 Exit status: 0 done, 2 bad arguments/inputs (nothing started), 1 failure while scoring.
 """
@@ -21,7 +22,7 @@ import sys
 
 from numclip_mm.batch import catalog
 from numclip_mm.batch.decode import DEFAULT_MAX_PIXELS
-from numclip_mm.batch.pipeline import ScoreOptions, ScoringFailed, prepare, run
+from numclip_mm.batch.pipeline import ModelSpec, ScoreOptions, ScoringFailed, prepare, run
 
 
 def _size(text: str) -> int:
@@ -39,15 +40,22 @@ def _size(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='numclip-score', description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--config', required=True, help='model config the checkpoint was trained with')
+    p.add_argument('--config', default=None, help='model config the checkpoint was trained with (one model)')
     p.add_argument('--checkpoint', default=None, help='Runner checkpoint (.pth), local path or URI')
     p.add_argument('--zero-shot', action='store_true',
                    help='no checkpoint: score with the config\'s pretrained CLIP (refused when it has none)')
+    p.add_argument('--model', nargs='+', action='append', default=[], metavar=('CONFIG', 'CHECKPOINT [PREFIX]'),
+                   help='a model of a several-model pass: config, checkpoint and an optional column prefix '
+                        '(default "<task name>_"); repeat it per model. Each image is read and decoded once and '
+                        'goes through every model; each model adds its own columns. Replaces --config/--checkpoint')
     p.add_argument('--input', required=True,
-                   help='a Parquet file, a folder of *.parquet files, or a glob (local or fsspec URI)')
+                   help='a Parquet file, a folder (walked recursively: Hive partitions such as year=2020/ keep their '
+                        'layout in the output), or a glob (local or fsspec URI)')
     p.add_argument('--output', required=True, help='output folder: one Parquet file per input file')
     src = p.add_mutually_exclusive_group()
-    src.add_argument('--image-column', default=None, help='column of encoded image bytes (default: image)')
+    src.add_argument('--image-column', default=None,
+                     help='column of encoded image bytes (binary, large_binary, binary_view) or a Hugging Face '
+                          'Image() struct<bytes, path> (default: chosen from the schema when unambiguous)')
     src.add_argument('--path-column', default=None, help='column of image paths or URIs, read with fsspec')
     p.add_argument('--path-root', default=None,
                    help='folder that relative paths in --path-column are resolved against (default: current dir)')
@@ -58,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='add conformal prediction intervals at these coverage levels, e.g. 0.9: columns '
                         '{prefix}low_<level>/{prefix}high_<level>; needs the checkpoint\'s calibration sidecar '
                         '(tools/calibrate.py; docs/intervals.md)')
+    p.add_argument('--embedding', action='store_true',
+                   help='also write {prefix}embedding: the L2-normalised image embedding the head sees (fp16 list), '
+                        'for dedup and search; one column per model')
     p.add_argument('--batch-size', type=int, default=None, help='default: 64 on CPU, 256 per GPU actor')
     p.add_argument('--num-actors', type=int, default=1, help='inference actors (model replicas)')
     p.add_argument('--num-gpus-per-actor', type=float, default=0)
@@ -85,14 +96,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def options_from_args(args: argparse.Namespace) -> ScoreOptions:
-    image_column = args.image_column if args.path_column is None else None
-    if image_column is None and args.path_column is None:
-        image_column = 'image'
+def model_specs(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """--model CONFIG CHECKPOINT [PREFIX] (repeated) -> ModelSpecs; the one-model flags must then be absent."""
+    if not args.model:
+        if args.config is None:
+            parser.error('give --config and --checkpoint, or --model CONFIG CHECKPOINT [PREFIX] (repeatable)')
+        return ()
+    for given in ('config', 'checkpoint', 'prefix', 'zero_shot'):
+        if getattr(args, given):
+            parser.error(f'--{given.replace("_", "-")} is the one-model form: with --model give every model as '
+                         f'--model CONFIG CHECKPOINT [PREFIX]')
+    bad = [m for m in args.model if len(m) not in (2, 3)]
+    if bad:
+        parser.error(f'--model takes CONFIG CHECKPOINT [PREFIX], got {bad[0]}')
+    return tuple(ModelSpec(*m) for m in args.model)
+
+
+def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser = None) -> ScoreOptions:
+    models = model_specs(parser or build_parser(), args)
     return ScoreOptions(
-        config=args.config, checkpoint=args.checkpoint, input=args.input, output=args.output,
-        image_column=image_column, path_column=args.path_column, prefix=args.prefix, zero_shot=args.zero_shot,
-        keep_raw_value=args.keep_raw_value, intervals=tuple(args.interval), batch_size=args.batch_size,
+        config=args.config, checkpoint=args.checkpoint, models=models, input=args.input, output=args.output,
+        image_column=args.image_column, path_column=args.path_column, prefix=args.prefix, zero_shot=args.zero_shot,
+        keep_raw_value=args.keep_raw_value, intervals=tuple(args.interval), embedding=args.embedding,
+        batch_size=args.batch_size,
         num_actors=args.num_actors,
         num_gpus_per_actor=args.num_gpus_per_actor, precision=args.precision, cpus_per_actor=args.cpus_per_actor,
         cpus_per_decode_task=args.cpus_per_decode_task,
@@ -104,11 +130,12 @@ def options_from_args(args: argparse.Namespace) -> ScoreOptions:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format='%(asctime)s %(name)s %(levelname)s %(message)s')
     logging.getLogger('numclip_mm.batch').setLevel(logging.WARNING if args.quiet else logging.INFO)
-    opts = options_from_args(args)
+    opts = options_from_args(args, parser)
     from numclip_mm.inference import CheckpointLoadError
     try:
         prep = prepare(opts)
