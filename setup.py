@@ -2,7 +2,8 @@
 
 Dependency ranges only: the tested set is pinned in requirements/constraints.txt. torch is required as a range
 (``torch>=2.1``), never pinned, so that pip keeps the torch (CPU or CUDA build) already installed; install torch
-first and pass the constraints file to every later pip call (see README), or pip may pull a CUDA build.
+first and pass the constraints file to every later pip call (see docs/getting_started.md), or pip may pull a CUDA
+build.
 
 Package data: the tiny open_clip model configs (``numclip_mm/models/model_configs/*.json``) ship in the wheel and the
 sdist (MANIFEST.in), so ``numclip-demo``/``numclip-tiny`` exist in non-editable installs too.

@@ -17,7 +17,8 @@ the plugin, runs once, and is recorded in :data:`APPLIED`:
    always pass ``weights_only=True`` (``register_weights_only_loader``), so that no environment variable such as
    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` can make ``load_from``/``--resume`` unpickle arbitrary code.
    Consequence: a checkpoint written by a process that imported numclip_mm refers to
-   ``numclip_mm.utils.checkpoint.rebuild_history_buffer`` in its ``message_hub``; see README "Checkpoints".
+   ``numclip_mm.utils.checkpoint.rebuild_history_buffer`` in its ``message_hub``; see "Checkpoints" in
+   docs/training_and_testing.md.
 3. ``open_clip_model_configs`` (:mod:`numclip_mm.models.clip_loader`): the JSON model configs shipped in
    ``numclip_mm/models/model_configs`` (``numclip-tiny``, ``numclip-demo``) are added to open_clip's model table.
 4. ``registries``: importing the subpackages registers the models, datasets, transforms, metrics and hooks into

@@ -1,6 +1,6 @@
 """The scorer's entry points as a data team runs them: `python batch/score.py` (what `ray submit` runs), the
-`numclip-score` console command, README's `ray job submit` recipe as written, the example cluster file, and a
-driver killed mid-run (one re-run completes every file).
+`numclip-score` console command, the `ray job submit` recipe of docs/batch_scoring.md as written, the example
+cluster file, and a driver killed mid-run (one re-run completes every file).
 
 Each test starts its own Ray (in a subprocess) in its own process group and ends exactly that group.
 """
@@ -154,7 +154,7 @@ def test_cluster_file_is_valid():
 
 
 # --------------------------------------------------------------------------------------------------------------
-# README's `ray job submit` recipe, as written
+# docs/batch_scoring.md's `ray job submit` recipe, as written
 
 def _free_port():
     with socket.socket() as s:
@@ -162,17 +162,18 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def readme_recipe() -> str:
-    text = (REPO / 'README.md').read_text()
+def documented_recipe() -> str:
+    text = (REPO / 'docs' / 'batch_scoring.md').read_text()
     found = re.search(r'<!-- recipe: ray job submit[^>]*-->\s*```bash\n(.*?)```', text, re.S)
-    assert found, "README lost its ray job submit recipe"
+    assert found, "docs/batch_scoring.md lost its ray job submit recipe"
     return found.group(1)
 
 
-def test_readme_ray_job_submit_recipe(env, tmp_path):
-    """Run README's recipe in a fresh shell (a new HOME: no token yet, no RAY_* variables), changing only the
-    ports (free ones, so another Ray on this machine cannot clash), Ray's temp dir and the demo's file names."""
-    recipe = readme_recipe()
+def test_documented_ray_job_submit_recipe(env, tmp_path):
+    """Run docs/batch_scoring.md's recipe in a fresh shell (a new HOME: no token yet, no RAY_* variables), changing
+    only the ports (free ones, so another Ray on this machine cannot clash), Ray's temp dir and the demo's file
+    names."""
+    recipe = documented_recipe()
     port, dash, agent, agent_grpc, runtime_env, metrics, client = (_free_port() for _ in range(7))
     temp_dir = tempfile.mkdtemp(prefix='rayt', dir='/tmp')  # short: Ray's unix socket paths must stay < 108 chars
     start = 'ray start --head --dashboard-host 127.0.0.1'

@@ -184,7 +184,8 @@ def test_amp_configs_fall_back_on_cpu(monkeypatch):
     assert cfg.optim_wrapper.type == 'OptimWrapper' and 'loss_scale' not in cfg.optim_wrapper
     assert cfg.optim_wrapper.optimizer.type == 'RAdam'
     assert len(notices) == 1 and 'OptimWrapper' in notices[0] and '\n' not in notices[0]
-    # README's explicit swap leaves AMP's loss_scale behind, which OptimWrapper would reject: it is dropped
+    # the explicit swap docs/training_and_testing.md shows leaves AMP's loss_scale behind, which OptimWrapper would
+    # reject: it is dropped
     cfg = Config.fromfile(str(ROOT / 'configs/numclip_morph.py'))
     cfg.merge_from_dict({'optim_wrapper.type': 'OptimWrapper'})
     assert not fall_back_from_amp(cfg) and 'loss_scale' not in cfg.optim_wrapper
@@ -212,8 +213,8 @@ def test_schedule_trains_every_trainable_group_at_the_method_lr():
 
 
 def test_train_tool_partial_load_is_opt_in(files, tmp_path):
-    """README: `tools/train.py CONFIG --partial-load --cfg-options load_from=CKPT` fine-tunes from a checkpoint of
-    another config; without the flag the same command stops with the mismatch."""
+    """docs/training_and_testing.md: `tools/train.py CONFIG --partial-load --cfg-options load_from=CKPT` fine-tunes
+    from a checkpoint of another config; without the flag the same command stops with the mismatch."""
     tiny_train = [*TINY_DEMO, 'train_dataloader.dataset.num_samples=8', 'train_dataloader.dataset.image_size=32',
                   'val_dataloader.dataset.num_samples=8', 'val_dataloader.dataset.image_size=32',
                   'train_cfg.max_epochs=1', f'load_from={files["good"]}']

@@ -1,5 +1,5 @@
 """Offline CLIP loading: random init, every published file format, strict key/shape/architecture checks, the local
-tag caches (the layout README's "CLIP weights" section documents)."""
+tag caches (the layout the "CLIP weights" section of docs/reproducing_the_paper.md documents)."""
 import os
 from pathlib import Path
 
@@ -309,7 +309,7 @@ def test_pickle_payload_in_clip_file_is_refused(tmp_path, monkeypatch):
 
 
 
-# ---------------------------------------------------------------- the caches README documents
+# ---------------------------------------------------------------- the caches docs/reproducing_the_paper.md documents
 def test_hf_cache_layout_is_found_offline(empty_caches):
     """HF_HUB_CACHE/models--timm--vit_base_patch16_clip_224.openai/snapshots/<rev>/ + refs/main, HF_HUB_OFFLINE=1."""
     hub = Path(os.environ['HF_HUB_CACHE'])
@@ -340,8 +340,8 @@ def test_hf_cache_via_hf_home(tmp_path, monkeypatch):
     assert resolve_pretrained('ViT-B-16', 'laion2b_s34b_b88k') == str(snapshot / 'open_clip_pytorch_model.bin')
 
 
-def test_readme_documents_the_searched_places():
-    text = (ROOT / 'README.md').read_text()
+def test_docs_document_the_searched_places():
+    text = (ROOT / 'docs' / 'reproducing_the_paper.md').read_text()
     for place in ('~/.cache/clip/ViT-B-16.pt', '$NUMCLIP_CLIP_CACHE', '$HF_HUB_CACHE', '$HF_HOME/hub',
                   'models--timm--vit_base_patch16_clip_224.openai/snapshots/', 'refs/main',
                   'open_clip_model.safetensors', 'open_clip_pytorch_model.bin'):

@@ -120,7 +120,7 @@ def uses_quick_gelu(model: torch.nn.Module) -> bool:
 
 @pytest.mark.parametrize('dataset', ['hci', 'aesthetics', 'adience'])
 def test_paper_config_trains_and_tests_in_process(openai_archive, tmp_path, dataset):
-    """The config as README runs it on CPU (optim_wrapper.type=OptimWrapper), its data root replaced."""
+    """The config as docs run it on CPU (optim_wrapper.type=OptimWrapper), its data root replaced."""
     start = time.perf_counter()
     FABRICATE[dataset](tmp_path / 'data')
     cfg = Config.fromfile(str(ROOT / f'configs/numclip_{dataset}.py'))
@@ -161,8 +161,8 @@ def run_tool(*args, env, timeout=420):
 
 
 def test_morph_through_the_tools_with_the_readme_cache(openai_archive, tmp_path):
-    """tools/train.py then tools/test.py on configs/numclip_morph.py exactly as README's paper section: the weights
-    come from ``$NUMCLIP_CLIP_CACHE/ViT-B-16.pt`` (the config's ``pretrained='openai'``), the AMP config falls
+    """tools/train.py then tools/test.py on configs/numclip_morph.py exactly as docs/reproducing_the_paper.md: the
+    weights come from ``$NUMCLIP_CLIP_CACHE/ViT-B-16.pt`` (the config's ``pretrained='openai'``), the AMP config falls
     back to OptimWrapper by itself on this CPU-only machine."""
     start = time.perf_counter()
     fabricate_morph(tmp_path / 'data')

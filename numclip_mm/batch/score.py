@@ -7,7 +7,7 @@ Local run (starts a private Ray instance); three equivalent forms::
     python -m numclip_mm.batch.score ...
     python batch/score.py ...            # what `ray submit cluster.yaml batch/score.py -- ...` runs
 
-On a running cluster: ``ray job submit`` or ``ray submit`` (see README, "Batch scoring with Ray").
+On a running cluster: ``ray job submit`` or ``ray submit`` (see docs/batch_scoring.md).
 
 Every input column is kept and ``{prefix}value``, ``{prefix}label``, ``{prefix}probability`` and ``{prefix}error``
 (null on success) are added per model; one output file per input file, same relative path, same row order. Files whose complete

@@ -6,7 +6,7 @@ Nothing here downloads. ``pretrained`` may be
   OpenAI's TorchScript archive (``ViT-B-16.pt``), open_clip/Hugging Face ``open_clip_pytorch_model.bin`` (a pickled
   state dict, read weights-only), ``open_clip_model.safetensors``, or any plain state dict saved with ``torch.save``;
 - a tag (``'openai'``, ``'laion2b_s34b_b88k'``, ...): open_clip's table names the files, which must already be in
-  one of the places :func:`resolve_pretrained` searches (README "CLIP weights" lists the same places).
+  one of the places :func:`resolve_pretrained` searches (docs/reproducing_the_paper.md "CLIP weights" lists them).
 
 Weights always come back as fp32 (OpenAI's files hold fp16): precision is decided at run time by the optimizer
 wrapper (AMP), not by the file.

@@ -3,7 +3,7 @@
 Every config gets the same budget (epochs, training samples, batch size) and the same seeds; each run is
 `tools/train.py` then `tools/test.py --out` on the test split, exactly as a user runs them. The output folder holds
 `results.md` (mean +- std over seeds of MAE, accuracy, off-by-one), `results.json` (every run), the prediction
-files and the plots of NumCLIP's first seed. README's results section is this file's `results.md`.
+files and the plots of NumCLIP's first seed. configs/README.md's demo results are this file's `results.md`.
 
     python tools/benchmark/report.py --seeds 0 1 2 --epochs 30 --jobs 2
 """
