@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -207,6 +206,10 @@ def test_adding_a_model_rescores_the_file_with_both(env, partitioned, tmp_path):
             np.testing.assert_allclose(np.linalg.norm(written, axis=1), 1, atol=2e-3)
             cosine = (written * features).sum(1) / np.linalg.norm(written, axis=1)
             np.testing.assert_allclose(cosine, 1, atol=1e-3)
+    meta = pq.read_metadata(out / rel).row_group(0)  # unique values get no dictionary to hash them into
+    encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
+    assert 'RLE_DICTIONARY' not in encodings['count_embedding.list.element']
+    assert 'RLE_DICTIONARY' in encodings['adience_label']
     # the same two models again: nothing to do; one of them alone: the outputs are stale again
     assert all(p.complete for p in prepare(ScoreOptions(**opts)).plans)
     alone = prepare(ScoreOptions(**dict(opts, models=models[:1]))).plans
@@ -249,6 +252,9 @@ def test_hugging_face_image_struct_with_path_fallback(env, ray_session, tmp_path
     got = pq.read_table(out / 'train.parquet')
     assert got.num_rows == len(rows) and got.column('image').equals(src.column('image'))
     assert got.schema.metadata[b'huggingface'] == src.schema.metadata[b'huggingface']  # still a datasets export
+    meta = pq.read_metadata(out / 'train.parquet').row_group(0)
+    assert 'RLE_DICTIONARY' not in [meta.column(i).encodings for i in range(meta.num_columns)
+                                    if meta.column(i).path_in_schema == 'image.bytes'][0]
     _check_predictions(got, 'count_', env['models']['count']['predictor'], cells)
     _check_predictions(got, 'adience_', env['models']['adience']['predictor'], cells)
     assert got.column('count_error')[2].as_py() == 'null image'

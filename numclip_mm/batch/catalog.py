@@ -586,67 +586,22 @@ def _read_batch_rows(meta: pq.FileMetaData, target_bytes: int = 64 << 20, cap: i
     return int(max(1, min(cap, target_bytes // max(1, total // meta.num_rows))))
 
 
-def _holds_binary(t: pa.DataType) -> bool:
-    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+def _mostly_unique(t: pa.DataType) -> bool:
+    """Binary values (encoded images, at any nesting depth) and lists of floats (embeddings) rarely repeat."""
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t) \
+            or pa.types.is_fixed_size_binary(t):
         return True
     if pa.types.is_struct(t):
-        return any(_holds_binary(t.field(i).type) for i in range(t.num_fields))
-    return pa.types.is_nested(t) and hasattr(t, 'value_type') and _holds_binary(t.value_type)
+        return any(_mostly_unique(t.field(i).type) for i in range(t.num_fields))
+    value_type = getattr(t, 'value_type', None) if pa.types.is_nested(t) else None
+    return value_type is not None and (pa.types.is_floating(value_type) or _mostly_unique(value_type))
 
 
 def dictionary_columns(schema: pa.Schema) -> List[str]:
-    """Columns worth dictionary-encoding: all but those holding binary (a Hugging Face image struct too). Encoded
-    images are unique, so a dictionary only costs the writer a hash of every byte before it falls back (a third of
-    the write's CPU on a PNG catalog)."""
-    return [f.name for f in schema if not _holds_binary(f.type)]
-
-
-class _Sink:
-    """Where an output's bytes go until :meth:`commit` (see the module docstring for each filesystem)."""
-
-    def __init__(self, fs, out_path: str):
-        self.fs, self.out_path = fs, out_path
-        if is_local(fs):
-            self.mode = 'rename'
-            self.tmp = posixpath.join(posixpath.dirname(out_path), f'{TMP_PREFIX}{uuid.uuid4().hex[:8]}-'
-                                                                    f'{posixpath.basename(out_path)}')
-            os.makedirs(posixpath.dirname(out_path), exist_ok=True)
-            self.file = open(self.tmp, 'wb')
-        elif _protocol(fs) in OBJECT_STORES:
-            self.mode = 'upload'
-            self.file = fs.open(out_path, 'wb', autocommit=False)
-        else:
-            self.mode = 'move'
-            self.tmp = posixpath.join(posixpath.dirname(out_path), f'{TMP_PREFIX}{uuid.uuid4().hex[:8]}-'
-                                                                    f'{posixpath.basename(out_path)}')
-            fs.makedirs(posixpath.dirname(out_path), exist_ok=True)
-            self.file = fs.open(self.tmp, 'wb')
-
-    def commit(self) -> None:
-        if self.mode == 'rename':
-            self.file.flush()
-            os.fsync(self.file.fileno())
-            self.file.close()
-            os.replace(self.tmp, self.out_path)
-        elif self.mode == 'upload':
-            self.file.close()    # uploads the last part; nothing is visible yet
-            self.file.commit()   # PutObject / CompleteMultipartUpload: the object appears whole
-        else:
-            self.file.close()
-            self.fs.mv(self.tmp, self.out_path)
-
-    def abort(self) -> None:
-        try:
-            if self.mode == 'upload':
-                self.file.discard()  # abort the multipart upload
-            else:
-                self.file.close()
-                if self.mode == 'rename':
-                    os.unlink(self.tmp)
-                else:
-                    self.fs.rm(self.tmp)
-        except Exception:  # noqa: BLE001  (best effort: the footer check still rejects a torn file)
-            pass
+    """Columns worth dictionary-encoding: all but those holding binary (a Hugging Face image struct too) or float
+    lists (embeddings). Encoded images are unique, so a dictionary only costs the writer a hash of every byte before
+    it falls back (a third of the write's CPU on a PNG catalog)."""
+    return [f.name for f in schema if not _mostly_unique(f.type)]
 
 
 def write_scored_file(plan: FilePlan, predictions: pa.Table, names: Dict[str, str], column: str,
