@@ -352,3 +352,20 @@ def test_struct_cell_crcs_follow_what_was_read():
     np.testing.assert_array_equal(cell_crcs(pa.chunked_array([cells.slice(0, 2), cells.slice(2)])), crcs)
     views = pa.array([b'abc', None, b'xyz'], pa.binary_view())
     assert list(cell_crcs(views)) == [plain[0], -1, plain[1]]
+
+
+def test_globs_keep_partitions_and_the_output_folder_is_never_input(env, tmp_path):
+    """A glob keeps the path relative to its folder before the first wildcard (the partition value stays); folders
+    a glob matches are walked; an output folder inside the input folder is not read as input."""
+    hive = env['hive']
+    listing = catalog.list_inputs(str(hive / 'year=202[01]' / '*.parquet'))
+    assert listing.relative == ['year=2020/part-0.parquet', 'year=2021/part-0.parquet']
+    listing = catalog.list_inputs(str(hive / 'year=*'))
+    assert listing.relative == sorted(env['cells']) and len(listing.unscored) == 1  # notes.txt
+    assert listing.ignored == 1  # year=2020/.part-0.parquet.crc
+    cat = tmp_path / 'cat'
+    shutil.copytree(hive / 'year=2020', cat)
+    (cat / 'scored' / 'x').mkdir(parents=True)
+    pq.write_table(pa.table({'image': pa.array([b'']), 'count_value': [1.0]}), cat / 'scored' / 'x' / 'p.parquet')
+    listing = catalog.list_inputs(str(cat), output=str(cat / 'scored'))
+    assert listing.relative == ['part-0.parquet'] and listing.ignored == 2  # the .crc file and the output folder
