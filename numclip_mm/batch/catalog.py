@@ -604,6 +604,54 @@ def dictionary_columns(schema: pa.Schema) -> List[str]:
     return [f.name for f in schema if not _mostly_unique(f.type)]
 
 
+class _Sink:
+    """Where an output's bytes go until :meth:`commit` (see the module docstring for each filesystem)."""
+
+    def __init__(self, fs, out_path: str):
+        self.fs, self.out_path = fs, out_path
+        if is_local(fs):
+            self.mode = 'rename'
+            self.tmp = posixpath.join(posixpath.dirname(out_path), f'{TMP_PREFIX}{uuid.uuid4().hex[:8]}-'
+                                                                    f'{posixpath.basename(out_path)}')
+            os.makedirs(posixpath.dirname(out_path), exist_ok=True)
+            self.file = open(self.tmp, 'wb')
+        elif _protocol(fs) in OBJECT_STORES:
+            self.mode = 'upload'
+            self.file = fs.open(out_path, 'wb', autocommit=False)
+        else:
+            self.mode = 'move'
+            self.tmp = posixpath.join(posixpath.dirname(out_path), f'{TMP_PREFIX}{uuid.uuid4().hex[:8]}-'
+                                                                    f'{posixpath.basename(out_path)}')
+            fs.makedirs(posixpath.dirname(out_path), exist_ok=True)
+            self.file = fs.open(self.tmp, 'wb')
+
+    def commit(self) -> None:
+        if self.mode == 'rename':
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.tmp, self.out_path)
+        elif self.mode == 'upload':
+            self.file.close()    # uploads the last part; nothing is visible yet
+            self.file.commit()   # PutObject / CompleteMultipartUpload: the object appears whole
+        else:
+            self.file.close()
+            self.fs.mv(self.tmp, self.out_path)
+
+    def abort(self) -> None:
+        try:
+            if self.mode == 'upload':
+                self.file.discard()  # abort the multipart upload
+            else:
+                self.file.close()
+                if self.mode == 'rename':
+                    os.unlink(self.tmp)
+                else:
+                    self.fs.rm(self.tmp)
+        except Exception:  # noqa: BLE001  (best effort: the footer check still rejects a torn file)
+            pass
+
+
 def write_scored_file(plan: FilePlan, predictions: pa.Table, names: Dict[str, str], column: str,
                       metadata: Dict[str, Any], check_crcs, error_columns: Optional[Sequence[str]] = None) -> int:
     """Stream ``plan.input``, attach ``predictions`` (sorted by row, one per input row), write the output with its
