@@ -6,7 +6,7 @@ CONSTRAINTS := requirements/constraints.txt
 STAMP := $(VENV)/.numclip-installed
 DEMO_DIR ?= work_dirs/numclip_demo
 
-.PHONY: setup demo test clean
+.PHONY: setup demo lint test clean
 
 # torch is installed on its own first and only if missing, so that no dependency pulls a CUDA build onto a CPU
 # machine and an existing torch is never replaced; every later pip call is constrained to the tested set.
@@ -22,9 +22,13 @@ demo: setup
 	$(BIN)/python tools/train.py configs/numclip_demo.py --work-dir $(DEMO_DIR)
 	$(BIN)/python tools/test.py configs/numclip_demo.py $$(cat $(DEMO_DIR)/last_checkpoint) \
 		--work-dir $(DEMO_DIR) --out $(DEMO_DIR)/predictions.csv
-	$(BIN)/python tools/analysis/plot_predictions.py $(DEMO_DIR)/predictions.csv --out-dir $(DEMO_DIR)/plots
+	$(BIN)/python tools/analysis/plot_predictions.py $(DEMO_DIR)/predictions.csv --out-dir $(DEMO_DIR)/plots \
+		--config configs/numclip_demo.py
 
-test: setup
+lint: setup
+	$(BIN)/ruff check .
+
+test: lint
 	$(BIN)/python -m pytest tests -q
 
 clean:

@@ -1,31 +1,51 @@
 """One small predictor API: config + checkpoint -> model; ``predict(images)`` -> columns.
 
-Used by ``batch/`` (the Ray scorer) and any other inference code; it never touches training code paths.
+Used by the scorer (:mod:`numclip_mm.batch`) and any other inference code; it never touches training code paths.
 The work is split in two picklable halves so a pipeline can run them in different processes:
 :class:`ImagePreprocessor` (decode-side, CPU: the config's test transforms) and :class:`Predictor` (the model,
 with text prototypes cached after the first batch).
+
+Importing this module is light (torch, OpenCV, PIL): the model stack (mmpretrain, open_clip and
+numclip_mm's models) is imported when a model or a pipeline is first built (:func:`register_inference_components`),
+and numclip_mm's datasets, metrics and runner never are.
 """
+import copy
+import importlib
+import io
+import logging
 import os
-from typing import Dict, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Dict, Optional, Sequence, Union
 
 import cv2
 import numpy as np
 import torch
-from mmengine.config import Config
-from mmengine.dataset import Compose
 
-from .datasets.transforms import DEFAULT_MAX_PIXELS, decode_bgr
-from .evaluation.conformal import (SIDECAR_SUFFIX, CalibrationLike, check_checkpoint, check_levels, find_calibration,
-                                   get_calibration, level_key, sidecar_path)
-from .models.heads import OrdinalHead
-from .tasks import OrdinalTask
+from .conformal import (
+    SIDECAR_SUFFIX,
+    CalibrationLike,
+    check_checkpoint,
+    check_levels,
+    find_calibration,
+    get_calibration,
+    sidecar_path,
+)
+from .image_decode import decode_bgr
+from .shared import DEFAULT_MAX_PIXELS, bytes_digest, level_key
+from .tasks import OrdinalTask, apply_config_task
 from .utils.checkpoint import CheckpointLoadError, CheckpointMismatchError, check_state_dict, load_weights_only
+from .utils.config_file import ConfigLoadError, load_config_file
 
-__all__ = ['CheckpointLoadError', 'CheckpointMismatchError', 'DEFAULT_MAX_PIXELS', 'ImagePreprocessor', 'Predictor',
-           'PRECISIONS', 'SIDECAR_SUFFIX', 'check_calibration', 'describe_model', 'decode_image', 'default_precision', 'load_config',
-           'load_model_checkpoint', 'sidecar_path']
+if TYPE_CHECKING:  # mmengine's config (and its formatter, yapf) is imported when a config is first loaded
+    from mmengine.config import Config
+    from PIL import Image
 
-ConfigLike = Union[str, Config]
+__all__ = ['CheckpointChangedError', 'CheckpointLoadError', 'CheckpointMismatchError', 'ConfigLoadError',
+           'DEFAULT_MAX_PIXELS',
+           'ImagePreprocessor', 'Predictor', 'PRECISIONS', 'SIDECAR_SUFFIX', 'check_calibration', 'describe_model',
+           'decode_image', 'default_precision', 'image_to_model_input', 'load_config', 'load_model_checkpoint',
+           'sidecar_path']
+
+ConfigLike = Union[str, 'Config']
 _LOADERS = ('LoadImageFromFile', 'LoadOrdinalImage')
 PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
@@ -37,12 +57,35 @@ def default_precision(device: str) -> str:
     return 'fp32'
 
 
-def load_config(config: ConfigLike) -> Config:
-    """A config (path or object) with numclip_mm registered and its default scope set."""
+class CheckpointChangedError(CheckpointLoadError):
+    """The checkpoint's bytes are not the ones expected (the file was replaced after its digest was taken)."""
+
+
+def register_inference_components(cfg: Optional['Config'] = None) -> None:
+    """Register what building a model and its test pipeline needs: numclip_mm's models (:mod:`numclip_mm.models`)
+    and mmpretrain's transforms, plus a config's other ``custom_imports``; not numclip_mm's datasets, metrics and
+    runner (what ``numclip_mm.register``, the configs' own custom import, adds for training)."""
+    from ._setup import prepare_runtime
+    prepare_runtime()  # before open_clip/mmpretrain import torchvision
+    import mmpretrain.datasets.transforms  # noqa: F401  (the test pipeline's steps)
+
+    import numclip_mm.models  # noqa: F401
+    for name in ((cfg.get('custom_imports') if cfg is not None else None) or {}).get('imports', []):
+        if name != 'numclip_mm.register':
+            importlib.import_module(name)
+
+
+def load_config(config: ConfigLike) -> 'Config':
+    """A config (path or object; an object is copied, not changed) with its top-level ``task`` applied
+    (:func:`numclip_mm.tasks.apply_config_task`), what inference needs registered and its default scope set."""
+    from mmengine.config import Config
     if not isinstance(config, Config) and not os.path.isfile(config):
         raise FileNotFoundError(f'config not found: {config}')
-    cfg = config if isinstance(config, Config) else Config.fromfile(config)
-    import numclip_mm.register  # noqa: F401  (registration; configs name our components)
+    # ConfigLoadError names the file and line; custom imports are registered below, only what inference needs
+    cfg = copy.deepcopy(config) if isinstance(config, Config) else load_config_file(config,
+                                                                                   import_custom_modules=False)
+    apply_config_task(cfg)  # a top-level ``task`` is the head's and datasets' task
+    register_inference_components(cfg)
     from mmengine.registry import init_default_scope
     init_default_scope(cfg.get('default_scope', 'mmpretrain'))
     return cfg
@@ -50,13 +93,82 @@ def load_config(config: ConfigLike) -> Config:
 
 def decode_image(data: bytes, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Encoded image bytes -> RGB uint8 (H, W, 3): the public RGB entry over the project's one decoder
-    (:func:`numclip_mm.datasets.decode_bgr`, also used by training's ``LoadOrdinalImage``).
+    (:func:`numclip_mm.image_decode.decode_bgr`, also used by training's ``LoadOrdinalImage``).
 
     Raises ValueError ('empty image', 'cannot decode image ...', or 'exceeds the pixel limit' when the header
     declares more than ``max_pixels`` pixels; None: no limit) without decoding oversized images.
     """
     bgr = decode_bgr(data, 'input', max_pixels)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # the one channel conversion, in place
+
+
+ImageLike = Union[bytes, bytearray, memoryview, str, os.PathLike, np.ndarray, 'Image.Image']  # PIL's
+_PIL_HIGH_BIT_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N')  # 16-bit gray: 8 bits kept, as the decoder does
+
+
+def image_to_model_input(image: ImageLike, float_scale: Optional[float] = None) -> Union[bytes, np.ndarray]:
+    """One image in any form :meth:`Predictor.predict` accepts -> encoded bytes (decoded by the training decoder,
+    :func:`numclip_mm.datasets.decode_bgr`) or an RGB uint8 (H, W, 3) array.
+
+    Raises TypeError for a type that is not an image (naming it) and for float/non-uint8 arrays without
+    ``float_scale``; ValueError for an array of another shape or with values outside ``[0, float_scale]``.
+    """
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return bytes(image)
+    if isinstance(image, (str, os.PathLike)):
+        from .batch.catalog import ImageReader  # fsspec: local paths and URIs, as the scorer reads path columns
+        return ImageReader()(os.fspath(image))  # bounded as the scorer reads: 64 MiB, --read-timeout's default
+    if isinstance(image, np.ndarray):
+        return _array_to_rgb(image, float_scale)
+    from PIL import Image
+    if isinstance(image, Image.Image):
+        return _pil_to_rgb(image, float_scale)
+    hint = (' (preprocessed CHW uint8 tensors go to predict_tensors; an HWC image tensor: pass tensor.numpy())'
+            if isinstance(image, torch.Tensor) else '')
+    raise TypeError(f'cannot predict from a {type(image).__module__}.{type(image).__qualname__}: give encoded '
+                    f'bytes, a path or URI (str/pathlib.Path), a PIL image or an HWC numpy array{hint}')
+
+
+def _pil_to_rgb(image, float_scale: Optional[float]) -> np.ndarray:
+    """PIL image -> RGB uint8, its EXIF orientation applied first (the training decoder, OpenCV, applies it too)."""
+    from PIL import ImageOps
+    image = ImageOps.exif_transpose(image)
+    if image.mode in _PIL_HIGH_BIT_MODES:
+        return _array_to_rgb((np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8), None)
+    if image.mode in ('I', 'F'):  # 32-bit int/float pixels: no fixed white level
+        if float_scale is None:
+            raise TypeError(f'a PIL image of mode {image.mode!r} has no fixed range: pass float_scale=<value of full '
+                            f'white>, e.g. predict(image, float_scale=65535) for 16-bit data')
+        return _array_to_rgb(np.asarray(image, dtype=np.float64), float_scale)
+    return np.asarray(image.convert('RGB'))
+
+
+def _array_to_rgb(array: np.ndarray, float_scale: Optional[float]) -> np.ndarray:
+    """HWC (or HW) array -> RGB uint8 (H, W, 3): gray repeated, alpha dropped, non-uint8 scaled by ``float_scale``."""
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ValueError(f'expected an image array (H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA, got shape '
+                         f'{array.shape}' + (' (a batch? pass a list of images)' if array.ndim == 4 else ''))
+    if array.dtype != np.uint8:
+        if array.dtype == bool or not (np.issubdtype(array.dtype, np.floating)
+                                       or np.issubdtype(array.dtype, np.integer)):
+            raise TypeError(f'cannot predict from a {array.dtype} array: give uint8 pixels, or float pixels with '
+                            f'float_scale')
+        if float_scale is None:
+            raise TypeError(f'a {array.dtype} image array needs its scale: pass float_scale=<value of full white>, '
+                            f'e.g. predict(x, float_scale=1.0) for pixels in [0, 1] or predict(x, float_scale=255) '
+                            f'for [0, 255] (uint8 arrays need none)')
+        if not float_scale > 0:
+            raise ValueError(f'float_scale must be positive, got {float_scale}')
+        values = array.astype(np.float64) / float(float_scale)
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1 + 1e-6:
+            raise ValueError(f'pixel values must lie in [0, float_scale={float_scale:g}]; this array spans '
+                             f'[{np.nanmin(array):g}, {np.nanmax(array):g}] (is float_scale right?)')
+        array = np.rint(values.clip(0, 1) * 255).astype(np.uint8)
+    if array.shape[2] == 1:
+        return np.repeat(array, 3, axis=2)
+    return array[..., :3]
 
 
 class ImagePreprocessor:
@@ -73,6 +185,7 @@ class ImagePreprocessor:
     """
 
     def __init__(self, config: ConfigLike, input_size: Optional[Sequence[int]] = None):
+        from mmengine.dataset import Compose
         cfg = load_config(config)
         steps = [t for t in cfg.test_dataloader.dataset.pipeline if t['type'] not in _LOADERS]
         self.pipeline_cfg = steps
@@ -125,8 +238,9 @@ class ImagePreprocessor:
         return dict(pipeline_cfg=self.pipeline_cfg, input_size=self.input_size)
 
     def __setstate__(self, state):
-        import numclip_mm.register  # noqa: F401
+        from mmengine.dataset import Compose
         from mmengine.registry import init_default_scope
+        register_inference_components()
         init_default_scope('mmpretrain')
         self.pipeline_cfg = state['pipeline_cfg']
         self.input_size = state.get('input_size')
@@ -139,25 +253,34 @@ class Predictor:
 
     Args:
         config: config path or :class:`Config` the model was trained with.
-        checkpoint: a checkpoint saved by the Runner (or a bare state dict); None keeps the config's weights
-            (zero-shot). Loaded weights-only with numclip_mm's allow-list; a checkpoint that does not fit the config
-            raises ``CheckpointMismatchError`` naming the keys.
+        checkpoint: a checkpoint saved by the Runner (or a bare state dict), a local path or an fsspec URI: every
+            weight comes from it, no CLIP file is read. Loaded weights-only with numclip_mm's allow-list; a
+            checkpoint that does not fit the config raises ``CheckpointMismatchError`` naming the keys. None: the
+            config's own weights (``init_weights``: pretrained CLIP, zero-shot).
         device: 'cpu', 'cuda', 'cuda:1', ...
         precision: 'fp32', 'fp16' or 'bf16' (autocast; weights stay fp32); default :func:`default_precision`.
         calibration: conformal calibration for prediction intervals (docs/intervals.md); by default the
             ``<checkpoint>.calibration.json`` sidecar written by tools/calibrate.py when it exists, else none.
+        checkpoint_sha256: the digest the checkpoint must have (the scorer's, taken once while planning): its bytes
+            are read once, checked and loaded from memory, so the model is exactly that file;
+            :class:`CheckpointChangedError` when the file was replaced since.
     """
 
     def __init__(self, config: ConfigLike, checkpoint: Optional[str] = None, device: str = 'cpu',
-                 precision: Optional[str] = None, calibration: Optional[CalibrationLike] = None):
-        from mmpretrain.registry import MODELS
+                 precision: Optional[str] = None, calibration: Optional[CalibrationLike] = None,
+                 checkpoint_sha256: Optional[str] = None):
         precision = precision or default_precision(device)
         if precision not in PRECISIONS:
             raise ValueError(f'precision must be one of {sorted(PRECISIONS)}, got {precision!r}')
         cfg = load_config(config)
-        self.model = MODELS.build(cfg.model)
+        from mmpretrain.registry import MODELS
+
+        from .models.heads import OrdinalHead
+        self.model = MODELS.build(cfg.model)  # the architecture only: no CLIP file is read
         if checkpoint is not None:
-            load_model_checkpoint(self.model, checkpoint)
+            load_model_checkpoint(self.model, checkpoint, checkpoint_sha256)
+        else:  # zero-shot: the config's own weights (pretrained CLIP)
+            apply_config_weights(self.model)
         self.model.to(device).eval()
         self.device = torch.device(device)
         if not isinstance(self.model.head, OrdinalHead):
@@ -168,9 +291,10 @@ class Predictor:
         self.concepts = np.asarray(self.task.concepts, dtype=object)
         self.input_size = _input_size(self.model)
         self.preprocessor = ImagePreprocessor(cfg, self.input_size)
-        self.calibration = get_calibration(calibration or find_calibration(checkpoint))
-        if self.calibration is not None and calibration is None:
-            check_checkpoint(self.calibration, checkpoint)
+        found = None if calibration is not None or '://' in str(checkpoint) else find_calibration(checkpoint)
+        self.calibration = get_calibration(calibration or found)
+        if self.calibration is not None and (found is not None or checkpoint_sha256 is not None):
+            check_checkpoint(self.calibration, checkpoint, checkpoint_sha256)
 
     def check_intervals(self, levels: Sequence[float]) -> None:
         """Raise a clear error now (not mid-pipeline) if intervals at ``levels`` cannot be produced."""
@@ -185,19 +309,20 @@ class Predictor:
     @torch.no_grad()
     def predict_tensors(self, inputs: Union[torch.Tensor, Sequence[torch.Tensor]],
                         intervals: Sequence[float] = (), embeddings: bool = False) -> Dict[str, np.ndarray]:
-        """Preprocessed CHW uint8 tensors (a list or a stacked batch) -> prediction columns; plus ``low_<level>``
-        and ``high_<level>`` (conformal interval bounds) for each level of ``intervals``, and with ``embeddings``
-        ``embedding``: (N, D) float32, the L2-normalised image feature the head sees (the image tower after the
-        adapter, before the text prototypes: ``v`` of docs/method.md §4-§5), for dedup and search.
+        """Preprocessed CHW uint8 tensors (a list or a stacked batch) -> the prediction columns of :meth:`predict`;
+        with ``embeddings`` also ``embedding``: (N, D) float32, the L2-normalised image feature the head sees (the
+        image tower after the adapter, before the text prototypes: ``v`` of docs/method.md §4-§5), for dedup and
+        search.
 
-        ``value`` is clamped to the task's range (:meth:`OrdinalHead.to_task_range`); ``value_raw`` is the head's
-        number before clamping. On CUDA a stacked batch is copied from pinned host memory without blocking.
+        On CUDA a stacked batch is copied from pinned host memory without blocking.
         """
         intervals = tuple(intervals)
         self.check_intervals(intervals)
+        if len(inputs) == 0:
+            return self._empty_columns(intervals)
         if self.device.type == 'cuda' and isinstance(inputs, torch.Tensor):
             inputs = inputs.pin_memory().to(self.device, non_blocking=True)
-        head: OrdinalHead = self.model.head
+        head = self.model.head  # an OrdinalHead
         with torch.autocast(self.device.type, dtype=PRECISIONS[self.precision],
                             enabled=self.precision != 'fp32'):
             data = self.model.data_preprocessor(dict(inputs=inputs), False)
@@ -205,9 +330,11 @@ class Predictor:
             probs, raw = head.predict_arrays(feats)
         values = head.to_task_range(raw.float())
         probs, values, raw = (t.float().cpu().numpy() for t in (probs, values, raw))
-        index = probs.argmax(axis=1)
+        rows = np.arange(len(values))
+        index, top = self.task.nearest_bin(values), probs.argmax(axis=1)
         out = dict(value=values, value_raw=raw, label=self.concepts[index], label_index=index,
-                   probability=probs[np.arange(len(index)), index])
+                   probability=probs[rows, index], bin_argmax=self.concepts[top], bin_argmax_index=top,
+                   bin_argmax_probability=probs[rows, top])
         if intervals:
             for key, (low, high) in self.calibration.intervals(values, probs, intervals).items():
                 out[f'low_{key}'], out[f'high_{key}'] = low, high
@@ -215,18 +342,63 @@ class Predictor:
             out['embedding'] = torch.nn.functional.normalize(feats[-1].float(), dim=-1).cpu().numpy()
         return out
 
-    def predict(self, images: Sequence[Union[np.ndarray, bytes]], intervals: Sequence[float] = (),
-                embeddings: bool = False) -> Dict[str, np.ndarray]:
-        """RGB uint8 arrays (or encoded image bytes) -> columns ``value`` (clamped to the task's range, see
-        :class:`OrdinalHead`), ``value_raw`` (unclamped), ``label``, ``label_index``, ``probability`` (of the
-        predicted bin), ``low_<level>``/``high_<level>`` per level of ``intervals``, and ``embedding`` with
-        ``embeddings`` (see :meth:`predict_tensors`); one row per image, in order."""
-        return self.predict_tensors([self.preprocessor.from_bytes(i) if isinstance(i, (bytes, bytearray))
-                                     else self.preprocessor(i) for i in images], intervals, embeddings)
+    def _empty_columns(self, intervals: Sequence[float]) -> Dict[str, np.ndarray]:
+        """The columns of :meth:`predict` with no rows (dtypes as for a non-empty batch)."""
+        floats, ints, labels = np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, dtype=object)
+        out = dict(value=floats, value_raw=floats.copy(), label=labels, label_index=ints, probability=floats.copy(),
+                   bin_argmax=labels.copy(), bin_argmax_index=ints.copy(), bin_argmax_probability=floats.copy())
+        for level in intervals:
+            out[f'low_{level_key(level)}'], out[f'high_{level_key(level)}'] = np.zeros(0), np.zeros(0)
+        return out
 
-    def features(self, images: Sequence[Union[np.ndarray, bytes]]) -> np.ndarray:
+    def predict(self, images: Union[ImageLike, Sequence[ImageLike]], intervals: Sequence[float] = (),
+                float_scale: Optional[float] = None, embeddings: bool = False) -> Dict[str, np.ndarray]:
+        """One image or a list of images -> prediction columns, one row per image, in order (one image: one row).
+
+        An image is any of (see :func:`image_to_model_input`): encoded bytes; a path (``str``, ``pathlib.Path`` or
+        an fsspec URI such as ``s3://bucket/key.jpg``); a PIL image of any mode (EXIF orientation applied, as in
+        training); a uint8 array (H, W) or (H, W, 1) gray, (H, W, 3) RGB or (H, W, 4) RGBA (alpha dropped, as the
+        decoder does for an RGBA PNG); a float (or non-uint8 integer) array only with ``float_scale``, the value of
+        full white (1.0 for images in [0, 1], 255 for [0, 255]). Anything else raises TypeError.
+
+        Columns (docs/predicting.md):
+
+        - ``value``: the predicted number, clamped to the task's range (:class:`OrdinalHead`); ``value_raw``: the
+          head's number before clamping.
+        - ``label`` / ``label_index``: the concept and index of the bin ``value`` falls in
+          (:meth:`OrdinalTask.nearest_bin`): label and value agree by construction. ``probability``: that bin's
+          probability.
+        - ``bin_argmax`` / ``bin_argmax_index`` / ``bin_argmax_probability``: the most probable bin (the coarse
+          classification stage) and its probability; it can differ from ``label`` when the fine stage moves the
+          number into a neighbouring bin.
+        - ``low_<level>``/``high_<level>``: conformal interval bounds per level of ``intervals``.
+        - ``embedding`` (with ``embeddings``): see :meth:`predict_tensors`.
+        """
+        batch = images if isinstance(images, (list, tuple)) else [images]
+        return self.predict_tensors([self._model_input(image, float_scale) for image in batch], intervals,
+                                    embeddings)
+
+    def features(self, images: Union[ImageLike, Sequence[ImageLike]],
+                 float_scale: Optional[float] = None) -> np.ndarray:
         """(N, D) float32 L2-normalised image embeddings (what ``numclip-score --embedding`` writes, in fp16)."""
-        return self.predict(images, embeddings=True)['embedding']
+        return self.predict(images, float_scale=float_scale, embeddings=True)['embedding']
+
+    def _model_input(self, image, float_scale: Optional[float]) -> torch.Tensor:
+        image = image_to_model_input(image, float_scale)
+        return self.preprocessor.from_bytes(image) if isinstance(image, bytes) else self.preprocessor(image)
+
+
+def apply_config_weights(model: torch.nn.Module) -> None:
+    """The model's ``init_weights`` (pretrained CLIP for NumCLIP), as the Runner runs it before training, without
+    MMEngine's per-parameter report (logged at INFO when no log file is open: hundreds of lines for inference)."""
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
 
 
 def _input_size(model: torch.nn.Module) -> Optional[tuple]:
@@ -241,13 +413,12 @@ def describe_model(config: ConfigLike, checkpoint: Optional[str] = None) -> Dict
     """``{'task': OrdinalTask, 'input_size': (H, W) or None}`` of the config's model, and, when ``checkpoint`` is
     given, the same exact key/shape check as :class:`Predictor` (``CheckpointMismatchError`` naming the keys).
 
-    The model is built without weight initialisation (parameters are allocated but never initialised, and nothing
-    is loaded into them), so a scoring driver can refuse a wrong checkpoint up front at a fraction of a Predictor's
-    cost.
+    The model is a skeleton on the meta device (shapes, no storage, nothing initialised or read), so a scoring
+    driver can refuse a wrong checkpoint up front at a fraction of a Predictor's cost.
     """
     from mmpretrain.registry import MODELS
     cfg = load_config(config)
-    with _skip_weight_init():
+    with torch.device('meta'):
         model = MODELS.build(cfg.model)
     if checkpoint is not None:
         try:  # memory-mapped: only the shapes are looked at, so the tensors' bytes are never read
@@ -258,37 +429,55 @@ def describe_model(config: ConfigLike, checkpoint: Optional[str] = None) -> Dict
     return dict(task=model.head.task, input_size=_input_size(model))
 
 
-class _skip_weight_init:
-    """Make torch.nn.init's in-place initialisers no-ops (the shapes are all a key/shape check needs)."""
-    NAMES = ('uniform_', 'normal_', 'trunc_normal_', 'constant_', 'ones_', 'zeros_', 'xavier_uniform_',
-             'xavier_normal_', 'kaiming_uniform_', 'kaiming_normal_', 'orthogonal_')
-
-    def __enter__(self):
-        self.saved = {n: getattr(torch.nn.init, n) for n in self.NAMES if hasattr(torch.nn.init, n)}
-        for n in self.saved:
-            setattr(torch.nn.init, n, lambda tensor, *a, **k: tensor)
-
-    def __exit__(self, *exc):
-        for n, f in self.saved.items():
-            setattr(torch.nn.init, n, f)
-
-
-def check_calibration(calibration_file: str, checkpoint: str, levels: Sequence[float]) -> None:
-    """Raise ValueError (or KeyError for a level it lacks) unless ``calibration_file`` (a conformal sidecar, see
-    :func:`sidecar_path`) was fitted for ``checkpoint`` and holds every coverage level of ``levels``."""
+def check_calibration(calibration_file: str, checkpoint: str, levels: Sequence[float],
+                      checkpoint_sha256: Optional[str] = None):
+    """The :class:`~numclip_mm.conformal.Calibration` in ``calibration_file`` (a conformal sidecar, see
+    :func:`sidecar_path`); ValueError (or KeyError for a level it lacks) unless it was fitted for ``checkpoint``
+    (whose sha256, when already known, is ``checkpoint_sha256``) and holds every coverage level of ``levels``."""
     levels = check_levels(levels)
     calibration = get_calibration(calibration_file)
-    check_checkpoint(calibration, checkpoint)
+    check_checkpoint(calibration, checkpoint, checkpoint_sha256)
     for level in levels:
         calibration.threshold(level)
+    return calibration
 
 
-def load_model_checkpoint(model: torch.nn.Module, checkpoint: str) -> None:
-    """Strictly load a Runner checkpoint (``state_dict`` inside) or a bare state dict, weights-only."""
+def read_checkpoint_bytes(checkpoint: str) -> bytes:
+    """The bytes of a checkpoint file, a local path or an fsspec URI."""
     try:
-        state = load_weights_only(checkpoint)
+        if '://' in str(checkpoint):
+            import fsspec
+            with fsspec.open(str(checkpoint), 'rb') as f:
+                return f.read()
+        with open(checkpoint, 'rb') as f:
+            return f.read()
     except FileNotFoundError:
         raise FileNotFoundError(f'checkpoint not found: {checkpoint}') from None
+
+
+def load_model_checkpoint(model: torch.nn.Module, checkpoint: str, sha256: Optional[str] = None) -> None:
+    """Strictly load a Runner checkpoint (``state_dict`` inside) or a bare state dict, weights-only.
+
+    With ``sha256``, the file is read once into memory, its digest checked (:class:`CheckpointChangedError` when
+    it differs) and those very bytes loaded: what is loaded is exactly what was checked.
+    """
+    if sha256 is not None:
+        data = read_checkpoint_bytes(checkpoint)
+        got = bytes_digest(data)
+        if got != sha256:
+            raise CheckpointChangedError(
+                f'checkpoint {checkpoint} changed since the job was planned: its sha256 is {got}, the job (and the '
+                f'outputs it labels) expects {sha256}; nothing was scored with it. Keep the checkpoint unchanged '
+                f'while a job runs, then run the command again')
+        state = load_weights_only(io.BytesIO(data), name=str(checkpoint))
+        del data
+    elif '://' in str(checkpoint):
+        state = load_weights_only(io.BytesIO(read_checkpoint_bytes(checkpoint)), name=str(checkpoint))
+    else:
+        try:
+            state = load_weights_only(checkpoint)
+        except FileNotFoundError:
+            raise FileNotFoundError(f'checkpoint not found: {checkpoint}') from None
     state = state.get('state_dict', state)
     check_state_dict(model, state, checkpoint)
     model.load_state_dict(state, strict=True)

@@ -41,6 +41,13 @@ class OrdinalTask:
         if len(self.concepts) != k or len(self.anchors) != k:
             raise ValueError(f'task {self.name!r}: {k} edges but {len(self.concepts)} concepts and '
                              f'{len(self.anchors)} anchors; they must match')
+        # NaN compares false with everything, so it would pass the order check below and leave a bin no value
+        # can ever reach; an infinite edge or anchor makes a bin without a finite value or a regressor target
+        for what, numbers in (('edges', self.edges), ('anchors', self.anchors),
+                              ('upper', () if self.upper is None else (self.upper,))):
+            if not np.isfinite(np.asarray(numbers, dtype=np.float64)).all():
+                hint = ' (upper=None leaves the last bin open)' if what == 'upper' else ''
+                raise ValueError(f'task {self.name!r}: {what} must be finite numbers, got {numbers}{hint}')
         if any(b <= a for a, b in zip(self.edges, self.edges[1:])):
             raise ValueError(f'task {self.name!r}: edges must be strictly increasing, got {self.edges}')
         if self.upper is not None and self.upper < self.edges[-1]:
@@ -72,6 +79,16 @@ class OrdinalTask:
             raise ValueError(f'task {self.name!r}: values {values[bad][:5].tolist()} lie outside the bins '
                              f'[{self.edges[0]}, {self.upper if self.upper is not None else "inf"}]')
         return np.searchsorted(np.asarray(self.edges), values, side='right') - 1
+
+    def nearest_bin(self, values) -> np.ndarray:
+        """Vectorised bin index of each *prediction*: the bin of the value clamped into ``[edges[0], upper]``, so a
+        reported (clamped) value and its label always agree (``nearest_bin(v) == value_to_bin(v)`` for every v in
+        range). Raises on non-finite values, which name no bin."""
+        values = np.asarray(values, dtype=np.float64)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise ValueError(f'task {self.name!r}: non-finite predictions {values[bad][:5].tolist()} have no bin')
+        return np.clip(np.searchsorted(np.asarray(self.edges), values, side='right') - 1, 0, self.num_bins - 1)
 
     def anchors_tensor(self):
         """The anchors as a float32 torch tensor (torch is imported here only: the task table itself is cheap)."""
@@ -123,7 +140,8 @@ def get_task(task: TaskLike) -> OrdinalTask:
         return task
     if isinstance(task, str):
         if task not in TASKS:
-            raise KeyError(f'unknown task {task!r}; known: {sorted(TASKS)} (or give a dict with edges/concepts/context)')
+            raise KeyError(f'unknown task {task!r}; known: {sorted(TASKS)} '
+                           f'(or give a dict with edges/concepts/context)')
         return TASKS[task]
     if isinstance(task, dict):
         task = dict(task)
@@ -137,3 +155,41 @@ def get_task(task: TaskLike) -> OrdinalTask:
         return OrdinalTask(**task)
     raise TypeError(f'task must be a name, dict or OrdinalTask, got {type(task).__name__}')
 
+
+
+DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+
+
+def apply_config_task(cfg):
+    """Make a config's top-level ``task`` (a name, a dict as for :func:`get_task`, or an OrdinalTask) the task of its
+    model's head and of every dataset its dataloaders build (a wrapper's inner datasets too), so that a config sets
+    its task in one line; a config without ``task`` is returned as it is. Changes ``cfg`` (any mapping, e.g. an
+    MMEngine Config) in place and returns it. The Runner (:class:`numclip_mm.engine.StrictLoadRunner`),
+    :func:`numclip_mm.inference.load_config` and tools/check_dataset.py apply it.
+
+    Why a variable and not ``{{_base_.task}}``: MMEngine resolves such references when the base file is read, so a
+    child config could not change the task its base's head and datasets were written with.
+    """
+    task = cfg.get('task')
+    if task is None:
+        return cfg
+    get_task(task)  # a malformed task fails here, before anything is built
+    head = (cfg.get('model') or {}).get('head')
+    if head is not None:
+        head['task'] = task
+    for name in DATALOADERS:
+        loader = cfg.get(name)
+        if loader and loader.get('dataset') is not None:
+            _set_dataset_task(loader['dataset'], task)
+    return cfg
+
+
+def _set_dataset_task(dataset, task) -> None:
+    """The task of one dataset config; wrappers (``dataset=``, ``datasets=[...]``) pass it to what they wrap."""
+    if dataset.get('datasets') is not None:
+        for inner in dataset['datasets']:
+            _set_dataset_task(inner, task)
+    elif dataset.get('dataset') is not None:
+        _set_dataset_task(dataset['dataset'], task)
+    else:
+        dataset['task'] = task

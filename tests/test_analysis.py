@@ -34,7 +34,7 @@ def _predictions(n=120, seed=0):
 @pytest.mark.parametrize('ext', ['csv', 'parquet'])
 def test_plot_predictions_writes_pngs(tmp_path, capsys, ext):
     pred_file = write_predictions(_predictions(), str(tmp_path / f'preds.{ext}'))
-    paths = _load_tool().main([pred_file, '--out-dir', str(tmp_path / 'plots')])
+    paths = _load_tool().main([pred_file, '--out-dir', str(tmp_path / 'plots'), '--task', 'count'])
     assert [osp.basename(p) for p in paths] == ['scatter.png', 'confusion.png', 'mae_per_bin.png']
     assert capsys.readouterr().out.split() == paths
     for path in paths:
@@ -80,3 +80,45 @@ def test_plot_draws_intervals_from_columns_or_a_calibration(tmp_path):
     pred_file = write_predictions(frame, str(tmp_path / 'preds2.csv'))
     paths = tool.main([pred_file, '--out-dir', str(tmp_path / 'q'), '--level', '0.5', '--calibration', cal_file])
     assert len(paths) == 3
+
+
+def test_bins_named_by_concept_and_range():
+    from numclip_mm.tasks import get_task
+    tool = _load_tool()
+    assert tool.bin_names(get_task('count'), 5) == ['none\n[0, 2)', 'few\n[2, 4)', 'several\n[4, 6)', 'many\n[6, 8)',
+                                                    'lots\n[8, 9]']
+    open_ended = get_task(dict(name='t', edges=[0, 10], concepts=['low', 'high'], context=''))
+    assert tool.bin_names(open_ended, 2) == ['low\n[0, 10)', 'high\n>= 10']
+    assert tool.bin_names(None, 2) == ['bin 0', 'bin 1']
+    with pytest.raises(ValueError, match="bins up to 6, but task 'count' has 5"):
+        tool.bin_names(get_task('count'), 7)
+
+
+def test_scatter_jitters_repeated_truths_only():
+    tool = _load_tool()
+    y = np.repeat(np.arange(10.0), 48)  # ~48 samples per integer, as a demo test set has
+    x = tool.jitter(y)
+    assert np.abs(x - y).max() <= 0.3 and len(np.unique(x)) == len(y)  # spread, and never into the next value
+    distinct = np.array([0.5, 1.7, 3.2])
+    assert tool.jitter(distinct) is distinct
+
+
+def test_plot_labels_come_from_the_config_task(tmp_path, capsys):
+    """--config names the bins by the config's task (here a 3-bin task set once in the config): the tick labels
+    drawn are its concepts and ranges."""
+    tool = _load_tool()
+    frame = _predictions(n=60)
+    edges = np.array([0, 3, 6])
+    frame['gt_label'] = np.searchsorted(edges, frame['gt_value'], side='right') - 1
+    frame['pred_label'] = np.searchsorted(edges, frame['pred_value'], side='right') - 1
+    pred_file = write_predictions(frame, str(tmp_path / 'preds.csv'))
+    drawn = []
+    original = tool.plt.Axes.set_xticklabels
+    tool.plt.Axes.set_xticklabels = lambda ax, labels, **kw: drawn.append(list(labels)) or original(ax, labels, **kw)
+    try:
+        tool.main([pred_file, '--out-dir', str(tmp_path / 'p'), '--config',
+                   osp.join(ROOT, 'configs', 'examples', 'count_3bins_demo.py')])
+    finally:
+        tool.plt.Axes.set_xticklabels = original
+    assert ['few\n[0, 3)', 'several\n[3, 6)', 'many\n[6, 9]'] in drawn
+    assert 'bins are numbered' not in capsys.readouterr().err

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import write_tiny_config
 from PIL import Image
 
 from numclip_mm.batch import catalog
@@ -30,10 +31,8 @@ from numclip_mm.batch.pipeline import ModelSpec, ScoreOptions, prepare, score_ca
 from numclip_mm.batch.score import main as cli_main
 from numclip_mm.inference import ImagePreprocessor, Predictor
 
-from helpers import write_tiny_config
-
 TEST_TIMEOUT_S = 240  # per test (conftest's module_timeout)
-PREDICTIONS = ('value', 'label', 'probability', 'error')
+PREDICTIONS = ('value', 'label', 'probability', 'bin_argmax', 'bin_argmax_probability', 'error')
 
 
 @pytest.fixture(scope='module')
@@ -118,6 +117,8 @@ def _check_predictions(table, prefix, predictor, cells, atol=1e-5):
     np.testing.assert_allclose([prob[i] for i in good], want['probability'], atol=atol, rtol=0)
     label = table.column(f'{prefix}label').to_pylist()
     assert [label[i] for i in good] == list(want['label'])
+    top = table.column(f'{prefix}bin_argmax').to_pylist()
+    assert [top[i] for i in good] == list(want['bin_argmax'])
     return good
 
 
@@ -186,12 +187,12 @@ def test_adding_a_model_rescores_the_file_with_both(env, partitioned, tmp_path):
     adience = env['models']['adience']['predictor']
     for rel, cells in env['cells'].items():
         one, both = pq.read_table(partitioned['out'] / rel), pq.read_table(out / rel)
-        assert both.column_names == one.column_names[:-4] + [
-            'count_value', 'count_label', 'count_probability', 'count_error', 'count_embedding',
-            'adience_value', 'adience_label', 'adience_probability', 'adience_error', 'adience_embedding']
+        per_model = ['value', 'label', 'probability', 'bin_argmax', 'bin_argmax_probability', 'error']
+        assert both.column_names == one.column_names[:-len(per_model)] + [
+            f'{prefix}{suffix}' for prefix in ('count_', 'adience_') for suffix in (*per_model, 'embedding')]
         for suffix in PREDICTIONS:  # the same model in a several-model pass gives the one-model run's columns
             a, b = one.column(f'count_{suffix}').to_pylist(), both.column(f'count_{suffix}').to_pylist()
-            if suffix in ('value', 'probability'):
+            if suffix in ('value', 'probability', 'bin_argmax_probability'):
                 np.testing.assert_allclose(np.asarray(a, float), np.asarray(b, float), atol=1e-6)
             else:
                 assert a == b

@@ -21,11 +21,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import write_tiny_config
 from PIL import Image
 
 from numclip_mm.inference import Predictor
-
-from helpers import write_tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -153,6 +152,51 @@ def test_cluster_file_is_valid():
     assert any('pip install -c requirements/constraints.txt' in c for c in config['setup_commands'])
 
 
+def _stub(path, body):
+    path.write_text('#!/bin/bash\n' + body)
+    path.chmod(0o755)
+
+
+def test_cluster_file_is_safe_on_a_shared_host(tmp_path):
+    """batch/cluster.yaml's commands, run twice as `ray up` would re-run them (python3, pip and ray stubbed): no
+    `ray stop`, one venv, one ~/.bashrc line, and Ray started once per node: the second run finds this cluster's
+    own process (matched by its port / head address, never the checking shell itself) and leaves it alone."""
+    import yaml
+    config = yaml.safe_load((REPO / 'batch' / 'cluster.yaml').read_text())
+    commands = config['setup_commands'] + config['head_start_ray_commands'] + config['worker_start_ray_commands']
+    assert not any(re.search(r'(^|[;&|]\s*)ray stop', c) for c in commands)
+    port = str(_free_port())  # not 6379: another Ray on this machine must not count as this cluster's
+    home, bin_dir = tmp_path / 'home', tmp_path / 'bin'
+    (home / 'numclip-mm').mkdir(parents=True)
+    bin_dir.mkdir()
+    calls = tmp_path / 'calls.log'
+    _stub(bin_dir / 'python3', f'echo "python3 $*" >> {calls}\nmkdir -p "$3/bin"\n'
+                               f'printf \'#!/bin/bash\\necho "pip $*" >> {calls}\\n\' > "$3/bin/pip"\n'
+                               f'cp "$3/bin/pip" "$3/bin/python"\nchmod +x "$3/bin/pip" "$3/bin/python"\n')
+    # `ray start` leaves a process behind whose command line looks like the real one's (GCS port / raylet address)
+    _stub(bin_dir / 'ray', f'echo "ray $*" >> {calls}\n'
+                           f'if [[ "$*" == *--head* ]]; then args="gcs_server --gcs_server_port={port} --x"; '
+                           f'else args="raylet --gcs-address=$RAY_HEAD_IP:{port} --x"; fi\n'
+                           f'setsid {PY} -c "import time; time.sleep(120)" $args > /dev/null 2>&1 < /dev/null &\n'
+                           f'echo $! >> {tmp_path / "pids"}\n')
+    env = dict(os.environ, HOME=str(home), PATH=f'{bin_dir}:{os.environ["PATH"]}', RAY_HEAD_IP='127.0.0.1')
+    try:
+        for _ in range(2):
+            for command in commands:
+                subprocess.run(['bash', '-c', command.replace('6379', port)], env=env, check=True, timeout=60)
+        log = calls.read_text().splitlines()
+        assert sum(line.startswith('python3 -m venv') for line in log) == 1
+        assert (home / '.bashrc').read_text().splitlines() == ['source ~/numclip-env/bin/activate']
+        starts = [line for line in log if line.startswith('ray start')]
+        assert len(starts) == 2 and '--head' in starts[0] and f'--address=127.0.0.1:{port}' in starts[1]
+    finally:
+        for pid in (tmp_path / 'pids').read_text().split() if (tmp_path / 'pids').exists() else ():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 # --------------------------------------------------------------------------------------------------------------
 # docs/batch_scoring.md's `ray job submit` recipe, as written
 
@@ -178,6 +222,7 @@ def test_documented_ray_job_submit_recipe(env, tmp_path):
     temp_dir = tempfile.mkdtemp(prefix='rayt', dir='/tmp')  # short: Ray's unix socket paths must stay < 108 chars
     start = 'ray start --head --dashboard-host 127.0.0.1'
     assert start in recipe and 'http://127.0.0.1:8265' in recipe
+    assert '--working-dir configs ' in recipe  # only the configs are uploaded: no catalog, output or checkpoint
     out = tmp_path / 'scored'
     script = (recipe
               .replace(start, f'{start} --port={port} --num-cpus=2 --node-ip-address=127.0.0.1 '
@@ -186,14 +231,14 @@ def test_documented_ray_job_submit_recipe(env, tmp_path):
                               f'--metrics-export-port={metrics} --ray-client-server-port={client} '
                               f'--disable-usage-stats --temp-dir={temp_dir}')
               .replace('http://127.0.0.1:8265', f'http://127.0.0.1:{dash}')
-              .replace('configs/numclip_demo.py', env['cfg'])
+              .replace('--config numclip_demo.py', f"--config {env['cfg']}")
               .replace('"$PWD/work_dirs/numclip_demo/epoch_30.pth"', env['ckpt'])
               .replace('"$PWD/catalog/"', str(env['cat']))
               .replace('"$PWD/scored/"', str(out)))
     home = tmp_path / 'home'
     home.mkdir()
     shell_env = _env(HOME=str(home), PATH=f'{Path(PY).parent}:{os.environ.get("PATH", "")}')
-    shell_env.pop('PYTHONPATH')  # the job must find the package through its working dir / the environment
+    shell_env.pop('PYTHONPATH')  # the job must find the package in the environment
     log = tmp_path / 'recipe.log'  # a file, not a pipe: the daemons `ray start` leaves behind inherit it
     with open(log, 'w') as sink:
         proc = subprocess.Popen(['bash', '-e', '-c', script], cwd=REPO, env=shell_env, stdout=sink,

@@ -17,21 +17,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import Payload, dying_actor, write_tiny_config
 from PIL import Image
 
 from numclip_mm.batch import catalog
-from numclip_mm.batch.columns import cell_crcs
 from numclip_mm.batch.pipeline import ScoreOptions, prepare, run, score_catalog
 from numclip_mm.batch.score import main as cli_main
 from numclip_mm.inference import Predictor
 from numclip_mm.utils import CheckpointMismatchError
 
-from helpers import Payload, write_tiny_config
-
 REPO = Path(__file__).resolve().parents[1]
 TEST_TIMEOUT_S = 180  # per test (conftest's module_timeout): a hung Ray pipeline fails instead of hanging CI
 MAX_BYTES = 20_000
 NEW_COLUMNS = {'count_value': pa.float64(), 'count_label': pa.string(), 'count_probability': pa.float64(),
+               'count_bin_argmax': pa.string(), 'count_bin_argmax_probability': pa.float64(),
                'count_error': pa.string()}
 
 
@@ -93,7 +92,8 @@ def env(tmp_path_factory):
     base_cfg = Path(write_tiny_config(root / 'tiny_base.py'))
     cfg = root / 'tiny.py'
     cfg.write_text(f"_base_ = [{str(base_cfg)!r}]\n"
-                   "test_dataloader = dict(dataset=dict(pipeline=[dict(type='PackInputs', algorithm_keys=['gt_value'])]))\n")
+                   "test_dataloader = dict(dataset=dict(\n"
+                   "    pipeline=[dict(type='PackInputs', algorithm_keys=['gt_value'])]))\n")
     torch.manual_seed(1)
     reference = Predictor(str(cfg))
     ckpt = root / 'tiny.pth'
@@ -176,6 +176,13 @@ def _check_output(out_file, in_file, kinds, reference, cell_bytes):
     np.testing.assert_allclose([value[i] for i in good], expected['value'], atol=1e-5, rtol=0)
     np.testing.assert_allclose([prob[i] for i in good], expected['probability'], atol=1e-5, rtol=0)
     assert [label[i] for i in good] == list(expected['label'])
+    top, top_prob = out.column('count_bin_argmax').to_pylist(), out.column('count_bin_argmax_probability').to_pylist()
+    assert [top[i] for i in good] == list(expected['bin_argmax'])
+    np.testing.assert_allclose([top_prob[i] for i in good], expected['bin_argmax_probability'], atol=1e-5, rtol=0)
+    assert all(top[i] is None and top_prob[i] is None for i in range(len(kinds)) if i not in good)
+    # the label is the bin of the written value on every row (by construction, not by luck of the arg-max)
+    task = reference.task
+    assert [label[i] for i in good] == [task.concepts[b] for b in task.value_to_bin([value[i] for i in good])]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -230,7 +237,7 @@ def test_folder_input_scores_every_row(env, scored):
     assert [f['errors'] for f in report['files']] == [5, 1]
     for name, kinds in env['kinds'].items():
         images = pq.read_table(env['cat'] / name).column('image').to_pylist()
-        _check_output(out / name, env['cat'] / name, kinds, env['reference'], lambda i: images[i])
+        _check_output(out / name, env['cat'] / name, kinds, env['reference'], images.__getitem__)
 
 
 def test_outputs_are_written_by_workers_not_the_driver(env, scored):
@@ -325,7 +332,8 @@ def test_path_column_input(env, ray_session, tmp_path):
                                  keep_raw_value=True))
     assert report['columns'] == ['n_value', 'n_value_raw', 'n_label', 'n_probability', 'n_error']
     table = pq.read_table(out / 'paths.parquet')
-    assert table.column_names == ['key', 'path', 'n_value', 'n_value_raw', 'n_label', 'n_probability', 'n_error']
+    assert table.column_names == ['key', 'path', 'n_value', 'n_value_raw', 'n_label', 'n_probability', 'n_bin_argmax',
+                                  'n_bin_argmax_probability', 'n_error']
     raw = np.asarray(table.column('n_value_raw').to_pylist(), dtype=float)
     np.testing.assert_array_equal(np.asarray(table.column('n_value').to_pylist(), dtype=float), np.clip(raw, 0, 9))
     paths = table.column('path').to_pylist()
@@ -344,7 +352,7 @@ def test_path_column_input(env, ray_session, tmp_path):
 
 def _calibrated_checkpoint(env, folder: Path, levels=(0.5, 0.9)) -> str:
     """A copy of the test checkpoint with a conformal calibration sidecar fitted for it (synthetic residuals)."""
-    from numclip_mm.evaluation.conformal import fit_calibration, file_digest, sidecar_path
+    from numclip_mm.conformal import file_digest, fit_calibration, sidecar_path
     folder.mkdir(parents=True, exist_ok=True)
     ckpt = str(folder / 'calibrated.pth')
     shutil.copy(env['ckpt'], ckpt)
@@ -407,8 +415,8 @@ def test_actor_dying_mid_run_is_retried(env, scored, tmp_path):
     every output complete, rows out == rows in, predictions identical to an undisturbed run."""
     marker = tmp_path / 'died'
     out = tmp_path / 'out'
-    report = score_catalog(_opts(env, input=str(env['cat']), output=str(out),
-                                 fault_injection=dict(exit_at_batch=2, marker=str(marker))))
+    report = score_catalog(_opts(env, input=str(env['cat']), output=str(out)),
+                           actor_class=dying_actor(exit_at_batch=2, marker=str(marker)))
     assert marker.exists()  # it did die
     assert report['files_written'] == 2 and report['rows_scored'] == 20
     for name in env['kinds']:
@@ -425,25 +433,69 @@ def test_worker_dying_again_and_again_ends_the_job(env, ray_session, tmp_path):
     from numclip_mm.batch.pipeline import ScoringFailed
     with pytest.raises(ScoringFailed, match='retries'):
         score_catalog(_opts(env, input=str(env['cat'] / 'part-001.parquet'), output=str(tmp_path / 'out'),
-                            max_retries=1, fault_injection=dict(exit_at_batch=1)))
+                            max_retries=1), actor_class=dying_actor(exit_at_batch=1))
     assert not (tmp_path / 'out' / 'part-001.parquet').exists()
 
 
+def test_checkpoint_replaced_after_planning_fails_the_job(env, ray_session, tmp_path):
+    """The outputs record the checkpoint digest taken while planning; a checkpoint file replaced after that (a
+    finished copy moved over it) is refused by the actors, which load exactly the bytes they checked: the job fails
+    naming the file, and no output is written (none labelled with the planned digest but another model's values)."""
+    from numclip_mm.batch.pipeline import ScoringFailed
+    ckpt = tmp_path / 'ck.pth'
+    shutil.copy(env['ckpt'], ckpt)
+    out = tmp_path / 'out'
+    job = prepare(_opts(env, checkpoint=str(ckpt), input=str(env['cat'] / 'part-001.parquet'), output=str(out)))
+    planned = job.model_identity['checkpoint']
+    other = torch.load(env['ckpt'], weights_only=True)
+    other['state_dict'] = {k: v + 1 if v.is_floating_point() else v for k, v in other['state_dict'].items()}
+    torch.save(other, tmp_path / 'epoch_29.pth')
+    os.replace(tmp_path / 'epoch_29.pth', ckpt)  # as `mv` of a finished copy
+    with pytest.raises(ScoringFailed) as err:
+        run(job)
+    msg = str(err.value)
+    assert 'changed since the job was planned' in msg and str(ckpt) in msg and planned in msg
+    assert 'out of memory' not in msg
+    assert not out.exists() or not list(out.glob('*.parquet'))
+
+
+def test_trained_checkpoint_scores_without_its_clip_file(env, ray_session, tmp_path):
+    """A config whose model.clip.pretrained is a CLIP file: the trained checkpoint scores after the file is gone
+    (building is not loading; the checkpoint holds every weight)."""
+    from numclip_mm.models.clip_loader import build_open_clip
+    clip_file = tmp_path / 'clip.pt'
+    torch.manual_seed(5)
+    torch.save(build_open_clip('numclip-tiny').state_dict(), clip_file)
+    cfg = tmp_path / 'pretrained.py'
+    cfg.write_text(f"_base_ = [{env['cfg']!r}]\nmodel = dict(clip=dict(pretrained={str(clip_file)!r}))\n")
+    trained = Predictor(str(cfg))  # zero-shot: the config's pretrained weights applied (init_weights)
+    ckpt = tmp_path / 'trained.pth'
+    torch.save({'state_dict': trained.model.state_dict(), 'meta': {}}, ckpt)
+    clip_file.unlink()
+    out = tmp_path / 'out'
+    src = env['cat'] / 'part-001.parquet'
+    report = score_catalog(_opts(env, config=str(cfg), checkpoint=str(ckpt), input=str(src), output=str(out)))
+    assert report['rows_scored'] == 7
+    got = pq.read_table(out / 'part-001.parquet')
+    ok = [i for i, k in enumerate(env['kinds']['part-001.parquet']) if k in GOOD]
+    cells = pq.read_table(src).column('image').to_pylist()
+    expected = trained.predict([cells[i] for i in ok])
+    np.testing.assert_allclose([got.column('count_value')[i].as_py() for i in ok], expected['value'], atol=1e-5)
+
+
 def test_worker_side_modules_stay_light():
-    """The write tasks and the driver import numclip_mm.batch.pipeline/catalog/columns/decode: importing them must not pull in
-    torch, mmpretrain or numclip_mm's model code (each new Ray worker would pay seconds of CPU for imports), and the pixel limit
-    written out in numclip_mm.batch.columns is numclip_mm's one limit."""
+    """The write tasks and the driver import numclip_mm.batch.pipeline/catalog/columns/decode: importing them must not
+    pull in
+    torch, mmpretrain or numclip_mm's model code (each new Ray worker would pay seconds of CPU for imports)."""
     import subprocess
     import sys
-    code = ('import sys, numclip_mm.batch.pipeline, numclip_mm.batch.catalog, numclip_mm.batch.columns, numclip_mm.batch.decode, numclip_mm.batch.actor; '
+    code = ('import sys, numclip_mm.batch.pipeline, numclip_mm.batch.catalog, numclip_mm.batch.columns, '
+            'numclip_mm.batch.decode, numclip_mm.batch.actor; '
             'print(sorted(m for m in ("torch", "numclip_mm.inference", "numclip_mm.models", "mmpretrain", "mmengine") '
             'if m in sys.modules))')
     out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, check=True,
                          env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert out.stdout.strip() == '[]'
-    from numclip_mm.batch.columns import DEFAULT_MAX_PIXELS
-    from numclip_mm.inference import DEFAULT_MAX_PIXELS as LIMIT
-    assert DEFAULT_MAX_PIXELS == LIMIT
 
 
 def test_failing_batch_is_retried_row_by_row():
@@ -460,13 +512,16 @@ def test_failing_batch_is_retried_row_by_row():
                 raise RuntimeError('cannot score this one')
             v = inputs[:, 0, 0, 0].double().numpy()
             return dict(value=v, value_raw=v, probability=np.full(len(v), 0.5),
-                        label=np.array(['few'] * len(v), dtype=object))
+                        label=np.array(['few'] * len(v), dtype=object), bin_argmax_probability=np.full(len(v), 0.6),
+                        bin_argmax=np.array(['many'] * len(v), dtype=object))
     actor = InferenceActor.__new__(InferenceActor)
     actor.attach([Picky()])
     tensors = np.zeros((4, 3, 2, 2), dtype=np.uint8)
     tensors[:, 0, 0, 0] = [1, 255, 3, 4]
     table = actor.predict_rows(np.arange(4), np.zeros(4), [None, None, None, 'null image'], tensors, 7)
     assert table.column('value').to_pylist() == [1.0, None, 3.0, None]
+    assert table.column('bin_argmax').to_pylist() == ['many', None, 'many', None]
+    assert table.column('bin_argmax_probability').to_pylist() == [0.6, None, 0.6, None]
     errors = table.column('error').to_pylist()
     assert errors[0] is None and errors[2] is None and errors[3] == 'null image'
     assert errors[1] == 'inference failed: RuntimeError: cannot score this one'

@@ -5,15 +5,14 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
-from numclip_mm.datasets.demo import generate_count_images
-from numclip_mm.evaluation.conformal import Calibration, file_digest, fit_calibration, sidecar_path
-from numclip_mm.inference import Predictor
-
 from test_tools import ROOT, run_tool
 
+from numclip_mm.conformal import Calibration, file_digest, fit_calibration, sidecar_path
+from numclip_mm.datasets.demo import generate_count_images
+from numclip_mm.inference import Predictor
+
 TINY_DEMO = """_base_ = [{base!r}]
-model = dict(clip=dict(model_name='numclip-tiny'))
+model = dict(clip=dict(model_name='numclip-tiny', pretrained=None))
 train_dataloader = dict(dataset=dict(num_samples=64, image_size=32))
 val_dataloader = dict(dataset=dict(num_samples=40, image_size=32))
 test_dataloader = dict(dataset=dict(num_samples=24, image_size=32))
@@ -62,7 +61,8 @@ def test_test_tool_columns_and_predictor_agree(calibrated, tmp_path):
     np.testing.assert_allclose(cols['value'], table['pred_value'][:5], atol=1e-4)
     np.testing.assert_allclose(cols['low_0.9'], table['pred_low_0.9'][:5], atol=1e-4)
     np.testing.assert_allclose(cols['high_0.9'], table['pred_high_0.9'][:5], atol=1e-4)
-    assert set(predictor.predict(list(images[:2]))) == {'value', 'value_raw', 'label', 'label_index', 'probability'}
+    assert set(predictor.predict(list(images[:2]))) == {'value', 'value_raw', 'label', 'label_index', 'probability',
+                                                        'bin_argmax', 'bin_argmax_index', 'bin_argmax_probability'}
 
     # --preds: calibrate from a prediction file without running the model; same thresholds as fitting it directly
     cal_file = tmp_path / 'from_preds.json'

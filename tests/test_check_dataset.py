@@ -24,8 +24,9 @@ def _png() -> bytes:
 
 def _config(tmp_path: Path, val_ann: str) -> str:
     (tmp_path / 'ok.png').write_bytes(_png())
+    (tmp_path / 'ok2.png').write_bytes(_png())
     (tmp_path / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n truncated')
-    (tmp_path / 'train.txt').write_text('ok.png 1\nmissing.png 2\nbroken.png 3\nok.png 4\n')
+    (tmp_path / 'train.txt').write_text('ok.png 1\nmissing.png 2\nbroken.png 3\nok2.png 4\n')
     (tmp_path / 'val.txt').write_text(val_ann)
     pipeline = [dict(type='LoadOrdinalImage'), dict(type='PackInputs', algorithm_keys=['gt_value'])]
     cfg = tmp_path / 'cfg.py'

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY_CONFIG, Payload, write_tiny_config
 from mmengine.config import Config
 from mmengine.runner import CheckpointLoader, load_checkpoint
 from mmpretrain.registry import MODELS
@@ -15,12 +16,11 @@ from mmpretrain.registry import MODELS
 from numclip_mm.engine import StrictLoadRunner, choose_dist_backend, fall_back_from_amp, resolve_dist_backend
 from numclip_mm.utils import CheckpointMismatchError, UnsafeCheckpointError
 
-from helpers import TINY_CONFIG, Payload, write_tiny_config
-
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
+TINY_CLIP = {'model.clip.model_name': 'numclip-tiny', 'model.clip.pretrained': None}  # the demo's CLIP, shrunk
 TINY_DEMO = [  # configs/numclip_demo.py shrunk to seconds (as in test_tools.py)
-    'model.clip.model_name=numclip-tiny',
+    'model.clip.model_name=numclip-tiny', 'model.clip.pretrained=None',
     'test_dataloader.dataset.num_samples=8', 'test_dataloader.dataset.image_size=32',
 ]
 
@@ -37,7 +37,7 @@ def files(tmp_path_factory):
     """A demo-config checkpoint, the same with a pickle payload, and the payload's marker path."""
     root = tmp_path_factory.mktemp('ckpts')
     torch.manual_seed(0)
-    model = build_model(ROOT / 'configs/numclip_demo.py', **{'model.clip.model_name': 'numclip-tiny'})
+    model = build_model(ROOT / 'configs/numclip_demo.py', **TINY_CLIP)
     good = root / 'demo_tiny.pth'
     torch.save({'state_dict': model.state_dict(), 'meta': {'epoch': 1, 'iter': 4}}, good)
     marker = root / 'payload_ran'
@@ -88,7 +88,7 @@ def make_runner(tmp_path, model, **cfg):
 
 def test_runner_loads_strictly_and_names_file_and_keys(files, tmp_path):
     no_adapter = build_model(ROOT / 'configs/numclip_demo.py',
-                             **{'model.clip.model_name': 'numclip-tiny', 'model.neck': None})
+                             **TINY_CLIP, **{'model.neck': None})
     runner = make_runner(tmp_path, no_adapter)
     with pytest.raises(CheckpointMismatchError) as err:
         runner.load_checkpoint(str(files['good']))  # MMEngine's default strict=False is overridden
@@ -99,7 +99,7 @@ def test_runner_loads_strictly_and_names_file_and_keys(files, tmp_path):
 def test_runner_unwraps_test_time_augmentation(files, tmp_path):
     """tools/test.py --tta wraps the model (keys 'module.*'); the checkpoint still fits, as MMEngine unwraps it."""
     from mmpretrain.models import AverageClsScoreTTA
-    model = build_model(ROOT / 'configs/numclip_demo.py', **{'model.clip.model_name': 'numclip-tiny'})
+    model = build_model(ROOT / 'configs/numclip_demo.py', **TINY_CLIP)
     tta = AverageClsScoreTTA(module=model)
     make_runner(tmp_path, tta).load_checkpoint(str(files['good']))
     assert torch.equal(model.state_dict()['neck.down.weight'], files['state']['neck.down.weight'])
@@ -107,7 +107,7 @@ def test_runner_unwraps_test_time_augmentation(files, tmp_path):
 
 def test_partial_load_is_an_explicit_opt_in(files, tmp_path):
     no_adapter = build_model(ROOT / 'configs/numclip_demo.py',
-                             **{'model.clip.model_name': 'numclip-tiny', 'model.neck': None})
+                             **TINY_CLIP, **{'model.neck': None})
     runner = make_runner(tmp_path, no_adapter, load_strict=False)
     runner.load_checkpoint(str(files['good']))
     got = no_adapter.state_dict()

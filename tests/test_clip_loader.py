@@ -6,13 +6,19 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
+from helpers import Payload
 from open_clip.transformer import QuickGELU
 
-from numclip_mm.models.clip_loader import (TINY_MODELS, CheckpointMismatchError, build_open_clip, checkpoint_format,
-                                           load_clip_weights, read_clip_state_dict, resolve_pretrained)
+from numclip_mm.models.clip_loader import (
+    TINY_MODELS,
+    CheckpointMismatchError,
+    build_open_clip,
+    checkpoint_format,
+    load_clip_weights,
+    read_clip_state_dict,
+    resolve_pretrained,
+)
 from numclip_mm.utils import CheckpointLoadError
-
-from helpers import Payload
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,9 +5,19 @@ import json
 import numpy as np
 import pytest
 
-from numclip_mm.evaluation.conformal import (Calibration, add_interval_columns, bin_quantile, bin_spread,
-                                             conformal_quantile, coverage_and_width, fit_calibration,
-                                             get_calibration, interval_bounds, nonconformity, sidecar_path)
+from numclip_mm.conformal import (
+    Calibration,
+    add_interval_columns,
+    bin_quantile,
+    bin_spread,
+    conformal_quantile,
+    coverage_and_width,
+    fit_calibration,
+    get_calibration,
+    interval_bounds,
+    nonconformity,
+    sidecar_path,
+)
 from numclip_mm.tasks import get_task
 
 

@@ -7,12 +7,23 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from mmpretrain.registry import DATASETS, TRANSFORMS
 from PIL import Image
 
-from mmpretrain.registry import DATASETS, TRANSFORMS
-from numclip_mm.datasets import (AdienceDataset, AestheticsDataset, HCIDataset, ImageTooLargeError,
-                                 LoadOrdinalImage, MorphDataset, OrdinalDataset, UnreadableImageError,
-                                 adience_group_index, decode_bgr, few_shot_indices, label_shift_indices)
+from numclip_mm.datasets import (
+    AdienceDataset,
+    AestheticsDataset,
+    HCIDataset,
+    ImageTooLargeError,
+    LoadOrdinalImage,
+    MorphDataset,
+    OrdinalDataset,
+    UnreadableImageError,
+    adience_group_index,
+    decode_bgr,
+    few_shot_indices,
+    label_shift_indices,
+)
 
 TEST_PIPELINE = [
     dict(type='LoadOrdinalImage'),
@@ -155,7 +166,8 @@ def png_claiming_size(width: int, height: int) -> bytes:
 def test_pixel_limit_checked_from_header_before_decoding(tmp_path, side):
     (tmp_path / 'bomb.png').write_bytes(png_claiming_size(side, side))
     load = TRANSFORMS.build(dict(type='LoadOrdinalImage'))
-    with pytest.raises(ImageTooLargeError, match=r'sample 2 \(.*bomb.png\): image too large: .* pixels exceeds the pixel limit max_pixels=64000000'):
+    with pytest.raises(ImageTooLargeError, match=r'sample 2 \(.*bomb.png\): image too large: .* pixels exceeds '
+                                                 r'the pixel limit max_pixels=64000000'):
         load(dict(img_path=str(tmp_path / 'bomb.png'), sample_idx=2))
     assert issubclass(ImageTooLargeError, ValueError)
 
@@ -326,9 +338,10 @@ def test_adience_malformed_fold_file_names_file_and_line(tmp_path):
 # ---------------------------------------------------------------- up-front image check
 def _images_with_holes(tmp_path):
     (tmp_path / 'ok.png').write_bytes(_png())
+    (tmp_path / 'ok2.png').write_bytes(_png())
     (tmp_path / 'broken.png').write_bytes(b'broken')
     (tmp_path / 'bomb.png').write_bytes(png_claiming_size(20000, 20000))
-    return _write(tmp_path / 'ann.txt', 'ok.png 1\nmissing.png 2\nbroken.png 3\nok.png 4\nbomb.png 5\n')
+    return _write(tmp_path / 'ann.txt', 'ok.png 1\nmissing.png 2\nbroken.png 3\nok2.png 4\nbomb.png 5\n')
 
 
 def test_check_images_lists_missing_and_unreadable_up_front(tmp_path):

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from mmpretrain.registry import DATASETS
+
 from numclip_mm.datasets import DemoCountDataset, decode_bgr, generate_count_images, write_demo_catalog
 from numclip_mm.datasets.demo import main as demo_main
 
@@ -61,6 +61,22 @@ def test_dataset_infos_and_pipeline():
     assert DemoCountDataset('train', lazy_init=True).num_samples == 1000  # default split sizes
     with pytest.raises(ValueError, match='split'):
         DemoCountDataset('holdout')
+
+
+def test_few_shot_keeps_n_images_per_count():
+    full = DemoCountDataset('train', num_samples=120, seed=3)
+    few = DemoCountDataset('train', num_samples=120, seed=3, num_shots=2)
+    values = np.array([few.get_data_info(i)['gt_value'] for i in range(len(few))])
+    full_values = np.array([full.get_data_info(i)['gt_value'] for i in range(len(full))])
+    assert np.array_equal(np.unique(values, return_counts=True)[1], np.minimum(np.bincount(
+        full_values.astype(int)), 2))  # 2 per count, all of a count with fewer
+    kept = [next(i for i in range(len(full))
+                 if np.array_equal(full.get_data_info(i)['img'], few.get_data_info(j)['img']))
+            for j in range(len(few))]
+    assert kept == sorted(kept)  # a subset of the same images, in their order
+    assert 'Shots per count: 2' in repr(few)
+    with pytest.raises(ValueError, match='num_shots'):
+        DemoCountDataset('train', num_samples=10, num_shots=0)
 
 
 def test_with_load_transform_and_resize():

@@ -39,9 +39,34 @@ def test_import_effects_are_the_listed_ones():
 
 def test_bare_import_is_cheap_and_registers_nothing():
     code = ('import sys, numclip_mm; from numclip_mm import _setup; '
-            'print(sorted(m for m in ("torch", "mmengine", "mmpretrain", "open_clip", "torchvision") if m in sys.modules), '
+            'print(sorted(m for m in ("torch", "mmengine", "mmpretrain", "open_clip", "torchvision") '
+            'if m in sys.modules), '
             'dict(_setup.APPLIED), numclip_mm.get_task("age").num_bins)')
     out = subprocess.run([sys.executable, '-c', code], cwd=str(ROOT), capture_output=True, text=True, timeout=120,
                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == '[] {} 5'
+
+
+INFERENCE_PROBE = r'''
+import sys
+import numclip_mm.inference
+heavy = ("mmpretrain", "open_clip", "torchvision", "mmengine.config", "numclip_mm.models", "numclip_mm.datasets",
+         "numclip_mm.evaluation", "numclip_mm.engine", "pandas")
+print(sorted(m for m in heavy if m in sys.modules))
+from numclip_mm.inference import Predictor
+predictor = Predictor(sys.argv[1])
+print(sorted(m for m in heavy if m in sys.modules))
+'''
+
+
+def test_inference_imports_only_what_it_uses():
+    """``import numclip_mm.inference`` imports no model stack; a Predictor then imports the model stack only
+    (mmpretrain, open_clip, numclip_mm.models), never numclip_mm's datasets, metrics or runner (pandas with them)."""
+    out = subprocess.run([sys.executable, '-c', INFERENCE_PROBE, str(ROOT / 'tests/configs/numclip_tiny.py')],
+                         cwd=str(ROOT), capture_output=True, text=True, timeout=240,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS='1'))
+    assert out.returncode == 0, out.stderr[-3000:]
+    before, after = out.stdout.strip().splitlines()[-2:]
+    assert before == '[]'
+    assert after == str(sorted(['mmengine.config', 'mmpretrain', 'numclip_mm.models', 'open_clip', 'torchvision']))

@@ -6,8 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from numclip_mm.models.losses import (FCRCImageTextLoss, FCRCTextImageLoss, L1RegressionLoss,
-                                      ordinal_distance_weights)
+from numclip_mm.models.losses import FCRCImageTextLoss, FCRCTextImageLoss, L1RegressionLoss, ordinal_distance_weights
 
 # Doc 3.1, K = 5 (rows = anchor class c, columns = candidate class j).
 DOC_TABLE_K5 = [

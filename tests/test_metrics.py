@@ -5,11 +5,18 @@ import numpy as np
 import pytest
 import torch
 from mmengine.evaluator import Evaluator
-
 from mmpretrain.registry import METRICS
 from mmpretrain.structures import DataSample
-from numclip_mm.evaluation import (Calibration, DumpOrdinalPredictions, OrdinalMetric, average_ranks,
-                                   load_predictions, quadratic_weighted_kappa, spearman)
+
+from numclip_mm.evaluation import (
+    Calibration,
+    DumpOrdinalPredictions,
+    OrdinalMetric,
+    average_ranks,
+    load_predictions,
+    quadratic_weighted_kappa,
+    spearman,
+)
 
 # Task 'count' (edges 0, 2, 4, 6, 8). gt values 1, 4, 5, 3 -> bins 0, 2, 2, 1.
 PRED_VALUE = [1.0, 2.5, 6.0, 9.0]
@@ -110,6 +117,25 @@ def test_dump_round_trip(tmp_path, ext):
     assert frame['pred_label'].tolist() == PRED_LABEL and frame['gt_label'].tolist() == GT_LABEL
     assert frame['img_path'].tolist() == [f'img_{i}.png' for i in range(4)]
     np.testing.assert_allclose(frame[[f'pred_score_{k}' for k in range(5)]].to_numpy().argmax(1), PRED_LABEL)
+
+
+def test_label_of_the_value_and_argmax_bin_kept_apart(tmp_path):
+    """Samples as OrdinalHead.predict writes them: pred_label is the bin of pred_value, pred_bin_argmax the most
+    probable bin. The metric's accuracy scores the arg-max bin; the dump writes both, with their probabilities."""
+    scores = torch.tensor([[0.6, 0.4, 0, 0, 0], [0.1, 0.2, 0.5, 0.2, 0], [0, 0, 0.1, 0.3, 0.6], [0, 0, 0, 0.3, 0.7]])
+    samples = [dict(s, pred_label=torch.tensor([int(b)]), pred_bin_argmax=torch.tensor([int(sc.argmax())]),
+                    pred_score=sc) for s, b, sc in zip(_samples(), [0, 1, 3, 4], scores)]
+    metric = OrdinalMetric(items=('accuracy',))
+    metric.process({}, samples)
+    # arg-max bins 0, 2, 4, 4 vs gt bins 0, 2, 2, 1: two right (the value bins 0, 1, 3, 4 would get one)
+    assert metric.compute_metrics(metric.results) == {'accuracy': 50.0}
+    dump = DumpOrdinalPredictions(str(tmp_path / 'preds.csv'))
+    dump.process({}, samples)
+    dump.compute_metrics(dump.results)
+    frame = load_predictions(str(tmp_path / 'preds.csv'))
+    assert frame['pred_label'].tolist() == [0, 1, 3, 4] and frame['pred_bin_argmax'].tolist() == [0, 2, 4, 4]
+    np.testing.assert_allclose(frame['pred_probability'], [0.6, 0.2, 0.3, 0.7], atol=1e-6)
+    np.testing.assert_allclose(frame['pred_bin_argmax_probability'], [0.6, 0.5, 0.6, 0.7], atol=1e-6)
 
 
 def test_dump_refuses_pickle(tmp_path):

@@ -297,8 +297,9 @@ def test_predict_mode_regressor(tiny, batch):
         assert d.pred_score.shape == (5,)
         assert d.pred_score.sum().item() == pytest.approx(1.0, abs=1e-5)
         torch.testing.assert_close(d.pred_score, probs[i])
-        assert int(d.pred_label) == int(probs[i].argmax())
+        assert int(d.pred_bin_argmax) == int(probs[i].argmax())
         assert float(d.pred_value) == pytest.approx(float(expected_values[i]), abs=1e-5)
+        assert int(d.pred_label) == int(TASK.nearest_bin(float(d.pred_value)))  # the label is the value's bin
         assert float(d.gt_value) == values[i]  # ground truth kept in the same sample
 
 
@@ -622,7 +623,7 @@ def test_overfits_toy_set():
     model.eval()
     with torch.no_grad():
         out = model(x, mode='predict')
-    acc = np.mean([int(d.pred_label) == int(d2.gt_label) for d, d2 in zip(out, data)])
+    acc = np.mean([int(d.pred_bin_argmax) == int(d2.gt_label) for d, d2 in zip(out, data)])
     assert acc >= 0.9
 
 

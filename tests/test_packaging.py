@@ -1,5 +1,6 @@
-"""A non-editable install (the wheel `pip install .` builds) carries the package data: the demo model builds from
-outside the checkout."""
+"""A non-editable install (the wheel `pip install .` builds) carries the package data and the console command: the
+demo model builds, with its packaged pretrained weights, and `numclip-score --help` runs from outside the checkout,
+and no top-level `batch` module is installed."""
 import os
 import shutil
 import subprocess
@@ -11,12 +12,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 PROBE = r'''
-import os, sys
+import importlib.util, os, sys
+assert importlib.util.find_spec('batch') is None, importlib.util.find_spec('batch')  # no global 'batch' package
 import numclip_mm
 from numclip_mm.models.clip_loader import TINY_MODELS, build_open_clip
 assert numclip_mm.__file__.startswith(sys.argv[1]), numclip_mm.__file__
 assert set(TINY_MODELS) >= {'numclip-demo', 'numclip-tiny'}, TINY_MODELS
-model = build_open_clip('numclip-demo')
+model = build_open_clip('numclip-demo', 'numclip-tiny-synth')  # the packaged weights, by tag
 print('ok', sum(p.numel() for p in model.parameters()))
 '''
 
@@ -33,7 +35,8 @@ def test_wheel_ships_model_configs_and_builds_the_demo_model(tmp_path):
     wheel = next(wheels.glob('numclip_mm-*.whl'))
     names = zipfile.ZipFile(wheel).namelist()
     assert {'numclip_mm/models/model_configs/numclip-demo.json',
-            'numclip_mm/models/model_configs/numclip-tiny.json'} <= set(names)
+            'numclip_mm/models/model_configs/numclip-tiny.json',
+            'numclip_mm/models/pretrained/numclip-demo-synth.safetensors'} <= set(names)
     assert {n.split('/')[0] for n in names if not n.split('/')[0].endswith(('.dist-info', '.data'))} == {'numclip_mm'}
     entry_points = next(n for n in names if n.endswith('.dist-info/entry_points.txt'))
     assert 'numclip-score = numclip_mm.batch.score:main' in zipfile.ZipFile(wheel).read(entry_points).decode()
@@ -47,3 +50,10 @@ def test_wheel_ships_model_configs_and_builds_the_demo_model(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split()[0] == 'ok' and int(out.stdout.split()[1]) > 0
+    assert not (target / 'batch').exists()
+    script = target / 'bin' / 'numclip-score'  # the console script pip wrote for the entry point
+    assert script.is_file()
+    cli = subprocess.run([str(script), '--help'], cwd=str(outside), env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert cli.stdout.startswith('usage: numclip-score') and '--checkpoint' in cli.stdout

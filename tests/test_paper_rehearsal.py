@@ -137,11 +137,12 @@ def test_paper_config_trains_and_tests_in_process(openai_archive, tmp_path, data
     model = runner.model
     assert uses_quick_gelu(model)  # OpenAI weights: QuickGELU, chosen from the archive format
     ref = openai_archive['reference']
-    text_tower = model.head.text_encoder.state_dict()
-    assert torch.equal(text_tower['token_embedding.weight'], ref['token_embedding.weight'])  # frozen: exact
-    assert text_tower['token_embedding.weight'].dtype == torch.float32
+    token_embedding = model.head.text_encoder.token_embedding.weight
+    assert not torch.equal(token_embedding, ref['token_embedding.weight'])  # built, not loaded: init_weights loads
     runner.train()
     assert runner.iter == 2
+    assert torch.equal(token_embedding, ref['token_embedding.weight'])  # frozen: exactly the archive's
+    assert token_embedding.dtype == torch.float32
     conv1 = model.backbone.visual.conv1.weight.detach()
     assert 0 < (conv1 - ref['visual.conv1.weight']).abs().max() < 1e-3  # fine-tuned a little from the archive
     trained = time.perf_counter()
@@ -179,9 +180,12 @@ def test_morph_through_the_tools_with_the_readme_cache(openai_archive, tmp_path)
     ckpt = work / 'epoch_1.pth'
     assert ckpt.is_file()
     out = tmp_path / 'pred.csv'
+    # a trained checkpoint needs no CLIP file: tools/test.py runs with an empty CLIP cache
+    empty = tmp_path / 'empty_cache'
+    empty.mkdir()
     run_tool('tools/test.py', 'configs/numclip_morph.py', ckpt, '--work-dir', tmp_path / 'test', '--out', out,
              '--cfg-options', f'test_dataloader.dataset.data_root={tmp_path / "data"}', 'test_dataloader.batch_size=2',
-             'test_dataloader.num_workers=0', env=env)
+             'test_dataloader.num_workers=0', env=dict(env, NUMCLIP_CLIP_CACHE=str(empty)))
     import pandas as pd
     table = pd.read_csv(out)
     assert len(table) == 2 and table['gt_value'].tolist() == [19.0, 61.0]

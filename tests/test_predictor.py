@@ -5,21 +5,19 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from helpers import write_tiny_config
 from PIL import Image
 
 from numclip_mm.inference import ImagePreprocessor, Predictor, decode_image, default_precision, describe_model
 from numclip_mm.utils import CheckpointMismatchError
 
-from helpers import write_tiny_config
+COLUMNS = {'value', 'value_raw', 'label', 'label_index', 'probability', 'bin_argmax', 'bin_argmax_index',
+           'bin_argmax_probability'}
 
 
-
-
-
-
-def png_bytes(array):
+def png_bytes(array, **save):
     buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format='PNG')
+    (array if isinstance(array, Image.Image) else Image.fromarray(array)).save(buf, format='PNG', **save)
     return buf.getvalue()
 
 
@@ -42,7 +40,7 @@ def tiny(tmp_path_factory):
 def test_round_trip_from_checkpoint(tiny):
     loaded = Predictor(tiny['cfg'], tiny['ckpt'])
     a, b = tiny['predictor'].predict(tiny['images']), loaded.predict(tiny['images'])
-    assert set(b) == {'value', 'value_raw', 'label', 'label_index', 'probability'}
+    assert set(b) == COLUMNS
     np.testing.assert_allclose(b['value'], a['value'], rtol=0, atol=1e-6)
     np.testing.assert_allclose(b['probability'], a['probability'], rtol=0, atol=1e-6)
     assert list(b['label']) == list(a['label'])
@@ -131,7 +129,8 @@ def test_every_image_reaches_the_model_input_size(tiny, tmp_path):
     """A config whose test pipeline has no resize still gives the model its input size, for any image size."""
     cfg = tmp_path / 'noresize.py'
     cfg.write_text(f"_base_ = [{tiny['cfg']!r}]\n"
-                   "test_dataloader = dict(dataset=dict(pipeline=[dict(type='PackInputs', algorithm_keys=['gt_value'])]))\n")
+                   "test_dataloader = dict(dataset=dict(\n"
+                   "    pipeline=[dict(type='PackInputs', algorithm_keys=['gt_value'])]))\n")
     p = Predictor(str(cfg), tiny['ckpt'])
     sizes = [(32, 32), (224, 224), (1, 1), (17, 300)]
     rng = np.random.default_rng(1)
@@ -155,6 +154,134 @@ def test_bf16_on_cpu_close_to_fp32(tiny):
     a, b = fp32.predict(images), bf16.predict(images)
     assert not np.array_equal(a['value_raw'], b['value_raw'])  # bf16 really ran
     np.testing.assert_allclose(b['value_raw'], a['value_raw'], rtol=0, atol=0.05)
-    np.testing.assert_allclose(b['probability'], a['probability'], rtol=0, atol=0.02)
+    np.testing.assert_allclose(b['bin_argmax_probability'], a['bin_argmax_probability'], rtol=0, atol=0.02)
     with pytest.raises(ValueError, match='precision'):
         Predictor(tiny['cfg'], tiny['ckpt'], precision='int8')
+
+
+# -- what predict accepts: every form gives the prediction of its encoded bytes ----------------------------------
+
+def _same_prediction(predictor, image, reference_bytes, **kw):
+    got, want = predictor.predict(image, **kw), predictor.predict([reference_bytes])
+    assert {k: len(v) for k, v in got.items()} == {k: 1 for k in COLUMNS}
+    np.testing.assert_allclose(got['value'], want['value'], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got['probability'], want['probability'], rtol=0, atol=1e-6)
+    assert list(got['label']) == list(want['label'])
+
+
+@pytest.fixture(scope='module')
+def rgb(tiny):
+    return tiny['images'][1]
+
+
+def test_predict_single_bytes_and_bytearray(tiny, rgb):
+    data = png_bytes(rgb)
+    _same_prediction(tiny['predictor'], data, data)
+    _same_prediction(tiny['predictor'], bytearray(data), data)
+
+
+def test_predict_paths_str_pathlib_and_uri(tiny, rgb, tmp_path):
+    import fsspec
+    data = png_bytes(rgb)
+    path = tmp_path / 'image.png'
+    path.write_bytes(data)
+    for image in (str(path), path, f'file://{path}'):
+        _same_prediction(tiny['predictor'], image, data)
+    with fsspec.open('memory://predictor/image.png', 'wb') as f:  # a non-local fsspec filesystem
+        f.write(data)
+    _same_prediction(tiny['predictor'], 'memory://predictor/image.png', data)
+    with pytest.raises(OSError, match='image file not found: .*missing.png'):
+        tiny['predictor'].predict(tmp_path / 'missing.png')
+
+
+@pytest.mark.parametrize('mode', ['RGB', 'L', 'RGBA', 'P', 'LA', 'I;16'])
+def test_predict_pil_images_of_any_mode(tiny, rgb, mode):
+    if mode == 'I;16':
+        image = Image.fromarray((rgb[..., 0].astype(np.uint16) * 257 + 3))
+    else:
+        image = Image.fromarray(rgb).convert(mode)
+    assert image.mode == mode
+    data = png_bytes(image)
+    _same_prediction(tiny['predictor'], image, data)
+    _same_prediction(tiny['predictor'], Image.open(io.BytesIO(data)), data)  # a lazily loaded file image
+
+
+def test_predict_pil_applies_exif_orientation_as_training_does(tiny):
+    rng = np.random.default_rng(3)
+    wide = rng.integers(0, 256, (20, 36, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    for fmt in ('PNG', 'JPEG'):
+        buf = io.BytesIO()
+        Image.fromarray(wide).save(buf, format=fmt, exif=exif.tobytes())
+        data = buf.getvalue()
+        assert decode_image(data).shape == (36, 20, 3)  # the training decoder turns it upright
+        _same_prediction(tiny['predictor'], Image.open(io.BytesIO(data)), data)
+    pre = tiny['predictor'].preprocessor
+    unrotated = pre(np.asarray(Image.open(io.BytesIO(data)).convert('RGB')))
+    assert not torch.equal(unrotated, pre.from_bytes(data))  # the orientation matters to the model's input
+
+
+@pytest.mark.parametrize('layout', ['HW', 'HW1', 'HW3', 'HW4'])
+def test_predict_uint8_arrays_gray_rgb_rgba(tiny, rgb, layout):
+    rng = np.random.default_rng(4)
+    gray = rgb[..., 1]
+    array, image = {'HW': (gray, Image.fromarray(gray)), 'HW1': (gray[..., None], Image.fromarray(gray)),
+                    'HW3': (rgb, Image.fromarray(rgb)),
+                    'HW4': (np.dstack([rgb, rng.integers(0, 256, rgb.shape[:2], dtype=np.uint8)]), None)}[layout]
+    image = image or Image.fromarray(array, 'RGBA')
+    _same_prediction(tiny['predictor'], array, png_bytes(image))
+
+
+def test_predict_float_arrays_need_their_scale(tiny, rgb):
+    data = png_bytes(rgb)
+    _same_prediction(tiny['predictor'], rgb.astype(np.float32) / 255, data, float_scale=1.0)
+    _same_prediction(tiny['predictor'], rgb.astype(np.float64), data, float_scale=255)
+    _same_prediction(tiny['predictor'], rgb.astype(np.uint16) * 257, data, float_scale=65535)
+    with pytest.raises(TypeError, match=r'float32 image array needs its scale: pass float_scale=.*'
+                                        r'predict\(x, float_scale=1.0\)'):
+        tiny['predictor'].predict(rgb.astype(np.float32) / 255)
+    with pytest.raises(ValueError, match=r'in \[0, float_scale=1\]; this array spans \[0, 25'):
+        tiny['predictor'].predict(rgb.astype(np.float32), float_scale=1.0)  # pixels in [0, 255], scale 1: refused
+
+
+def test_predict_refuses_what_is_not_an_image(tiny, rgb):
+    p = tiny['predictor']
+    for bad, name in ((42, 'builtins.int'), ({'image': 1}, 'builtins.dict'), (None, 'builtins.NoneType'),
+                      (torch.zeros(3, 8, 8, dtype=torch.uint8), 'torch.Tensor')):
+        with pytest.raises(TypeError, match=f'cannot predict from a {name}'):
+            p.predict([bad])
+    with pytest.raises(TypeError, match='predict_tensors'):
+        p.predict(torch.zeros(8, 8, 3))
+    with pytest.raises(ValueError, match=r'got shape \(2, 8, 8, 3\) \(a batch\? pass a list'):
+        p.predict(np.zeros((2, 8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match=r'got shape \(8, 8, 2\)'):
+        p.predict(np.zeros((8, 8, 2), np.uint8))
+
+
+def test_predict_empty_list_gives_empty_columns(tiny):
+    out = tiny['predictor'].predict([])
+    assert set(out) == COLUMNS and all(len(v) == 0 for v in out.values())
+    assert out['label'].dtype == object and out['label_index'].dtype == np.int64
+    assert len(tiny['predictor'].predict(tiny['images'][:2])['value']) == 2
+
+
+# -- label and value agree ----------------------------------------------------------------------------------------
+
+def test_label_is_the_bin_of_the_value_argmax_kept_apart(tiny, monkeypatch):
+    """Task 'count' (edges 0 2 4 6 8, upper 9): the label is the bin of the clamped value, whatever the most probable
+    bin is; the arg-max bin and its probability have their own columns."""
+    p = tiny['predictor']
+    raw = torch.tensor([8.3, 1.9, -3.0, 12.0])
+    probs = torch.tensor([[0.05, 0.05, 0.1, 0.6, 0.2],    # arg-max 'many', value 8.3 -> 'lots'
+                          [0.1, 0.2, 0.5, 0.1, 0.1],      # arg-max 'several', value 1.9 -> 'none'
+                          [0.7, 0.1, 0.1, 0.05, 0.05],    # clamped to 0 -> 'none' = arg-max
+                          [0.2, 0.2, 0.2, 0.3, 0.1]])     # clamped to 9 -> 'lots'
+    monkeypatch.setattr(p.model.head, 'predict_arrays', lambda feats: (probs, raw))
+    out = p.predict_tensors(torch.zeros(4, 3, 32, 32, dtype=torch.uint8))
+    np.testing.assert_allclose(out['value'], [8.3, 1.9, 0.0, 9.0], atol=1e-6)
+    assert list(out['label']) == ['lots', 'none', 'none', 'lots'] and list(out['label_index']) == [4, 0, 0, 4]
+    np.testing.assert_allclose(out['probability'], [0.2, 0.1, 0.7, 0.1], atol=1e-6)
+    assert list(out['bin_argmax']) == ['many', 'several', 'none', 'many']
+    assert list(out['bin_argmax_index']) == [3, 2, 0, 3]
+    np.testing.assert_allclose(out['bin_argmax_probability'], [0.6, 0.5, 0.7, 0.3], atol=1e-6)

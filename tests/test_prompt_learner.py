@@ -3,8 +3,12 @@ import pytest
 import torch
 from open_clip.tokenizer import _tokenizer as bpe
 
-from numclip_mm.models.prompt_learner import (ConceptPromptLearner, InterpolatedRankPromptLearner, PromptTemplate,
-                                              rank_interpolation_weights)
+from numclip_mm.models.prompt_learner import (
+    ConceptPromptLearner,
+    InterpolatedRankPromptLearner,
+    PromptTemplate,
+    rank_interpolation_weights,
+)
 from numclip_mm.models.text_encoder import OpenCLIPTextEncoder
 from numclip_mm.tasks import get_task
 

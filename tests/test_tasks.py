@@ -52,3 +52,41 @@ def test_value_range_is_what_values_may_be():
     open_task = OrdinalTask('open', (0, 10), ('low', 'high'), 'it is')
     assert open_task.value_range == (0.0, float('inf'))
     assert open_task.in_range([0, 1e9]).all() and not open_task.in_range([-0.5]).any()
+
+
+def test_nearest_bin_is_the_bin_of_the_clamped_value():
+    count = TASKS['count']  # edges 0 2 4 6 8, upper 9
+    values = np.array([-3.0, 0.0, 1.99, 2.0, 7.5, 8.0, 9.0, 40.0])
+    np.testing.assert_array_equal(count.nearest_bin(values), [0, 0, 0, 1, 3, 4, 4, 4])
+    inside = values[count.in_range(values)]
+    np.testing.assert_array_equal(count.nearest_bin(inside), count.value_to_bin(inside))
+    with pytest.raises(ValueError, match='non-finite'):
+        count.nearest_bin([1.0, np.nan])
+
+
+def test_config_task_set_once_reaches_head_and_every_dataset(tmp_path):
+    """A child config changes its base's task with one top-level `task` (a dict over a base whose head holds a
+    name: no `_delete_`, no MMEngine 'cannot inherit' error), and head, datasets and wrapped datasets all get it."""
+    from numclip_mm.tasks import apply_config_task
+    base = tmp_path / 'base.py'
+    base.write_text("model = dict(type='NumCLIP', head=dict(type='NumCLIPHead', task='count'))\n"
+                    "train_dataloader = dict(dataset=dict(type='RepeatDataset', times=2,\n"
+                    "    dataset=dict(type='ConcatDataset', datasets=[dict(type='DemoCountDataset'),\n"
+                    "                                                 dict(type='DemoCountDataset')])))\n"
+                    "val_dataloader = dict(dataset=dict(type='DemoCountDataset', split='val'))\n"
+                    "test_dataloader = val_dataloader\n")
+    child = tmp_path / 'child.py'
+    child.write_text("_base_ = ['./base.py']\n"
+                     "task = dict(name='count3', edges=[0, 3, 6], concepts=['few', 'several', 'many'],\n"
+                     "            context='there are', upper=9)\n")
+    cfg = apply_config_task(Config.fromfile(child))
+    tasks = [cfg.model.head.task, cfg.val_dataloader.dataset.task, cfg.test_dataloader.dataset.task,
+             *(d.task for d in cfg.train_dataloader.dataset.dataset.datasets)]
+    assert len(tasks) == 5 and all(get_task(t) == get_task(cfg.task) for t in tasks)
+    assert get_task(cfg.model.head.task).concepts == ('few', 'several', 'many')
+    assert 'task' not in cfg.train_dataloader.dataset  # wrappers pass it on, they take none themselves
+    plain = Config.fromfile(base)
+    assert apply_config_task(plain).model.head.task == 'count' and 'task' not in plain.val_dataloader.dataset
+    bad = Config(dict(task=dict(name='x', edges=[0, 1], concepts=['a'], context='c')))
+    with pytest.raises(ValueError, match='2 edges but 1 concepts'):
+        apply_config_task(bad)

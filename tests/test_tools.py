@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # A tiny NumCLIP on 32x32 demo images: 1 epoch of 64 samples takes a few seconds on 2 CPU cores.
 TINY = [
-    'model.clip.model_name=numclip-tiny',
+    'model.clip.model_name=numclip-tiny', 'model.clip.pretrained=None',
     'train_dataloader.dataset.num_samples=64', 'train_dataloader.dataset.image_size=32',
     'val_dataloader.dataset.num_samples=32', 'val_dataloader.dataset.image_size=32',
     'test_dataloader.dataset.num_samples=32', 'test_dataloader.dataset.image_size=32',
@@ -85,6 +85,38 @@ def test_train_resume_and_test_on_cpu(tmp_path):
     assert len(table) == 32
     assert {'gt_value', 'gt_label', 'pred_value', 'pred_label'} <= set(table.columns)
     assert table['pred_value'].between(-1, 20).all()
+
+
+def test_new_task_example_config_trains_tests_and_predicts(tmp_path):
+    """configs/examples/count_3bins_demo.py (the demo with a 3-bin task set in one line) trains, tests and loads in
+    the Predictor with 3 bins everywhere: head, datasets, metrics, the --out file and the predicted labels."""
+    config = 'configs/examples/count_3bins_demo.py'
+    work = tmp_path / 'work'
+    run_tool('tools/train.py', config, '--work-dir', work, '--cfg-options', *TINY, 'train_cfg.max_epochs=1')
+    out = tmp_path / 'pred.csv'
+    run_tool('tools/test.py', config, work / 'epoch_1.pth', '--work-dir', tmp_path / 'test', '--out', out,
+             '--cfg-options', *TINY)
+    import numpy as np
+    import pandas as pd
+
+    from numclip_mm.tasks import get_task
+    table = pd.read_csv(out)
+    task = get_task(dict(name='count3', edges=[0, 3, 6], concepts=['few', 'several', 'many'], context='', upper=9))
+    assert [c for c in table.columns if c.startswith('pred_score_')] == ['pred_score_0', 'pred_score_1',
+                                                                         'pred_score_2']
+    np.testing.assert_array_equal(table['gt_label'], task.value_to_bin(table['gt_value']))
+    np.testing.assert_array_equal(table['pred_label'], task.value_to_bin(table['pred_value']))
+    assert set(table['pred_bin_argmax']) <= {0, 1, 2}
+    val = [s for s in read_scalars(work) if 'mae' in s]
+    assert val and 'mae_bin_2' in val[-1] and 'mae_bin_3' not in val[-1]  # the metrics saw 3 bins
+    from mmengine.config import Config
+
+    from numclip_mm.inference import Predictor
+    cfg = Config.fromfile(ROOT / config)
+    cfg.merge_from_dict({'model.clip.model_name': 'numclip-tiny'})
+    predictor = Predictor(cfg, str(work / 'epoch_1.pth'))  # strict load: the 3-bin shapes fit
+    out = predictor.predict(np.zeros((32, 32, 3), np.uint8))
+    assert predictor.task.name == 'count3' and out['label'][0] in ('few', 'several', 'many')
 
 
 def test_test_tool_out_pq_is_parquet_and_unknown_suffix_is_refused(tmp_path):

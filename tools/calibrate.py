@@ -16,12 +16,29 @@ import os
 import os.path as osp
 import tempfile
 
-from common import add_common_args, build_runner, finish_args, run_cli, set_dataloader_defaults, set_work_dir
+from common import (
+    add_common_args,
+    build_runner,
+    finish_args,
+    load_config_file,
+    run_cli,
+    set_dataloader_defaults,
+    set_work_dir,
+)
 from mmengine.config import Config
 from mmengine.logging import print_log
 
-from numclip_mm.evaluation.conformal import (DEFAULT_METHOD, METHODS, add_interval_columns, coverage_and_width,
-                                             file_digest, fit_calibration, level_key, score_columns, sidecar_path)
+from numclip_mm.conformal import (
+    DEFAULT_METHOD,
+    METHODS,
+    add_interval_columns,
+    coverage_and_width,
+    file_digest,
+    fit_calibration,
+    level_key,
+    score_columns,
+    sidecar_path,
+)
 from numclip_mm.evaluation.dump import load_predictions
 from numclip_mm.tasks import get_task
 
@@ -69,7 +86,7 @@ def main(argv=None):
     args = parse_args(argv)
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint not found: {args.checkpoint}')
-    cfg = Config.fromfile(args.config)
+    cfg = load_config_file(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)

@@ -11,7 +11,10 @@ import argparse
 import json
 import sys
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
+
+from numclip_mm.tasks import apply_config_task
+from numclip_mm.utils.config_file import ConfigLoadError, load_config_file
 
 
 def parse_args(argv=None):
@@ -25,10 +28,11 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def check_split(cfg: Config, split: str, threads: int) -> dict:
+def check_split(cfg, split: str, threads: int) -> dict:
     """Build one split's dataset without its own check, then check every image; returns a summary dict."""
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import DATASETS
+
     import numclip_mm.register  # noqa: F401  (registration)
     from numclip_mm.datasets import LoadOrdinalImage, OrdinalDataset
     from numclip_mm.datasets.image_check import find_unreadable_images
@@ -52,9 +56,14 @@ def check_split(cfg: Config, split: str, threads: int) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    cfg = Config.fromfile(args.config)
+    try:
+        cfg = load_config_file(args.config)
+    except ConfigLoadError as err:  # the file and the line, not a traceback
+        print(f'error: {err}', file=sys.stderr)
+        return 2
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
+    apply_config_task(cfg)
     findings, status = [], 0
     for split in args.split:
         if cfg.get(f'{split}_dataloader') is None:

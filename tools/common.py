@@ -5,14 +5,14 @@ import os.path as osp
 import sys
 from copy import deepcopy
 
-import numclip_mm.register  # noqa: F401  (registration; also makes torchvision importable first)
-
 import torch
 from mmengine.config import ConfigDict, DictAction
 from mmengine.registry import RUNNERS
 
+import numclip_mm.register  # noqa: F401  (registration; also makes torchvision importable first)
 from numclip_mm.engine import StrictLoadRunner, init_cpu_distributed, resolve_dist_backend
 from numclip_mm.utils import CheckpointLoadError
+from numclip_mm.utils.config_file import ConfigLoadError, load_config_file  # noqa: F401  (the tools' config loader)
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -78,10 +78,14 @@ def build_runner(cfg):
 
 
 def run_cli(main) -> None:
-    """Run a tool's ``main``; a checkpoint that cannot be used (missing, refused, not fitting) ends the process
-    with exit code 1 and the one-line reason on stderr instead of a traceback."""
+    """Run a tool's ``main``; a config that cannot be loaded (``load_config_file``: syntax error, an exception
+    while it runs) ends the process with exit code 2, a checkpoint that cannot be used (missing, refused, not
+    fitting) with exit code 1, each with the one-line reason on stderr instead of a traceback."""
     try:
         main()
+    except ConfigLoadError as err:
+        print(f'error: {err}', file=sys.stderr)
+        sys.exit(2)
     except (CheckpointLoadError, FileNotFoundError) as err:
         print(f'error: {err}', file=sys.stderr)
         sys.exit(1)

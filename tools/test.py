@@ -14,16 +14,23 @@ import argparse
 import os.path as osp
 from copy import deepcopy
 
-from common import (add_common_args, build_runner, drop_persistent_workers_without_workers, finish_args, run_cli,
-                    set_dataloader_defaults, set_work_dir)
-from mmengine.config import Config, ConfigDict
+from common import (
+    add_common_args,
+    build_runner,
+    drop_persistent_workers_without_workers,
+    finish_args,
+    load_config_file,
+    run_cli,
+    set_dataloader_defaults,
+    set_work_dir,
+)
+from mmengine.config import ConfigDict
 from mmengine.evaluator import DumpResults
 from mmengine.logging import print_log
 
+from numclip_mm.conformal import check_checkpoint, find_calibration, get_calibration
 from numclip_mm.evaluation import DumpOrdinalPredictions, OrdinalMetric
 from numclip_mm.evaluation.dump import TABLE_FORMATS
-from numclip_mm.evaluation.conformal import check_checkpoint, find_calibration, get_calibration
-
 
 PICKLE_FORMATS = ('.pkl', '.pickle')
 METRICS_FORMATS = ('.json', '.yaml', '.yml') + PICKLE_FORMATS  # what mmengine.dump writes
@@ -85,7 +92,7 @@ def merge_args(cfg, args):
 
 def main():
     args = parse_args()
-    cfg = merge_args(Config.fromfile(args.config), args)
+    cfg = merge_args(load_config_file(args.config), args)
     runner = build_runner(cfg)
     calibration = get_calibration(args.calibration or find_calibration(args.checkpoint))
     if calibration is not None and args.calibration is None:

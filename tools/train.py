@@ -1,9 +1,16 @@
 """Train a model from an mmpretrain-style config (NumCLIP's or mmpretrain's own), like mmpretrain's tools/train.py."""
 import argparse
 
-from common import (add_common_args, build_runner, drop_persistent_workers_without_workers, finish_args, run_cli,
-                    set_dataloader_defaults, set_work_dir)
-from mmengine.config import Config
+from common import (
+    add_common_args,
+    build_runner,
+    drop_persistent_workers_without_workers,
+    finish_args,
+    load_config_file,
+    run_cli,
+    set_dataloader_defaults,
+    set_work_dir,
+)
 
 from numclip_mm.engine import fall_back_from_amp
 
@@ -54,7 +61,7 @@ def merge_args(cfg, args):
 
 def main():
     args = parse_args()
-    cfg = merge_args(Config.fromfile(args.config), args)
+    cfg = merge_args(load_config_file(args.config), args)
     build_runner(cfg).train()
 
 

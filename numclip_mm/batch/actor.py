@@ -10,7 +10,6 @@ With several models, each decoded image goes through every model (one decode per
 model adds its own columns. A batch whose inference fails is retried row by row, so only the guilty rows of that
 model get an error.
 """
-import os
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -19,43 +18,43 @@ import pyarrow as pa
 from .columns import CELL_CRC, FILE_INDEX, IMAGE_TENSOR, ROW_ERROR, ROW_INDEX, interval_types, prediction_schema
 
 
-def load_predictor(config, checkpoint: Optional[str], device: str = 'cpu', precision: Optional[str] = None):
-    """A Predictor; a checkpoint URI is downloaded to a local temporary file first, with its conformal calibration
-    sidecar (``<checkpoint>.calibration.json``) when there is one."""
-    from numclip_mm.inference import SIDECAR_SUFFIX, Predictor
-
-    from . import catalog
-    with catalog.local_copy(checkpoint, companions=(SIDECAR_SUFFIX,)) as local:
-        return Predictor(config, local, device=device, precision=precision)
+def load_predictor(config, checkpoint: Optional[str], device: str = 'cpu', precision: Optional[str] = None,
+                   checkpoint_sha256: Optional[str] = None, calibration=None):
+    """A Predictor of exactly the checkpoint the job planned with: a local path or URI whose bytes are read once and
+    must have ``checkpoint_sha256`` (else :class:`numclip_mm.inference.CheckpointChangedError`), with the
+    calibration the driver already checked (the sidecar is not read again)."""
+    from numclip_mm.inference import Predictor
+    return Predictor(config, checkpoint, device=device, precision=precision, calibration=calibration,
+                     checkpoint_sha256=checkpoint_sha256)
 
 
 class InferenceActor:
     """``map_batches`` callable class (``ActorPoolStrategy``): one or several models over one decode.
 
     Args:
-        models: one ``dict(config=..., checkpoint=..., prefix=...)`` per model (config and checkpoint as for
-            :class:`numclip_mm.inference.Predictor`); each model's columns are named ``f'{prefix}{suffix}'``.
+        models: one ``dict(config=..., checkpoint=..., prefix=..., checkpoint_sha256=..., calibration=...)`` per
+            model: config and checkpoint as for :class:`numclip_mm.inference.Predictor`; ``checkpoint_sha256`` the
+            digest the job's outputs record (the actor loads exactly the bytes that have it); ``calibration`` the
+            conformal calibration the driver checked (a :class:`numclip_mm.conformal.Calibration`); each model's
+            columns are named ``f'{prefix}{suffix}'``.
         device, precision: 'cpu'/'cuda'; 'fp32'/'fp16'/'bf16' (None: the device's default).
         torch_threads: ``torch.set_num_threads`` in the actor (None: Ray's OMP setting).
         row_decoder: a :class:`numclip_mm.batch.decode.RowGroupDecoder` whose preprocessors this actor replaces by
             its own models' (one per distinct input): set in ``decode_in_actor`` mode.
         intervals: conformal coverage levels whose interval bounds are added (``low_<level>``/``high_<level>``).
         embedding: also return each model's L2-normalised image embedding (fp16 list column ``{prefix}embedding``).
-        fault_injection: for tests: ``dict(exit_at_batch=N, marker=path or None)``: the actor process exits (as a
-            crash would) when it reaches its N-th batch; with a marker, only while that file does not exist yet
-            (it is created first: one death), without one at every N-th batch of every incarnation.
     """
 
     def __init__(self, models, device='cpu', precision=None, torch_threads=None, row_decoder=None, intervals=(),
-                 embedding=False, fault_injection=None):
+                 embedding=False):
         import torch
         if torch_threads:
             torch.set_num_threads(int(torch_threads))
-        predictors = [load_predictor(m['config'], m['checkpoint'], device, precision) for m in models]
-        self.attach(predictors, [m['prefix'] for m in models], row_decoder, intervals, embedding, fault_injection)
+        predictors = [load_predictor(m['config'], m['checkpoint'], device, precision, m.get('checkpoint_sha256'),
+                                     m.get('calibration')) for m in models]
+        self.attach(predictors, [m['prefix'] for m in models], row_decoder, intervals, embedding)
 
-    def attach(self, predictors, prefixes=('',), row_decoder=None, intervals=(), embedding=False,
-               fault_injection=None) -> None:
+    def attach(self, predictors, prefixes=('',), row_decoder=None, intervals=(), embedding=False) -> None:
         """Everything the constructor does besides loading the models (tests attach stand-in predictors)."""
         from .decode import group_preprocessors
         self.predictors, self.prefixes = list(predictors), list(prefixes)
@@ -71,8 +70,6 @@ class InferenceActor:
         self.row_decoder = row_decoder
         if row_decoder is not None:
             row_decoder.decoder.preprocessors = preprocessors
-        self.fault_injection = fault_injection or {}
-        self.batches = 0
 
     # -- inference -----------------------------------------------------------------------------------------------
     def _predict(self, predictor, tensors: np.ndarray):
@@ -91,9 +88,9 @@ class InferenceActor:
         errors = list(errors)
         n = len(errors)
         ok = np.array([e is None for e in errors], dtype=bool)
-        value, raw, prob = np.zeros(n), np.zeros(n), np.zeros(n)
+        value, raw, prob, top_prob = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
         bounds = {key: np.zeros(n) for key in self.interval_columns}
-        label = np.full(n, None, dtype=object)
+        label, top = np.full(n, None, dtype=object), np.full(n, None, dtype=object)
         embedding = None
         index = np.flatnonzero(ok)
         if len(index):
@@ -110,6 +107,7 @@ class InferenceActor:
             for where, out in outs:
                 value[where], raw[where] = out['value'], out['value_raw']
                 prob[where], label[where] = out['probability'], out['label']
+                top_prob[where], top[where] = out['bin_argmax_probability'], out['bin_argmax']
                 for key, column in bounds.items():
                     column[where] = out[key]
                 if self.embedding:
@@ -117,7 +115,8 @@ class InferenceActor:
                         embedding = np.zeros((n, out['embedding'].shape[1]), dtype=np.float16)
                     embedding[where] = out['embedding']
         columns = [pa.array(value, mask=~ok), pa.array(raw, mask=~ok), pa.array(label, type=pa.string()),
-                   pa.array(prob, mask=~ok), pa.array(errors, type=pa.string()),
+                   pa.array(prob, mask=~ok), pa.array(top, type=pa.string()), pa.array(top_prob, mask=~ok),
+                   pa.array(errors, type=pa.string()),
                    *(pa.array(column, mask=~ok) for column in bounds.values())]
         if self.embedding:
             columns.append(_fp16_lists(embedding if embedding is not None else np.zeros((n, 0), np.float16), ok))
@@ -126,7 +125,6 @@ class InferenceActor:
     def predict_rows(self, rows, crcs, errors: List[Optional[str]], tensors, file_index) -> pa.Table:
         """Every model's prediction columns for one decoded batch. ``tensors``: one stacked array per distinct
         model input (see :func:`numclip_mm.batch.decode.group_preprocessors`), or one array for all."""
-        self._maybe_exit()
         if not isinstance(tensors, (list, tuple)):
             tensors = [tensors]
         n = len(errors)
@@ -135,17 +133,6 @@ class InferenceActor:
         for predictor, group in zip(self.predictors, self.groups):
             columns += self._model_columns(predictor, errors, tensors[group])
         return pa.Table.from_arrays(columns, schema=self.schema)
-
-    def _maybe_exit(self):
-        self.batches += 1
-        if self.batches != self.fault_injection.get('exit_at_batch'):
-            return
-        marker = self.fault_injection.get('marker')
-        if marker is None:
-            os._exit(1)
-        if not os.path.exists(marker):
-            open(marker, 'w').close()
-            os._exit(1)
 
     # -- Ray Data ------------------------------------------------------------------------------------------------
     def __call__(self, batch: Dict[str, np.ndarray]):

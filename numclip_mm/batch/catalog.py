@@ -18,24 +18,34 @@ And whatever the filesystem: an output only counts as complete when its Parquet 
 and its ``numclip.scoring`` metadata matches the input's identity, row count and the model (see
 :func:`output_status`), so even a torn file is re-scored, never trusted.
 """
+import base64
 import contextlib
 import functools
 import glob as globlib
-import hashlib
+import http.client
 import json
 import os
 import posixpath
+import shutil
+import socket
+import stat
 import tempfile
+import time
+import urllib.error
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.exceptions import FSTimeoutError
 from fsspec.implementations.local import LocalFileSystem
 
 from .columns import BYTES, PATH, STRUCT, image_kind, is_nested
+from .errortext import shown_cell
 
 PARQUET_SUFFIXES = ('.parquet', '.parq', '.pq')
 TMP_PREFIX = '.numclip-tmp-'        # partial local outputs: written under this name, renamed when complete
@@ -229,16 +239,6 @@ def file_identity(fs, path: str) -> Dict[str, Any]:
     return dict(size=int(info.get('size') or 0), mtime=str(mtime))
 
 
-def file_digest(path: str, chunk: int = 1 << 24) -> str:
-    """sha256 of a file (local path or URI): the checkpoint's identity in each output's metadata."""
-    fs, p = url_to_fs(path)
-    h = hashlib.sha256()
-    with fs.open(p, 'rb') as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def copy_to_local(uri: str, local: str, what: str = 'checkpoint') -> None:
     """Download ``uri`` (any fsspec URI) to the local path ``local``."""
     fs, p = url_to_fs(uri)
@@ -382,7 +382,7 @@ def choose_image_source(schema: pa.Schema, where: str, image_column: Optional[st
         return ImageSource(binaries[0], BYTES, 'the only binary column')
     paths = [n for n, k in kinds.items() if k == PATH and n.lower() in PATH_COLUMN_NAMES]
     if not structs and not binaries and len(paths) == 1:
-        return ImageSource(paths[0], PATH, f'the only path-like string column (no image bytes in the catalog)')
+        return ImageSource(paths[0], PATH, 'the only path-like string column (no image bytes in the catalog)')
     candidates = structs + binaries or paths
     if candidates:
         raise ScoringSetupError(f'input {where} has several possible image columns {candidates}: say which with '
@@ -451,6 +451,30 @@ def _refuse_overwrite(fs_in, fs_out, files: Sequence[str], relative: Sequence[st
                                         f'folder')
 
 
+def check_writable(fs, out_dir: str, output: str) -> None:
+    """Refuse a local output folder that cannot be written before any work (not after every row was scored): a
+    probe file is created and removed in it, or, when it does not exist yet, a probe folder in its nearest existing
+    parent. Object stores are not probed (a write there would cost a request and leave an object on failure)."""
+    if not is_local(fs):
+        return
+    folder = out_dir
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    try:
+        if not os.path.isdir(folder):
+            raise NotADirectoryError(f'{folder} is a file')
+        if folder == out_dir:
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=TMP_PREFIX + 'probe-'):
+                pass
+        else:
+            os.rmdir(tempfile.mkdtemp(dir=folder, prefix=TMP_PREFIX + 'probe-'))
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise ScoringSetupError(f'output {output!r} is not writable ({reason}: {folder}); nothing was scored') from None
+    if shutil.disk_usage(folder).free == 0:
+        raise ScoringSetupError(f'output {output!r}: no space left on the device of {folder}; nothing was scored')
+
+
 @dataclass
 class JobPlan:
     """What :func:`plan_job` decided: filesystems, the output folder, one FilePlan per input, the image column, and
@@ -476,6 +500,7 @@ def plan_job(input_spec: str, output: str, *, image_column: Optional[str] = None
     if fs_out.isfile(out_dir):
         raise ScoringSetupError(f'output {output!r} is a file; it must be a folder (one output file per input file)')
     _refuse_overwrite(fs_in, fs_out, files, listing.relative, out_dir)
+    check_writable(fs_out, out_dir, output)
     plans, source = [], None
     for f, rel in zip(files, listing.relative):
         meta = read_footer(fs_in, f)
@@ -519,60 +544,249 @@ def read_row_group_column(uri: str, row_group: int, column: str) -> pa.ChunkedAr
         return pq.ParquetFile(f).read_row_group(row_group, columns=[column]).column(0)
 
 
+# Every read of a path cell is bounded in bytes, in time and in kind (docs/batch_scoring.md, "What is bounded").
+DEFAULT_MAX_IMAGE_BYTES = 64 << 20   # --max-image-bytes: larger images get an error, read no further than this + 1
+DEFAULT_READ_TIMEOUT_S = 30.0        # --read-timeout: one cell's whole read (connect, answer, body) at most this long
+READ_SCHEMES = ('file', 'http', 'https', 's3', 's3a', 'gs', 'gcs', 'abfs', 'abfss', 'az')  # what a path cell may be
+SYSTEM_TREES = ('/proc', '/sys', '/dev')  # their "files" are endless, blocking or secret: never an image
+MAX_REDIRECTS = 5
+HTTP_RETRIES = 1  # one more GET after a refused/reset connection or a 502/503/504, inside the same time limit
+
+
 class ImageNotFound(OSError):
     """An image path/URI names nothing."""
 
 
 class ImageUnreachable(OSError):
-    """An image URI's server could not be reached or answered with an error."""
+    """An image URI's server could not be reached in time, or answered with an error."""
 
 
-def _server_reachable(url: str, timeout: float = 5.0) -> bool:
-    """Whether a TCP connection to the URL's host and port opens."""
-    import socket
-    from urllib.parse import urlsplit
-    parts = urlsplit(url)
-    try:
-        with socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == 'https' else 80)),
-                                      timeout=timeout):
-            return True
-    except OSError:
-        return False
+class ImageRefused(OSError):
+    """A path cell that names something the scorer does not read: not a regular file (a FIFO, a device, /proc),
+    outside ``--path-root``, or a URI scheme not in :data:`READ_SCHEMES`."""
+
+
+class ImageTooLarge(OSError):
+    """An image larger than ``--max-image-bytes`` (said by its size or Content-Length, or found while reading)."""
+
+
+_FILE_KINDS = ((stat.S_ISFIFO, 'a FIFO'), (stat.S_ISCHR, 'a character device'), (stat.S_ISBLK, 'a block device'),
+               (stat.S_ISSOCK, 'a socket'), (stat.S_ISDIR, 'a directory'))
+
+
+def _kind_of(mode: int) -> str:
+    return next((name for check, name in _FILE_KINDS if check(mode)), 'not a regular file')
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip('/') + '/')
+
+
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """At most MAX_REDIRECTS, and only to http(s): a redirect to file:// or ftp:// is refused."""
+    max_redirections = MAX_REDIRECTS
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if urlsplit(newurl).scheme not in ('http', 'https'):
+            raise urllib.error.HTTPError(newurl, code, 'redirect to a non-http(s) URL refused', headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 class ImageReader:
-    """Reads a path cell (local path or any fsspec URI) with at most ``max_bytes`` + 1 bytes, one filesystem per
-    protocol per process."""
+    """Reads one path cell (a local path or a URI), bounded in bytes (never past ``max_bytes`` + 1), time (``timeout``
+    seconds for the whole read of a URI) and kind (regular files and :data:`READ_SCHEMES` only).
 
-    def __init__(self, path_root: Optional[str] = None):
-        self.path_root = path_root
+    Args:
+        path_root: relative paths are resolved against it; when given it is also a boundary: a local path
+            (relative, absolute or ``file://``) that resolves outside it (``..``, symbolic links) is refused. A URI
+            root (``s3://bucket/images``) takes relative cells, refusing ``..`` out of it.
+        cwd: folder relative paths are resolved against without ``path_root`` (the driver's working directory).
+        timeout: seconds for the whole read of a URI (connection, answer and body).
+    """
+
+    def __init__(self, path_root: Optional[str] = None, cwd: Optional[str] = None,
+                 timeout: float = DEFAULT_READ_TIMEOUT_S):
+        self.path_root, self.timeout = path_root, float(timeout)
+        self.root_is_uri = bool(path_root) and '://' in path_root and not path_root.startswith('file://')
+        local_root = None if not path_root or self.root_is_uri else path_root.removeprefix('file://')
+        self.base = os.path.abspath(local_root or cwd or os.getcwd())
+        self.real_root = os.path.realpath(local_root) if local_root else None
         self._filesystems: Dict[str, Any] = {}
+        self._opener = None
 
-    def __call__(self, path: str, max_bytes: Optional[int]) -> bytes:
-        if '://' not in path and self.path_root and not os.path.isabs(path):
-            path = os.path.join(self.path_root, path)
-        protocol = path.split('://', 1)[0] if '://' in path else 'file'
-        fs = self._filesystems.get(protocol)
-        if fs is None:
-            fs = self._filesystems[protocol] = fsspec.filesystem(protocol)
-        remote = protocol not in ('file', 'local')
+    def __call__(self, cell: str, max_bytes: Optional[int] = DEFAULT_MAX_IMAGE_BYTES) -> bytes:
+        shown = shown_cell(cell)
+        scheme = cell.split('://', 1)[0].lower() if '://' in cell else None
+        if scheme is None and self.root_is_uri:
+            cell, scheme = self._join_uri_root(cell, shown), self.path_root.split('://', 1)[0].lower()
+        if scheme in (None, 'file'):
+            return self._read_local(cell.removeprefix('file://') if scheme else cell, shown, max_bytes)
+        if scheme not in READ_SCHEMES:
+            raise ImageRefused(f'image URI scheme {scheme}:// is not read (allowed: local paths and '
+                               f'{", ".join(s + "://" for s in READ_SCHEMES)}): {shown}')
+        if scheme in ('http', 'https'):
+            return self._read_http(cell, shown, max_bytes)
+        return self._read_fsspec(scheme, cell, shown, max_bytes)
+
+    def _join_uri_root(self, cell: str, shown: str) -> str:
+        joined = posixpath.normpath(posixpath.join(self.path_root.split('://', 1)[1], cell.lstrip('/')))
+        if not _inside(joined, posixpath.normpath(self.path_root.split('://', 1)[1])):
+            raise ImageRefused(f'image path outside --path-root {shown_cell(self.path_root)}: {shown}')
+        return self.path_root.split('://', 1)[0] + '://' + joined
+
+    # -- local files: regular files only, never blocking, never past the limit --------------------------------
+    def _read_local(self, path: str, shown: str, max_bytes: Optional[int]) -> bytes:
+        path = os.path.join(self.base, os.path.expanduser(path))
+        real = os.path.realpath(path)  # '..' and symbolic links resolved: what would really be opened
+        if self.real_root is not None and not _inside(real, self.real_root):
+            raise ImageRefused(f'image path outside --path-root {shown_cell(self.path_root)} (after resolving '
+                               f'.. and links): {shown}')
+        tree = next((t for t in SYSTEM_TREES if _inside(real, t)), None)
+        if tree is not None:
+            raise ImageRefused(f'image path is under {tree}, not an image file: {shown}')
         try:
-            with fs.open(path, 'rb') as f:
-                return f.read() if max_bytes is None else f.read(max_bytes + 1)
+            mode = os.stat(real).st_mode  # before open: opening a FIFO would block, a device could do anything
+            if not stat.S_ISREG(mode):
+                raise ImageRefused(f'image path is {_kind_of(mode)}, not a regular file: {shown}')
+            # O_NONBLOCK: a FIFO swapped in after the stat cannot block the open; fstat then sees what was opened
+            fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, 'O_CLOEXEC', 0))
+        except ImageRefused:
+            raise
+        except (FileNotFoundError, NotADirectoryError):
+            raise ImageNotFound(f'image file not found: {shown}') from None
+        except PermissionError:
+            raise ImageUnreachable(f'image not readable (permission denied): {shown}') from None
+        except OSError as err:  # a name too long, a loop of links, I/O errors: the reason, never the whole cell
+            raise ImageUnreachable(f'image path not readable ({err.strerror or type(err).__name__}): {shown}'
+                                   ) from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ImageRefused(f'image path is {_kind_of(st.st_mode)}, not a regular file: {shown}')
+            if max_bytes is not None and st.st_size > max_bytes:
+                raise ImageTooLarge(f'image too large: {st.st_size} bytes > {max_bytes} (--max-image-bytes): '
+                                    f'{shown}')
+            os.set_blocking(fd, True)
+            limit = st.st_size + 1 if max_bytes is None else max_bytes + 1  # a file growing meanwhile: still bounded
+            chunks, size = [], 0
+            while size < limit:
+                block = os.read(fd, min(limit - size, 1 << 22))
+                if not block:
+                    break
+                chunks.append(block)
+                size += len(block)
+            return b''.join(chunks)
+        except (ImageRefused, ImageTooLarge):
+            raise
+        except OSError as err:
+            raise ImageUnreachable(f'image file read failed ({err.strerror or type(err).__name__}): {shown}'
+                                   ) from None
+        finally:
+            os.close(fd)
+
+    # -- http(s): one GET, a deadline for the whole read, the body never read past the limit ------------------
+    def _read_http(self, url: str, shown: str, max_bytes: Optional[int]) -> bytes:
+        deadline = time.monotonic() + self.timeout
+        attempt = 0
+        while True:
+            try:
+                return self._get(url, shown, max_bytes, deadline)
+            except _Transient as err:
+                attempt += 1
+                if attempt > HTTP_RETRIES or time.monotonic() + 0.5 >= deadline:
+                    raise ImageUnreachable(str(err)) from None
+                time.sleep(0.5)
+
+    def _get(self, url: str, shown: str, max_bytes: Optional[int], deadline: float) -> bytes:
+        if self._opener is None:
+            self._opener = urllib.request.build_opener(_Redirects)
+        parts = urlsplit(url)
+        netloc = parts.netloc.rsplit('@', 1)[-1]
+        request = urllib.request.Request(urlunsplit(parts._replace(netloc=netloc)),
+                                         headers={'User-Agent': 'numclip-score', 'Accept': 'image/*, */*'})
+        if parts.username is not None:  # user:password@ becomes Basic auth, never sent on to a redirect target
+            token = base64.b64encode(f'{unquote(parts.username)}:{unquote(parts.password or "")}'.encode()).decode()
+            request.add_unredirected_header('Authorization', f'Basic {token}')
+        timed_out = (f'image URI timed out: no complete answer within {self.timeout:g} s (--read-timeout): '
+                     f'{shown}')
+        try:
+            response = self._opener.open(request, timeout=max(deadline - time.monotonic(), 0.01))
+        except urllib.error.HTTPError as err:
+            err.close()
+            if 'infinite loop' in str(err.msg) or 'redirect' in str(err.msg):
+                raise ImageUnreachable(f'image URI redirects in a loop or more than {MAX_REDIRECTS} times '
+                                       f'(HTTP {err.code}): {shown}') from None
+            if err.code in (404, 410):
+                raise ImageNotFound(f'image not found (HTTP {err.code} {err.reason}): {shown}') from None
+            if err.code in (502, 503, 504):
+                raise _Transient(f'image URI unreachable (HTTP {err.code} {err.reason}): {shown}') from None
+            raise ImageUnreachable(f'image URI refused (HTTP {err.code} {err.reason}): {shown}') from None
+        except (TimeoutError, socket.timeout):
+            raise ImageUnreachable(timed_out) from None
+        except urllib.error.URLError as err:
+            reason = err.reason
+            if isinstance(reason, (TimeoutError, socket.timeout)):
+                raise ImageUnreachable(timed_out) from None
+            if isinstance(reason, (ConnectionRefusedError, ConnectionResetError)):
+                raise _Transient(f'image URI unreachable ({type(reason).__name__}: no connection to its server): '
+                                 f'{shown}') from None
+            raise ImageUnreachable(f'image URI unreachable ({reason}): {shown}') from None
+        except (OSError, http.client.HTTPException) as err:
+            raise _Transient(f'image URI unreachable ({type(err).__name__}: {err}): {shown}') from None
+        with response:
+            length = response.headers.get('Content-Length')
+            if max_bytes is not None and length and length.isdigit() and int(length) > max_bytes:
+                raise ImageTooLarge(f'image too large: {length} bytes (Content-Length) > {max_bytes} '
+                                    f'(--max-image-bytes): {shown}')
+            sock = getattr(getattr(getattr(response, 'fp', None), 'raw', None), '_sock', None)
+            limit = None if max_bytes is None else max_bytes + 1
+            chunks, size = [], 0
+            try:
+                while limit is None or size < limit:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError
+                    if sock is not None:
+                        sock.settimeout(left)  # each wait for the next bytes ends at the deadline
+                    block = response.read1(1 << 20 if limit is None else min(1 << 20, limit - size))
+                    if not block:
+                        break
+                    chunks.append(block)
+                    size += len(block)
+            except (TimeoutError, socket.timeout):
+                raise ImageUnreachable(f'{timed_out} ({size} bytes received'
+                                       f'{f" of {length}" if length else ""})') from None
+            except (OSError, http.client.HTTPException) as err:
+                raise ImageUnreachable(f'image URI read failed after {size} bytes ({type(err).__name__}: {err}): '
+                                       f'{shown}') from None
+        return b''.join(chunks)
+
+    # -- other fsspec filesystems (s3, gs, az): one ranged read, bounded by the same deadline -----------------
+    def _read_fsspec(self, scheme: str, uri: str, shown: str, max_bytes: Optional[int]) -> bytes:
+        fs = self._filesystems.get(scheme)
+        if fs is None:
+            fs = self._filesystems[scheme] = fsspec.filesystem(scheme)
+        end = None if max_bytes is None else max_bytes + 1
+        try:
+            if getattr(fs, 'async_impl', False):  # fsspec's sync() cancels the request at the timeout
+                return fs.cat_file(uri, start=0, end=end, timeout=self.timeout)
+            with fs.open(uri, 'rb') as f:
+                return f.read() if end is None else f.read(end)
         except FileNotFoundError:
-            if not remote:
-                raise ImageNotFound(f'image file not found: {path}') from None
-            if protocol in ('http', 'https') and not _server_reachable(path):  # fsspec says "not found" for both
-                raise ImageUnreachable(f'image URI unreachable: {path} (no connection to its server)') from None
-            raise ImageNotFound(f'image not found ({protocol} server says it does not exist): {path}') from None
+            raise ImageNotFound(f'image not found ({scheme} says it does not exist): {shown}') from None
         except IsADirectoryError:
-            raise ImageNotFound(f'image path is a directory: {path}') from None
-        except PermissionError as err:
-            raise ImageUnreachable(f'image not readable (permission denied): {path}') from err
-        except Exception as err:  # noqa: BLE001  (aiohttp/botocore/... errors: the server, not the file)
-            if not remote:
-                raise
-            raise ImageUnreachable(f'image URI unreachable: {path} ({type(err).__name__}: {err})') from None
+            raise ImageNotFound(f'image URI is a directory: {shown}') from None
+        except PermissionError:
+            raise ImageUnreachable(f'image not readable (permission denied): {shown}') from None
+        except FSTimeoutError:
+            raise ImageUnreachable(f'image URI timed out: no complete answer within {self.timeout:g} s '
+                                   f'(--read-timeout): {shown}') from None
+        except Exception as err:  # noqa: BLE001  (botocore/gcsfs/... errors: the server, not the file)
+            raise ImageUnreachable(f'image URI unreachable ({type(err).__name__}: {err}): {shown}') from None
+
+
+class _Transient(Exception):
+    """A refused/reset connection or a 502/503/504: worth one more GET while time is left."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -639,17 +853,19 @@ class _Sink:
             self.fs.mv(self.tmp, self.out_path)
 
     def abort(self) -> None:
-        try:
-            if self.mode == 'upload':
+        """Leave nothing behind. Each step on its own: closing a full disk's file raises (ENOSPC while flushing),
+        and the temporary must still go, or it keeps the disk full."""
+        if self.mode == 'upload':
+            with contextlib.suppress(Exception):
                 self.file.discard()  # abort the multipart upload
+            return
+        with contextlib.suppress(Exception):  # the descriptor is closed even when the final flush fails
+            self.file.close()
+        with contextlib.suppress(Exception):  # never masks the error that aborted (the next run sweeps leftovers)
+            if self.mode == 'rename':
+                os.unlink(self.tmp)
             else:
-                self.file.close()
-                if self.mode == 'rename':
-                    os.unlink(self.tmp)
-                else:
-                    self.fs.rm(self.tmp)
-        except Exception:  # noqa: BLE001  (best effort: the footer check still rejects a torn file)
-            pass
+                self.fs.rm(self.tmp)
 
 
 def write_scored_file(plan: FilePlan, predictions: pa.Table, names: Dict[str, str], column: str,

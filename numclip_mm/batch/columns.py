@@ -6,10 +6,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
-# The pixel limit checked from each image's header before decoding: numclip_mm's one limit
-# (numclip_mm.inference.DEFAULT_MAX_PIXELS, which tests/test_batch_scorer.py checks this equals), written out here
-# because importing numclip_mm means torch and mmpretrain, and the driver's and writers' modules must stay light.
-DEFAULT_MAX_PIXELS = 64_000_000
+from ..shared import level_key
 
 # internal columns (never written to an output file)
 FILE_INDEX = '__numclip_file'     # index of the input file in the job's plan
@@ -18,21 +15,21 @@ CELL_CRC = '__numclip_crc'        # CRC-32 of the image/path cell (see cell_crcs
 ROW_ERROR = '__numclip_error'     # decode error of the row (null when the image decoded)
 IMAGE_TENSOR = '__numclip_tensor' # decoded CHW uint8 images, one column per input size: f'{IMAGE_TENSOR}{group}'
 
-# output columns: suffix -> Arrow type; the column is named f'{prefix}{suffix}'
+# output columns: suffix -> Arrow type; the column is named f'{prefix}{suffix}'. As numclip_mm.inference.Predictor:
+# value (clamped to the task's range), value_raw (before clamping), label (the concept of the bin value falls in, so
+# the two agree by construction) and probability (that bin's), bin_argmax (the most probable bin's concept) and
+# bin_argmax_probability (its probability), error (null on success).
 VALUE, VALUE_RAW, LABEL, PROBABILITY, ERROR = 'value', 'value_raw', 'label', 'probability', 'error'
+BIN_ARGMAX, BIN_ARGMAX_PROBABILITY = 'bin_argmax', 'bin_argmax_probability'
 OUTPUT_TYPES: Dict[str, pa.DataType] = {VALUE: pa.float64(), VALUE_RAW: pa.float64(), LABEL: pa.string(),
-                                        PROBABILITY: pa.float64(), ERROR: pa.string()}
+                                        PROBABILITY: pa.float64(), BIN_ARGMAX: pa.string(),
+                                        BIN_ARGMAX_PROBABILITY: pa.float64(), ERROR: pa.string()}
 # --embedding: the L2-normalised image embedding (what the head sees), fp16 as NeMo Curator's embedders write it
 EMBEDDING = 'embedding'
 EMBEDDING_TYPE = pa.list_(pa.float16())
 
 # image cells: how a column's type says where its images are
 BYTES, STRUCT, PATH = 'bytes', 'struct', 'path'  # encoded bytes; Hugging Face Image() struct; path or URI
-
-
-def level_key(level: float) -> str:
-    """A coverage level as it appears in column names: 0.9 -> '0.9' (as numclip_mm.evaluation.conformal)."""
-    return f'{float(level):g}'
 
 
 def interval_types(intervals: Sequence[float] = ()) -> Dict[str, pa.DataType]:

@@ -10,9 +10,10 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import pyarrow as pa
 
+from ..shared import DEFAULT_MAX_PIXELS
 from . import catalog
-from .columns import BYTES, CELL_CRC, DEFAULT_MAX_PIXELS, FILE_INDEX, IMAGE_TENSOR, PATH, ROW_ERROR, ROW_INDEX, STRUCT, \
-    cell_crcs
+from .columns import BYTES, CELL_CRC, FILE_INDEX, IMAGE_TENSOR, PATH, ROW_ERROR, ROW_INDEX, STRUCT, cell_crcs
+from .errortext import error_text, shown_cell
 
 
 def preprocessor_key(preprocessor) -> str:
@@ -44,19 +45,26 @@ class CellDecoder:
         preprocessors: the models' :class:`numclip_mm.inference.ImagePreprocessor` s (``input_size`` set, so that
             every image leaves at the model's input size).
         mode: 'bytes' (the cell holds the encoded image), 'struct' (a Hugging Face image ``{bytes, path}``: the
-            bytes, else the path) or 'path' (a local path or URI, read with fsspec).
-        max_bytes: larger images get an error, unread past ``max_bytes + 1``.
+            bytes, else the path) or 'path' (a local path or URI, see :class:`numclip_mm.batch.catalog.ImageReader`).
+        max_bytes: larger images get an error, unread past ``max_bytes + 1`` (None: no limit).
         max_pixels: images whose header claims more pixels get an error, undecoded.
-        path_root: folder that relative paths are resolved against.
+        path_root: folder that relative paths are resolved against, and that no local path may leave.
+        cwd: folder that relative paths are resolved against without ``path_root``.
+        read_timeout: seconds for the whole read of a URI.
+
+    Error texts name the cause, redacted and at most ``errortext.MAX_ERROR_CHARS`` characters (see
+    :mod:`numclip_mm.batch.errortext`).
     """
 
-    def __init__(self, preprocessors: Optional[Sequence], mode: str, max_bytes: Optional[int] = None,
-                 max_pixels: Optional[int] = DEFAULT_MAX_PIXELS, path_root: Optional[str] = None):
+    def __init__(self, preprocessors: Optional[Sequence], mode: str,
+                 max_bytes: Optional[int] = catalog.DEFAULT_MAX_IMAGE_BYTES,
+                 max_pixels: Optional[int] = DEFAULT_MAX_PIXELS, path_root: Optional[str] = None,
+                 cwd: Optional[str] = None, read_timeout: float = catalog.DEFAULT_READ_TIMEOUT_S):
         if mode not in (BYTES, STRUCT, PATH):
             raise ValueError(f'mode must be {BYTES}, {STRUCT} or {PATH}, got {mode!r}')
         self.preprocessors, self.mode = preprocessors, mode
         self.max_bytes, self.max_pixels = max_bytes, max_pixels
-        self.reader = catalog.ImageReader(path_root)
+        self.reader = catalog.ImageReader(path_root, cwd, read_timeout)
 
     def output_shapes(self) -> List[Optional[Tuple[int, int, int]]]:
         sizes = [getattr(p, 'input_size', None) for p in self.preprocessors]
@@ -82,17 +90,19 @@ class CellDecoder:
             if error is not None:
                 return None, error
             if self.max_bytes is not None and len(data) > self.max_bytes:
-                return None, (f'image too large: more than {self.max_bytes} bytes' if from_path
-                              else f'image too large: {len(data)} bytes > {self.max_bytes}')
+                where = cell.get('path') if self.mode == STRUCT and isinstance(cell, dict) else cell
+                return None, (f'image too large: more than {self.max_bytes} bytes (--max-image-bytes): '
+                              f'{shown_cell(where)}' if from_path
+                              else f'image too large: {len(data)} bytes > {self.max_bytes} (--max-image-bytes)')
             # the header is checked against max_pixels before any pixel is decoded (ImageTooLargeError)
             first = self.preprocessors[0]
             bgr = first.decode(data, max_pixels=self.max_pixels)
             tensors = [p.from_bgr(bgr) for p in self.preprocessors]
             return [np.asarray(t.numpy() if hasattr(t, 'numpy') else t, dtype=np.uint8) for t in tensors], None
         except (ValueError, OSError) as err:
-            return None, str(err) or type(err).__name__
+            return None, error_text(str(err) or type(err).__name__)
         except Exception as err:  # noqa: BLE001  (a transform failing on one odd image must not stop the job)
-            return None, f'{type(err).__name__}: {err}'
+            return None, error_text(f'{type(err).__name__}: {err}')
 
     def decode_many(self, cells: Sequence) -> Tuple[List[np.ndarray], List[Optional[str]]]:
         """-> (per preprocessor: tensors stacked (N, C, H, W), or an object array when sizes differ; per-row error

@@ -13,10 +13,10 @@
 So the driver reads Parquet footers and prediction columns only (tens of bytes per row), never an image; a 10 TB
 catalog's bytes are read and written by the workers. Row order: every prediction carries its (file, row) index, so
 outputs have exactly the input's rows in the input's order whatever order Ray finishes the work in. Resume: each
-output records the input's identity, its row count and the model in its metadata (numclip_mm.batch.catalog.output_status);
-files whose output matches are not read at all; a changed input or model is re-scored. With several models
-(``--model`` repeated) every image is read and decoded once and goes through each model; the output records the set
-of models, and a changed set re-scores the file (:data:`RESUME_RULE`).
+output records the input's identity, its row count and the model in its metadata
+(numclip_mm.batch.catalog.output_status); files whose output matches are not read at all; a changed input or model
+is re-scored. With several models (``--model`` repeated) every image is read and decoded once and goes through each
+model; the output records the set of models, and a changed set re-scores the file (:data:`RESUME_RULE`).
 Failures: a worker that dies (out of memory, crash) is retried at most ``max_retries`` times, then the job ends
 with a message; the files already committed stay committed and the next run continues from them.
 """
@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -31,10 +32,22 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pyarrow as pa
 
+from ..shared import DEFAULT_MAX_PIXELS, file_digest
 from . import catalog
-from .columns import CELL_CRC, ERROR, FILE_INDEX, ROW_INDEX, cell_crcs, output_columns, prediction_schema, \
-    prediction_types
-from .decode import DEFAULT_MAX_PIXELS, CellDecoder, RowGroupDecoder, group_preprocessors
+from .cluster import ACTOR_BASE_MEMORY, RayStarter, Sizing, cluster_resources, size_pipeline
+from .columns import (
+    CELL_CRC,
+    EMBEDDING_TYPE,
+    ERROR,
+    FILE_INDEX,
+    ROW_INDEX,
+    cell_crcs,
+    output_columns,
+    prediction_schema,
+    prediction_types,
+)
+from .decode import CellDecoder, RowGroupDecoder, group_preprocessors
+from .errortext import error_text, redact
 
 logger = logging.getLogger('numclip_mm.batch')
 
@@ -77,25 +90,26 @@ class ScoreOptions:
     keep_raw_value: bool = False           # also write {prefix}value_raw (before clamping to the task's range)
     intervals: Tuple[float, ...] = ()      # conformal coverage levels: {prefix}low_<level>/{prefix}high_<level>
     embedding: bool = False                # also write {prefix}embedding (fp16, L2-normalised image embedding)
+    # sizing (numclip_mm.batch.cluster.size_pipeline): None = sized from the cluster's available resources
     batch_size: Optional[int] = None       # default: 64 on CPU, 256 per GPU actor
-    num_actors: int = 1
-    num_gpus_per_actor: float = 0
-    cpus_per_actor: float = 1
-    cpus_per_decode_task: float = 1
+    num_actors: Optional[int] = None       # default: one per GPU, else one per CPU (fewer when memory is short)
+    num_gpus_per_actor: Optional[float] = None  # default: 1 when the cluster has GPUs, else 0
+    cpus_per_actor: Optional[float] = None
+    cpus_per_decode_task: Optional[float] = None
     decode_in_actor: Optional[bool] = None  # default: True on CPU, False with GPUs (decode in CPU tasks)
     precision: Optional[str] = None        # fp32 | fp16 | bf16; default bf16/fp16 on CUDA, fp32 on CPU
-    torch_threads: Optional[int] = None    # torch.set_num_threads in each actor (default: Ray's OMP setting)
-    max_image_bytes: Optional[int] = None
+    torch_threads: Optional[int] = None    # torch.set_num_threads in each actor (default: sized, 1 per CPU actor)
+    max_image_bytes: Optional[int] = catalog.DEFAULT_MAX_IMAGE_BYTES  # larger images: a row error, read no further
     max_image_pixels: Optional[int] = DEFAULT_MAX_PIXELS
-    path_root: Optional[str] = None        # relative paths in the path column are resolved against this folder
+    path_root: Optional[str] = None        # relative paths are resolved against it; no local path may leave it
+    read_timeout: float = catalog.DEFAULT_READ_TIMEOUT_S  # seconds for the whole read of one image URI
     overwrite: bool = False
     max_retries: int = 3                   # per task / actor restarts before the job ends
     max_writes_in_flight: int = 4
     progress_interval_s: float = 10.0
-    address: Optional[str] = None          # None: RAY_ADDRESS or a local instance; 'auto', 'ray://...'
-    num_cpus: Optional[int] = None         # only for a local ray.init
+    address: Optional[str] = None          # as ray.init: RAY_ADDRESS, a `ray start` cluster, else a new one; 'local'
+    num_cpus: Optional[int] = None         # only for a private local instance (implies address='local')
     object_store_memory: Optional[int] = None  # only for a local ray.init
-    fault_injection: Optional[dict] = None  # tests only: see numclip_mm.batch.actor.InferenceActor
 
     def model_specs(self) -> List[ModelSpec]:
         """The job's models: ``models``, or the one-model form (config/checkpoint/prefix/zero_shot)."""
@@ -119,9 +133,12 @@ class JobModel:
     input_size: Optional[tuple]
     identity: Dict[str, str]               # config and checkpoint digests (and calibration): resume compares it
     names: Dict[str, str]                  # suffix -> output column name
+    checkpoint_sha256: Optional[str] = None  # what every actor must load (None: zero-shot, no checkpoint)
+    calibration: Any = None                  # the checked numclip_mm.conformal.Calibration when intervals are asked
 
     def actor_spec(self) -> Dict[str, Any]:
-        return dict(config=self.config, checkpoint=self.checkpoint, prefix=self.prefix)
+        return dict(config=self.config, checkpoint=self.checkpoint, prefix=self.prefix,
+                    checkpoint_sha256=self.checkpoint_sha256, calibration=self.calibration)
 
 
 @dataclass
@@ -173,11 +190,13 @@ def prepare(opts: ScoreOptions) -> ScoringJob:
     """All checks that need no Ray. Raises FileNotFoundError, CheckpointMismatchError or ScoringSetupError."""
     from numclip_mm.inference import PRECISIONS
     Err = catalog.ScoringSetupError
-    if (opts.batch_size is not None and opts.batch_size < 1) or opts.num_actors < 1:
+    if (opts.batch_size is not None and opts.batch_size < 1) or (opts.num_actors is not None and opts.num_actors < 1):
         raise Err('batch size and number of actors must be at least 1')
-    for name in ('max_image_bytes', 'max_image_pixels'):
-        if getattr(opts, name) is not None and getattr(opts, name) < 1:
+    for name in ('max_image_bytes', 'max_image_pixels', 'read_timeout'):
+        if getattr(opts, name) is not None and not getattr(opts, name) > 0:
             raise Err(f'--{name.replace("_", "-")} must be positive')
+    if opts.path_root is not None and '://' not in opts.path_root and not os.path.isdir(opts.path_root):
+        raise Err(f'--path-root {opts.path_root} is not a folder')
     if opts.precision is not None and opts.precision not in PRECISIONS:
         raise Err(f'--precision must be one of {sorted(PRECISIONS)}, got {opts.precision!r}')
     models = [_prepare_model(spec, opts) for spec in opts.model_specs()]
@@ -196,7 +215,8 @@ def prepare(opts: ScoreOptions) -> ScoringJob:
 
 def _prepare_model(spec: ModelSpec, opts: ScoreOptions) -> JobModel:
     """One model's up-front checks: config, checkpoint (exact key/shape check, digest), calibration, prefix."""
-    from numclip_mm.inference import SIDECAR_SUFFIX, describe_model, load_config
+    from numclip_mm.conformal import SIDECAR_SUFFIX
+    from numclip_mm.inference import describe_model, load_config
     Err = catalog.ScoringSetupError
     if spec.checkpoint is not None and '://' not in spec.checkpoint and not os.path.isfile(spec.checkpoint):
         raise FileNotFoundError(f'checkpoint not found: {spec.checkpoint}')
@@ -212,23 +232,30 @@ def _prepare_model(spec: ModelSpec, opts: ScoreOptions) -> JobModel:
         checkpoint_digest = f'pretrained:{pretrained}'
     elif spec.zero_shot:
         raise Err('--zero-shot and --checkpoint exclude each other')
+    # the checkpoint travels once here: a local copy (URIs), its digest, the key/shape check and the calibration;
+    # actors get the digest and the checked calibration, and load exactly the bytes that have that digest
+    checkpoint_sha256, calibration, calibration_digest = None, None, None
     with catalog.local_copy(spec.checkpoint, companions=(SIDECAR_SUFFIX,) if opts.intervals else ()) as local:
         model = describe_model(config, local)  # exact key/shape check
         if spec.checkpoint is not None:
-            checkpoint_digest = catalog.file_digest(local)
-        calibration_digest = _check_calibration(opts, spec.checkpoint, local) if opts.intervals else None
+            checkpoint_digest = checkpoint_sha256 = file_digest(local)
+        if opts.intervals:
+            calibration, calibration_digest = _check_calibration(opts, spec.checkpoint, local, checkpoint_sha256)
     task = model['task']
     prefix = f'{task.name}_' if spec.prefix is None else spec.prefix
     names = output_columns(prefix, opts.keep_raw_value, opts.intervals, opts.embedding)
     identity = dict(config=_config_digest(config), checkpoint=checkpoint_digest)
     if calibration_digest is not None:  # new thresholds give other bounds: outputs of the old ones are stale
         identity['calibration'] = calibration_digest
-    return JobModel(config, spec.checkpoint, prefix, task.name, model['input_size'], identity, names)
+    return JobModel(config, spec.checkpoint, prefix, task.name, model['input_size'], identity, names,
+                    checkpoint_sha256, calibration)
 
 
-def _check_calibration(opts: ScoreOptions, checkpoint: Optional[str], local_checkpoint: Optional[str]) -> str:
-    """Refuse intervals the checkpoint's calibration cannot give (before any work); returns its sha256.
-    ``local_checkpoint`` is the checkpoint's local copy, its sidecar beside it (:func:`catalog.local_copy`)."""
+def _check_calibration(opts: ScoreOptions, checkpoint: Optional[str], local_checkpoint: Optional[str],
+                       checkpoint_sha256: Optional[str]):
+    """Refuse intervals the checkpoint's calibration cannot give (before any work); returns the calibration and
+    its file's sha256. ``local_checkpoint`` is the checkpoint's local copy, its sidecar beside it
+    (:func:`catalog.local_copy`)."""
     from numclip_mm.inference import check_calibration, sidecar_path
     Err = catalog.ScoringSetupError
     levels = [f'{v:g}' for v in opts.intervals]
@@ -241,28 +268,29 @@ def _check_calibration(opts: ScoreOptions, checkpoint: Optional[str], local_chec
                   f'({sidecar_path(checkpoint)} not found); run tools/calibrate.py CONFIG {checkpoint} '
                   f'--coverage {" ".join(levels)} first')
     try:
-        check_calibration(sidecar, local_checkpoint, opts.intervals)
+        calibration = check_calibration(sidecar, local_checkpoint, opts.intervals, checkpoint_sha256)
     except (KeyError, ValueError) as err:
         raise Err(f'--interval: {str(err).strip(chr(34) + chr(39))}') from None
-    return catalog.file_digest(sidecar)
+    return calibration, file_digest(sidecar)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # the Ray side
 
-def ensure_ray(opts: ScoreOptions) -> bool:
-    """Connect to (or start) Ray unless it already runs in this process. Returns True if we started it."""
-    if opts.address is None and not os.environ.get('RAY_ADDRESS'):
-        os.environ.setdefault('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER', '0')  # keep a local instance on loopback
+def ensure_ray(opts: ScoreOptions) -> Optional[RayStarter]:
+    """Connect to (or start) Ray unless it already runs in this process. Returns the starter to close when this
+    call started it, else None. Raises :class:`numclip_mm.batch.cluster.RayUnavailable` (within
+    ``CONNECT_TIMEOUT_S``) when the cluster's address does not answer."""
     import ray
     if ray.is_initialized():
-        return False
-    if opts.address is not None or os.environ.get('RAY_ADDRESS'):
-        ray.init(address=opts.address, log_to_driver=True)
-    else:
-        ray.init(num_cpus=opts.num_cpus, include_dashboard=False, object_store_memory=opts.object_store_memory,
-                 _node_ip_address='127.0.0.1')
-    return True
+        return None
+    starter = RayStarter(opts.address, opts.num_cpus, opts.object_store_memory).start()
+    try:
+        starter.wait()
+    except BaseException:
+        starter.close()
+        raise
+    return starter
 
 
 def work_items(plans: Sequence[catalog.FilePlan]) -> List[Dict[str, Any]]:
@@ -277,40 +305,74 @@ def work_items(plans: Sequence[catalog.FilePlan]) -> List[Dict[str, Any]]:
     return items
 
 
-def build_dataset(job: ScoringJob, plans: Sequence[catalog.FilePlan]):
-    """The lazy Ray Dataset of prediction columns (numclip_mm.batch.columns.prediction_schema) for ``plans``."""
+def plan_sizing(job: ScoringJob) -> Sizing:
+    """Actors x threads for the running cluster (:func:`numclip_mm.batch.cluster.size_pipeline`); the options the
+    user gave are kept."""
+    opts = job.opts
+    checkpoint_bytes = sum(os.path.getsize(m.checkpoint) for m in job.models  # every model lives in each actor
+                           if m.checkpoint and '://' not in m.checkpoint)
+    return size_pipeline(cluster_resources(), num_actors=opts.num_actors, cpus_per_actor=opts.cpus_per_actor,
+                         num_gpus_per_actor=opts.num_gpus_per_actor, torch_threads=opts.torch_threads,
+                         decode_in_actor=opts.decode_in_actor, cpus_per_decode_task=opts.cpus_per_decode_task,
+                         batch_size=opts.batch_size, actor_memory=ACTOR_BASE_MEMORY + 3 * checkpoint_bytes)
+
+
+def prediction_block_bytes(batch_size: int, intervals: Sequence[float] = (), prefixes: Sequence[str] = ('',),
+                           embedding: bool = False) -> int:
+    """Ray Data's target block size for the actors' output: a little under one batch's prediction columns, so that
+    every inference batch leaves the actor as its own block at once (Ray Data otherwise gathers a work item's small
+    outputs up to 128 MiB: the first prediction would wait for a whole row group)."""
+    per_row = sum(4 if pa.types.is_string(f.type) else 2 * 512 if f.type == EMBEDDING_TYPE else f.type.bit_width // 8
+                  for f in prediction_schema(intervals, prefixes, embedding))
+    return max(1024, int(0.8 * batch_size * per_row))
+
+
+def build_dataset(job: ScoringJob, plans: Sequence[catalog.FilePlan], sizing: Sizing, actor_class=None):
+    """The lazy Ray Dataset of prediction columns (numclip_mm.batch.columns.prediction_schema) for ``plans``;
+    ``actor_class``: the ``map_batches`` class that infers (default :class:`~numclip_mm.batch.actor.InferenceActor`,
+    or a subclass of it)."""
     import ray
 
-    from .actor import InferenceActor
     from numclip_mm.inference import ImagePreprocessor
+
+    from .actor import InferenceActor
+    actor_class = actor_class or InferenceActor
     opts = job.opts
-    gpu = bool(opts.num_gpus_per_actor)
-    batch_size = opts.batch_size or (256 if gpu else 64)
-    in_actor = (not gpu) if opts.decode_in_actor is None else opts.decode_in_actor
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # not needed for correctness (rows are tagged); bounds buffering
+    gpu = bool(sizing.gpus_per_actor)
+    batch_size, in_actor = sizing.batch_size, sizing.decode_in_actor
     items = work_items(plans)
     preprocessors = None
     if not in_actor:  # decode tasks bring each distinct model input once (actors bring their own otherwise)
         preprocessors, _ = group_preprocessors([ImagePreprocessor(m.config, m.input_size) for m in job.models])
     row_decoder = RowGroupDecoder(
         CellDecoder(preprocessors, job.source.kind, opts.max_image_bytes, opts.max_image_pixels,
-                    opts.path_root or os.getcwd()), job.column, batch_size)
+                    _absolute(opts.path_root), os.getcwd(), opts.read_timeout), job.column, batch_size)
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     if not in_actor:
-        ds = ds.map_batches(row_decoder, batch_size=1, batch_format='numpy', num_cpus=opts.cpus_per_decode_task,
+        ds = ds.map_batches(row_decoder, batch_size=1, batch_format='numpy', num_cpus=sizing.cpus_per_decode_task,
                             max_retries=opts.max_retries)
-    remote = dict(num_cpus=opts.cpus_per_actor, max_restarts=opts.max_retries, max_task_retries=opts.max_retries)
+    remote = dict(num_cpus=sizing.cpus_per_actor, max_restarts=opts.max_retries, max_task_retries=opts.max_retries)
     if gpu:
-        remote['num_gpus'] = opts.num_gpus_per_actor
-    return ds.map_batches(
-        InferenceActor, batch_format='numpy', batch_size=1 if in_actor else batch_size,
-        compute=ray.data.ActorPoolStrategy(size=opts.num_actors),
+        remote['num_gpus'] = sizing.gpus_per_actor
+    ds = ds.map_batches(
+        actor_class, batch_format='numpy', batch_size=1 if in_actor else batch_size,
+        compute=ray.data.ActorPoolStrategy(size=sizing.num_actors),
         fn_constructor_kwargs=dict(models=[m.actor_spec() for m in job.models], device='cuda' if gpu else 'cpu',
-                                   precision=opts.precision, torch_threads=opts.torch_threads,
+                                   precision=opts.precision, torch_threads=sizing.torch_threads,
                                    row_decoder=row_decoder if in_actor else None, intervals=opts.intervals,
-                                   embedding=opts.embedding, fault_injection=opts.fault_injection),
+                                   embedding=opts.embedding),
         **remote)
+    ctx = ds.context  # this dataset's own context (a copy): nothing leaks into the caller's other datasets
+    ctx.execution_options.preserve_order = True  # not needed for correctness (rows are tagged); bounds buffering
+    ctx.target_max_block_size = prediction_block_bytes(batch_size, opts.intervals, [m.prefix for m in job.models],
+                                                    opts.embedding)
+    ctx.enable_progress_bars = False  # the driver logs its own progress (rows/s, ETA, files)
+    return ds
+
+
+def _absolute(path_root: Optional[str]) -> Optional[str]:
+    """A local --path-root made absolute here, on the driver (workers run in other folders)."""
+    return path_root if not path_root or '://' in path_root else os.path.abspath(path_root)
 
 
 def _check_crcs(input_column, predictions: pa.Table, first_row: int, source: str = '') -> None:
@@ -353,14 +415,21 @@ class Progress:
         self.files += 1
         elapsed = time.perf_counter() - self.start
         logger.info('[%d/%d] %s -> %s: %d rows (%d with errors); %d/%d rows in %.1f s, %.1f rows/s', self.files,
-                    self.total_files, plan.input, plan.output, plan.num_rows, bad, self.rows, self.total_rows,
+                    self.total_files, redact(plan.input), redact(plan.output), plan.num_rows, bad, self.rows,
+                    self.total_rows,
                     elapsed, self.rows / max(elapsed, 1e-9))
 
 
 
 
-def run(job: ScoringJob) -> Dict[str, Any]:
-    """Score the plan's pending files. Returns a summary (also logged); raises ScoringFailed when files failed."""
+def run(job: ScoringJob, actor_class=None, ray_starter: Optional[RayStarter] = None,
+        started_at: Optional[float] = None) -> Dict[str, Any]:
+    """Score the plan's pending files. Returns a summary (also logged); raises ScoringFailed when files failed.
+
+    ``actor_class``: see :func:`build_dataset`. ``ray_starter``: Ray already being started in the background
+    (:class:`RayStarter`; the command line starts it
+    before :func:`prepare` so the two overlap); closed here. ``started_at``: ``time.time()`` of the command's start,
+    from which ``first_output_s`` (the first prediction back in the driver) is counted (default: this call)."""
     opts = job.opts
     report: Dict[str, Any] = dict(
         image_column=dict(column=job.source.column, kind=job.source.kind, reason=job.source.reason),
@@ -390,14 +459,19 @@ def run(job: ScoringJob) -> Dict[str, Any]:
     logger.info('%d input files, %d rows: %d already scored, %d to score', len(job.plans),
                 sum(p.num_rows for p in job.plans), len(job.plans) - len(pending), len(pending))
     start = time.perf_counter()
-    if pending:
-        started = ensure_ray(opts)
-        try:
-            _score(job, pending, report, start)
-        finally:
-            if started:
-                import ray
-                ray.shutdown()
+    origin = start - (time.time() - started_at) if started_at is not None else start
+    report['started_at'] = started_at if started_at is not None else time.time()
+    try:
+        if pending:
+            if ray_starter is not None:
+                ray_starter.wait()
+            else:
+                ray_starter = ensure_ray(opts)
+            report['ray_ready_s'] = time.perf_counter() - origin
+            _score(job, pending, report, origin, ray_starter, actor_class)
+    finally:
+        if ray_starter is not None:
+            ray_starter.close()
     elapsed = time.perf_counter() - start
     rows = sum(f['rows'] for f in report['files'] if f['status'] == 'written')
     report.update(rows_scored=rows, seconds=elapsed, rows_per_s=rows / elapsed if rows else 0.0,
@@ -414,12 +488,19 @@ def run(job: ScoringJob) -> Dict[str, Any]:
     return report
 
 
-def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, Any], start: float) -> None:
+def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, Any], origin: float,
+           ray_starter: Optional[RayStarter], actor_class=None) -> None:
     import ray
     opts = job.opts
     writer = ray.remote(write_output).options(  # I/O bound: no CPU reserved (never starved by the actors),
         num_cpus=0, max_retries=opts.max_retries, scheduling_strategy='SPREAD')  # spread over the nodes
-    ds = build_dataset(job, pending)
+    sizing = plan_sizing(job)
+    resources = cluster_resources()
+    logger.info('Ray: %s, %g CPUs and %g GPUs available (ready %.1f s after start); scoring with %s',
+                ray_starter.describe() if ray_starter else 'the Ray instance already running in this process',
+                resources['CPU'], resources['GPU'], report['ray_ready_s'], sizing.describe())
+    report['sizing'] = dict(vars(sizing))
+    ds = build_dataset(job, pending, sizing, actor_class)
     buffers: Dict[int, List[pa.Table]] = {i: [] for i in range(len(pending))}
     counts = {i: 0 for i in range(len(pending))}
     in_flight: Dict[Any, int] = {}
@@ -433,9 +514,9 @@ def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, A
             try:
                 bad = ray.get(ref)
             except Exception as err:  # noqa: BLE001  (one file failing does not stop the others)
-                msg = str(getattr(err, 'cause', None) or err).strip().splitlines()[-1]
-                logger.error('%s: %s', p.input, msg)
-                report['failed'].append(dict(input=p.input, error=f'{p.input}: {msg}'))
+                msg = error_text(_last_error_line(str(getattr(err, 'cause', None) or err)))
+                logger.error('%s: %s', redact(p.input), msg)
+                report['failed'].append(dict(input=p.input, error=f'{redact(p.input)}: {msg}'))
                 report['files'].append(dict(input=p.input, output=p.output, rows=p.num_rows, status='failed'))
                 continue
             progress.file_done(p, bad)
@@ -456,17 +537,26 @@ def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, A
         while len(in_flight) >= opts.max_writes_in_flight:
             done, _ = ray.wait(list(in_flight), num_returns=1)
             collect(done)
+        for name in job.error_columns:
+            errors = preds.column(name)
+            if errors.null_count < len(errors):  # the log names a cause, not only a count (redacted, short texts)
+                first = int(np.flatnonzero(errors.is_valid().to_numpy(zero_copy_only=False))[0])
+                logger.info('%s: %d rows with an error in %s; the first, row %d: %s', redact(p.input),
+                            len(errors) - errors.null_count, name, first, errors[first].as_py())
         metadata = catalog.expected_metadata(p, job.model_identity, job.names)
         in_flight[writer.remote(p, preds, job.names, job.column, metadata, job.error_columns)] = i
 
     for i, p in enumerate(pending):
         if p.num_rows == 0:
             finish(i)
+    # an explicit iterator, closed in every case: its executor (actors, threads) stops while Ray is still up, also
+    # when a signal unwinds this frame (an abandoned one would call into Ray after shutdown: abort at exit)
+    stream = iter(ds.iter_batches(batch_format='pyarrow', batch_size=None, prefetch_batches=2))
     try:
-        for table in ds.iter_batches(batch_format='pyarrow', batch_size=None, prefetch_batches=2):
+        for table in stream:
             if not table.num_rows:
                 continue
-            report.setdefault('first_output_s', time.perf_counter() - start)
+            report.setdefault('first_output_s', time.perf_counter() - origin)
             files = table.column(FILE_INDEX).to_numpy()
             for i in np.unique(files).tolist():
                 part = table if files[0] == files[-1] == i else table.filter(pa.array(files == i))
@@ -484,12 +574,22 @@ def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, A
     except Exception as err:  # noqa: BLE001  (Ray's bounded retries are exhausted: end the job with a message)
         if in_flight:
             collect(ray.wait(list(in_flight), num_returns=len(in_flight))[0])
+        kept = f'{len(report["files"])} files are complete and kept; run the same command again to continue.'
+        changed = _checkpoint_changed(err)
+        if changed:
+            raise ScoringFailed(f'{changed} ({kept})', report) from err
+        if _actor_start_failed(err):  # e.g. the checkpoint was deleted since planning: not a memory problem
+            raise ScoringFailed(f'the inference actors could not start: {error_text(_last_error_line(str(err)))}. '
+                                f'{kept}', report) from err
         raise ScoringFailed(
             f'scoring stopped after {opts.max_retries} retries of a failing worker ({type(err).__name__}: '
-            f'{str(err).strip().splitlines()[-1] if str(err).strip() else ""}). A worker that dies again and again is '
-            f'usually out of memory: lower --batch-size or --max-image-pixels, or give actors more memory. '
-            f'{len(report["files"])} files are complete and kept; run the same command again to continue.',
+            f'{error_text(_last_error_line(str(err)))}). A worker that dies again and again is usually out of '
+            f'memory: lower --batch-size or --max-image-pixels, or give actors more memory. {kept}',
             report) from err
+    finally:
+        close = getattr(stream, 'close', None)
+        if close is not None:
+            close()
     if in_flight:
         collect(ray.wait(list(in_flight), num_returns=len(in_flight))[0])
     if buffers:
@@ -502,10 +602,39 @@ def _name(config) -> str:
     return config if isinstance(config, str) else getattr(config, 'filename', None) or 'Config object'
 
 
-def score_catalog(opts: ScoreOptions = None, **kwargs) -> Dict[str, Any]:
-    """Check everything up front, then score. ``score_catalog(config=..., checkpoint=..., input=..., output=...)``."""
+def _checkpoint_changed(err: BaseException) -> Optional[str]:
+    """The message of a :class:`numclip_mm.inference.CheckpointChangedError` raised in an actor, as Ray reports
+    it (inside an actor-died or task error), else None."""
+    text = str(err)
+    marker = 'CheckpointChangedError: '
+    if marker not in text:
+        return None
+    return text[text.index(marker) + len(marker):].strip().splitlines()[0]
+
+
+def _actor_start_failed(err: BaseException) -> bool:
+    """Whether Ray ended the job because an actor's constructor raised (Ray does not restart those)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if getattr(err, 'actor_init_failed', False) or 'raised in its creation task' in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _last_error_line(text: str) -> str:
+    """The innermost ``SomeError: message`` line of a (remote) traceback text, else its last line."""
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    named = [line for line in lines if re.match(r'^[\w.]*(Error|Exception|Exit|Interrupt)\b:?', line)]
+    return (named or lines or [''])[-1]
+
+
+def score_catalog(opts: ScoreOptions = None, actor_class=None, **kwargs) -> Dict[str, Any]:
+    """Check everything up front, then score. ``score_catalog(config=..., checkpoint=..., input=..., output=...)``;
+    ``actor_class``: see :func:`build_dataset`."""
     opts = opts or ScoreOptions(**kwargs)
-    return run(prepare(opts))
+    return run(prepare(opts), actor_class)
 
 
 __all__ = ['ModelSpec', 'ScoreOptions', 'ScoringFailed', 'ScoringJob', 'prepare', 'run', 'score_catalog']

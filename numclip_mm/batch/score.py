@@ -9,20 +9,27 @@ Local run (starts a private Ray instance); three equivalent forms::
 
 On a running cluster: ``ray job submit`` or ``ray submit`` (see docs/batch_scoring.md).
 
-Every input column is kept and ``{prefix}value``, ``{prefix}label``, ``{prefix}probability`` and ``{prefix}error``
-(null on success) are added per model; one output file per input file, same relative path, same row order. Files whose complete
-output exists are skipped (re-run a killed job to continue), unless ``--overwrite``.
-Exit status: 0 done, 2 bad arguments/inputs (nothing started), 1 failure while scoring.
+Every input column is kept and these are added per model: ``{prefix}value`` (the predicted number, clamped to the
+task's range), ``{prefix}label`` (the concept of the bin the value falls in) and ``{prefix}probability`` (that
+bin's), ``{prefix}bin_argmax`` and ``{prefix}bin_argmax_probability`` (the most probable bin and its probability) and
+``{prefix}error`` (null on success); one output file per input file, same relative path, same row order. Files whose
+complete output exists are skipped (re-run a killed job to continue), unless ``--overwrite``.
+With no sizing options the job uses the whole cluster it runs on (one inference actor per GPU, else one per CPU);
+the first log lines say what was chosen. Exit status: 0 done, 2 bad arguments, inputs, config or output folder, or
+no Ray cluster at the address (nothing started), 1 failure while scoring, 130/143 stopped by SIGINT/SIGTERM
+(complete outputs kept, no partial output left, the private Ray instance shut down).
 """
 import argparse
 import json
 import logging
-import os
+import signal
 import sys
+import time
 
 from numclip_mm.batch import catalog
-from numclip_mm.batch.decode import DEFAULT_MAX_PIXELS
+from numclip_mm.batch.cluster import RayStarter, RayUnavailable
 from numclip_mm.batch.pipeline import ModelSpec, ScoreOptions, ScoringFailed, prepare, run
+from numclip_mm.shared import DEFAULT_MAX_PIXELS
 
 
 def _size(text: str) -> int:
@@ -58,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                           'Image() struct<bytes, path> (default: chosen from the schema when unambiguous)')
     src.add_argument('--path-column', default=None, help='column of image paths or URIs, read with fsspec')
     p.add_argument('--path-root', default=None,
-                   help='folder that relative paths in --path-column are resolved against (default: current dir)')
+                   help='folder that relative paths in --path-column are resolved against (default: current dir); '
+                        'when given, local paths that resolve outside it (.., symbolic links) get an error')
     p.add_argument('--prefix', default=None, help='prefix of the new columns (default: "<task name>_")')
     p.add_argument('--keep-raw-value', action='store_true',
                    help='also write {prefix}value_raw, the value before clamping to the task\'s range')
@@ -69,30 +77,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--embedding', action='store_true',
                    help='also write {prefix}embedding: the L2-normalised image embedding the head sees (fp16 list), '
                         'for dedup and search; one column per model')
-    p.add_argument('--batch-size', type=int, default=None, help='default: 64 on CPU, 256 per GPU actor')
-    p.add_argument('--num-actors', type=int, default=1, help='inference actors (model replicas)')
-    p.add_argument('--num-gpus-per-actor', type=float, default=0)
+    size = p.add_argument_group('sizing (default: sized from the cluster\'s available resources, see the first log '
+                                'lines: one actor per GPU, else one per CPU with one torch thread each)')
+    size.add_argument('--batch-size', type=int, default=None, help='default: 64 on CPU, 256 per GPU actor')
+    size.add_argument('--num-actors', type=int, default=None, help='inference actors (model replicas)')
+    size.add_argument('--num-gpus-per-actor', type=float, default=None,
+                      help='default: 1 when the cluster has GPUs, else 0 (CPU inference)')
     p.add_argument('--precision', choices=['fp32', 'fp16', 'bf16'], default=None,
                    help='inference precision (autocast); default bf16 (fp16 on older GPUs) on CUDA, fp32 on CPU')
-    p.add_argument('--cpus-per-actor', type=float, default=1)
-    p.add_argument('--cpus-per-decode-task', type=float, default=1)
-    p.add_argument('--decode-in', choices=['actor', 'tasks'], default=None,
-                   help='decode images inside the inference actors (default on CPU) or in separate CPU tasks '
-                        '(default with GPUs)')
-    p.add_argument('--torch-threads', type=int, default=None, help='torch threads per actor (default: Ray\'s)')
-    p.add_argument('--max-image-bytes', type=_size, default=None,
-                   help='larger images get an error instead of a prediction (e.g. 20MB)')
+    size.add_argument('--cpus-per-actor', type=float, default=None)
+    size.add_argument('--cpus-per-decode-task', type=float, default=None)
+    size.add_argument('--decode-in', choices=['actor', 'tasks'], default=None,
+                      help='decode images inside the inference actors (default on CPU) or in separate CPU tasks '
+                           '(default with GPUs)')
+    size.add_argument('--torch-threads', type=int, default=None, help='torch threads per actor')
+    p.add_argument('--max-image-bytes', type=_size, default=catalog.DEFAULT_MAX_IMAGE_BYTES,
+                   help='larger images get an error instead of a prediction, read no further (e.g. 20MB; '
+                        'default: 64MiB)')
+    p.add_argument('--read-timeout', type=float, default=catalog.DEFAULT_READ_TIMEOUT_S,
+                   help='seconds for the whole read of one image URI (connection, answer and body); slower reads '
+                        'get an error (default: %(default)s)')
     p.add_argument('--max-image-pixels', type=int, default=DEFAULT_MAX_PIXELS,
-                   help='images whose header claims more pixels get an error, undecoded (default: %(default)s)')
+                   help='images whose header claims more pixels get an error, undecoded (default: %(default)s; '
+                        '0: no limit)')
     p.add_argument('--max-retries', type=int, default=3,
                    help='retries of a task/actor whose worker died, before the job ends (default: 3)')
     p.add_argument('--overwrite', action='store_true', help='recompute files whose output already exists')
     p.add_argument('--address', default=None,
-                   help='Ray cluster: "auto", "ray://host:10001", ... (default: $RAY_ADDRESS, else a local instance)')
-    p.add_argument('--num-cpus', type=int, default=None, help='CPUs of a local Ray instance')
-    p.add_argument('--object-store-memory', type=_size, default=None, help='object store of a local Ray instance')
+                   help='Ray cluster, found as ray.init finds it: this address (host:port, ray://host:10001, "auto"), '
+                        'else $RAY_ADDRESS, else the cluster a `ray start` on this machine recorded, else a new '
+                        'private instance on this machine (always with "local"); an address where no cluster '
+                        'answers fails within 30 s')
+    p.add_argument('--num-cpus', type=int, default=None,
+                   help='CPUs of a private Ray instance (implies --address local)')
+    p.add_argument('--object-store-memory', type=_size, default=None,
+                   help='object store of a private Ray instance (implies --address local)')
     p.add_argument('--summary-json', default=None, help='also write the run summary to this file')
-    p.add_argument('--quiet', action='store_true')
+    p.add_argument('--quiet', action='store_true',
+                   help='log warnings only (no progress lines; the summary is still printed)')
     return p
 
 
@@ -118,32 +140,94 @@ def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser 
         config=args.config, checkpoint=args.checkpoint, models=models, input=args.input, output=args.output,
         image_column=args.image_column, path_column=args.path_column, prefix=args.prefix, zero_shot=args.zero_shot,
         keep_raw_value=args.keep_raw_value, intervals=tuple(args.interval), embedding=args.embedding,
-        batch_size=args.batch_size,
-        num_actors=args.num_actors,
-        num_gpus_per_actor=args.num_gpus_per_actor, precision=args.precision, cpus_per_actor=args.cpus_per_actor,
+        batch_size=args.batch_size, num_actors=args.num_actors, num_gpus_per_actor=args.num_gpus_per_actor,
+        precision=args.precision, cpus_per_actor=args.cpus_per_actor,
         cpus_per_decode_task=args.cpus_per_decode_task,
         decode_in_actor=None if args.decode_in is None else args.decode_in == 'actor',
         torch_threads=args.torch_threads, max_image_bytes=args.max_image_bytes,
         max_image_pixels=args.max_image_pixels or None, max_retries=args.max_retries, path_root=args.path_root,
+        read_timeout=args.read_timeout,
         overwrite=args.overwrite,
         address=args.address, num_cpus=args.num_cpus, object_store_memory=args.object_store_memory)
 
 
+class Stopped(BaseException):
+    """SIGTERM or SIGINT arrived: unwind (outputs already committed stay), then exit 128 + the signal number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum, frame):
+    raise Stopped(signum)
+
+
 def main(argv=None) -> int:
+    started_at = time.time()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format='%(asctime)s %(name)s %(levelname)s %(message)s')
     logging.getLogger('numclip_mm.batch').setLevel(logging.WARNING if args.quiet else logging.INFO)
     opts = options_from_args(args, parser)
-    from numclip_mm.inference import CheckpointLoadError
+    handlers = {}
+
+    def install_handlers():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.signal(sig, _stop)
+            handlers.setdefault(sig, previous)
+    try:
+        install_handlers()
+    except ValueError:  # not the main thread (main() called from a library): the caller handles signals
+        pass
+    starter = None
+    try:
+        # Ray starts (or is connected) in the background while the inputs, model and checkpoint are checked
+        starter = RayStarter(opts.address, opts.num_cpus, opts.object_store_memory)
+        if handlers:  # Ray's core worker installs its own C++ SIGTERM handler (a stack dump, then abort): ours again
+            starter.on_ready.append(install_handlers)
+        starter.start()
+        return _main(args, opts, starter, started_at)
+    except RayUnavailable as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+    except Stopped as stop:
+        for sig in handlers:  # a second signal must not cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN)
+        name = signal.Signals(stop.signum).name
+        if starter is not None:
+            starter.close()
+        _remove_partial_outputs(opts)
+        print(f'numclip-score: stopped by {name}; complete outputs are kept and no partial output is left: run the '
+              f'same command again to continue', file=sys.stderr)
+        return 128 + stop.signum
+    finally:
+        if starter is not None:
+            starter.close()  # (a no-op when run() closed it already)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def _remove_partial_outputs(opts: ScoreOptions) -> None:
+    """After Ray (and so every writer) is gone: delete the temporary files of writes that were cut short."""
+    try:
+        fs, out_dir = catalog.url_to_fs(opts.output)
+        if catalog.is_local(fs):
+            catalog.clean_stale_temporaries(fs, out_dir)
+    except Exception:  # noqa: BLE001  (best effort on the way out; the next run cleans up as well)
+        pass
+
+
+def _main(args, opts: ScoreOptions, starter: RayStarter, started_at: float) -> int:
+    from numclip_mm.inference import CheckpointLoadError, ConfigLoadError
     try:
         prep = prepare(opts)
-    except (FileNotFoundError, CheckpointLoadError, catalog.ScoringSetupError) as err:
+    except (FileNotFoundError, CheckpointLoadError, ConfigLoadError, catalog.ScoringSetupError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
     try:
-        summary = run(prep)
+        summary = run(prep, ray_starter=starter, started_at=started_at)
     except ScoringFailed as err:
         print(f'error: {err}', file=sys.stderr)
         if args.summary_json and err.report is not None:

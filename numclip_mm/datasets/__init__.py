@@ -8,8 +8,15 @@ from .demo_dataset import DemoCountDataset  # noqa: E402
 from .ordinal_dataset import OrdinalDataset  # noqa: E402
 from .sampling import few_shot_indices, label_shift_indices  # noqa: E402
 from .task_datasets import AdienceDataset, AestheticsDataset, HCIDataset, MorphDataset, adience_group_index  # noqa: E402
-from .transforms import (DEFAULT_MAX_PIXELS, ImageTooLargeError, LoadOrdinalImage, UnreadableImageError, decode_bgr,  # noqa: E402
-                         image_size_from_header, read_image_bgr)
+from .transforms import (  # noqa: E402
+                         DEFAULT_MAX_PIXELS,
+                         ImageTooLargeError,
+                         LoadOrdinalImage,
+                         UnreadableImageError,
+                         decode_bgr,
+                         image_size_from_header,
+                         read_image_bgr,
+)
 
 __all__ = [
     'OrdinalDataset', 'MorphDataset', 'HCIDataset', 'AestheticsDataset', 'AdienceDataset', 'DemoCountDataset',

@@ -4,13 +4,11 @@ Only the file locations and label conventions differ; parsing, binning, sampling
 """
 from typing import Sequence, Union
 
-import mmengine
 import numpy as np
 import pandas as pd
-
 from mmpretrain.registry import DATASETS
 
-from .ordinal_dataset import OrdinalDataset, read_csv_table
+from .ordinal_dataset import OrdinalDataset, read_csv_table, read_text_bytes
 
 AESTHETICS_CATEGORIES = ('animals', 'nature', 'people', 'urban')
 # Adience's 8 age groups, as written in the fold files.
@@ -111,9 +109,7 @@ class AdienceDataset(OrdinalDataset):
                          value_column='age', **kwargs)
 
     def read_table(self, ann_file: str) -> pd.DataFrame:
-        if not mmengine.fileio.exists(ann_file):
-            raise FileNotFoundError(f'annotation file {ann_file} does not exist')
-        frame = read_csv_table(ann_file, mmengine.fileio.get(ann_file), sep='\t')
+        frame = read_csv_table(ann_file, read_text_bytes(ann_file, self.max_line_bytes), sep='\t')
         frame.columns = [c.strip() for c in frame.columns]
         missing = [c for c in ('user_id', 'original_image', 'face_id', 'age') if c not in frame.columns]
         if missing:

@@ -1,85 +1,14 @@
-"""Image loading for ordinal datasets: the project's one image decoder, and the transform that uses it.
+"""Image loading for ordinal datasets: the transform that reads a sample's image with the project's one decoder
+(:func:`numclip_mm.image_decode.decode_bgr`)."""
+from typing import Optional
 
-Every image the project reads, in training, testing or batch scoring, goes through :func:`decode_bgr`: one decoder,
-one channel order (BGR, as mmcv and mmpretrain pipelines expect), one pixel limit checked from the header before
-anything is decoded. ``numclip_mm.inference.decode_image`` is the public RGB entry built on it.
-"""
-import io
-import re
-import warnings
-from typing import Optional, Tuple
-
-import mmcv
 import mmengine.fileio as fileio
 import numpy as np
 from mmcv.transforms import BaseTransform
-from PIL import Image
-
 from mmpretrain.registry import TRANSFORMS
 
-# 64 megapixels: the largest common camera sensors (50-61 Mpx) pass and one decode stays under ~200 MB (PIL's own
-# bomb warning starts at 89 Mpx); a 20000x20000 PNG (1 MB on disk, 1.2 GB decoded) is refused from its header.
-# Training (LoadOrdinalImage) and scoring (batch/) share this one limit.
-DEFAULT_MAX_PIXELS = 64_000_000
-
-
-class UnreadableImageError(ValueError):
-    """An image that is missing or cannot be decoded; datasets with ``skip_unreadable`` catch it."""
-
-
-class ImageTooLargeError(UnreadableImageError):
-    """An image whose header declares more pixels than the limit; refused before decoding."""
-
-
-def image_size_from_header(content: bytes, where: str, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS
-                           ) -> Tuple[int, int]:
-    """(width, height) read from the header only (PIL reads the size lazily), checked against ``max_pixels``.
-
-    Raises :class:`ImageTooLargeError` above the limit (also when PIL's own bomb guard, 2 x
-    ``Image.MAX_IMAGE_PIXELS``, fires first) and :class:`UnreadableImageError` when no header can be read.
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(content)) as img:
-                width, height = img.size
-    except Image.DecompressionBombError as err:  # the pixel count is only in PIL's message
-        found = re.search(r'\((\d+) pixels\)', str(err))
-        claimed = f'{found.group(1)} pixels' if found else 'more pixels than PIL allows'
-        raise ImageTooLargeError(f'{where}: image too large: {claimed} exceeds the pixel limit '
-                                 f'max_pixels={max_pixels} or PIL\'s bomb guard (checked from the header, nothing '
-                                 f'was decoded)') from err
-    except Image.UnidentifiedImageError as err:  # its text names a BytesIO's address: not reproducible
-        raise UnreadableImageError(f'{where}: cannot decode image, no readable header (not an image format PIL '
-                                   f'can identify)') from err
-    except Exception as err:  # truncated headers, ...
-        raise UnreadableImageError(f'{where}: cannot decode image, no readable header '
-                                   f'({type(err).__name__}: {err})') from err
-    if max_pixels is not None and width * height > max_pixels:
-        raise ImageTooLargeError(f'{where}: image too large: {width}x{height} = {width * height} pixels exceeds the '
-                                 f'pixel limit max_pixels={max_pixels} (checked from the header, nothing was '
-                                 f'decoded)')
-    return width, height
-
-
-def decode_bgr(content: Optional[bytes], where: str, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
-               backend: str = 'cv2') -> np.ndarray:
-    """Encoded bytes -> HxWx3 uint8 BGR image, or :class:`UnreadableImageError` naming ``where``.
-
-    The header is checked against ``max_pixels`` (None: no limit) before decoding, so memory stays bounded whatever
-    the file claims to be. Formats PIL cannot read a header of are refused.
-    """
-    if content is None or len(content) == 0:
-        raise UnreadableImageError(f'{where}: empty image')
-    content = bytes(content)
-    image_size_from_header(content, where, max_pixels)
-    try:
-        img = mmcv.imfrombytes(content, flag='color', channel_order='bgr', backend=backend)
-    except Exception as err:  # decoders raise many types (cv2.error, PIL.UnidentifiedImageError, ...)
-        raise UnreadableImageError(f'{where}: cannot decode image ({type(err).__name__}: {err})') from err
-    if img is None or img.ndim != 3 or img.size == 0:
-        raise UnreadableImageError(f'{where}: cannot decode image')
-    return img
+from ..image_decode import ImageTooLargeError, UnreadableImageError, decode_bgr, image_size_from_header  # noqa: F401
+from ..shared import DEFAULT_MAX_PIXELS
 
 
 def read_image_bgr(path: str, where: str, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,

@@ -13,14 +13,13 @@ import pandas as pd
 import torch
 from mmengine.evaluator import BaseMetric
 from mmengine.logging import print_log
-
 from mmpretrain.registry import METRICS
 
-from .conformal import CalibrationLike, add_interval_columns, get_calibration
+from ..conformal import CalibrationLike, add_interval_columns, get_calibration
 from .ordinal_metric import to_scalar
 
 TABLE_FORMATS = ('.csv', '.parquet', '.pq')
-BASE_COLUMNS = ('sample_idx', 'img_path', 'gt_value', 'gt_label', 'pred_value', 'pred_label')
+BASE_COLUMNS = ('sample_idx', 'img_path', 'gt_value', 'gt_label', 'pred_value', 'pred_label', 'pred_bin_argmax')
 
 
 def _table_format(path: str) -> str:
@@ -31,7 +30,8 @@ def _table_format(path: str) -> str:
 
 
 def samples_to_frame(samples: Sequence[dict], value_source: str = 'pred_value') -> pd.DataFrame:
-    """Data-sample dicts -> one row each: sample_idx, img_path, gt/pred value and label, pred_score_0..K-1."""
+    """Data-sample dicts -> one row each: sample_idx, img_path, gt/pred value and label, the arg-max bin, and with
+    bin scores their probabilities and pred_score_0..K-1 (see :class:`DumpOrdinalPredictions`)."""
     rows = {c: [] for c in BASE_COLUMNS}
     scores = []
     for i, s in enumerate(samples):
@@ -43,14 +43,20 @@ def samples_to_frame(samples: Sequence[dict], value_source: str = 'pred_value') 
         rows['gt_value'].append(float('nan') if gt_value is None else to_scalar(gt_value))
         rows['pred_value'].append(to_scalar(s[value_source]) if value_source in s else float('nan'))
         score = s.get('pred_score')
-        pred_label = s.get('pred_label')
-        if pred_label is None and score is not None:
-            pred_label = torch.as_tensor(score).argmax()
+        pred_label, argmax = s.get('pred_label'), s.get('pred_bin_argmax')
+        if argmax is None and score is not None:
+            argmax = torch.as_tensor(score).argmax()
         rows['pred_label'].append(-1 if pred_label is None else int(to_scalar(pred_label)))
+        rows['pred_bin_argmax'].append(-1 if argmax is None else int(to_scalar(argmax)))
         scores.append(None if score is None else torch.as_tensor(score).detach().float().cpu().numpy().reshape(-1))
     frame = pd.DataFrame(rows)
     if scores and all(sc is not None for sc in scores):
         mat = np.stack(scores)
+        rows_ = np.arange(len(mat))
+        for name, index in (('pred_probability', frame['pred_label']), ('pred_bin_argmax_probability',
+                                                                         frame['pred_bin_argmax'])):
+            index = index.to_numpy()
+            frame[name] = np.where(index >= 0, mat[rows_, index.clip(0)], np.nan)
         for k in range(mat.shape[1]):
             frame[f'pred_score_{k}'] = mat[:, k]
     return frame
@@ -60,8 +66,12 @@ def samples_to_frame(samples: Sequence[dict], value_source: str = 'pred_value') 
 class DumpOrdinalPredictions(BaseMetric):
     """Write one row per sample to ``out_file_path`` (``.csv`` or ``.parquet``), sorted by ``sample_idx``.
 
-    Columns: ``sample_idx, img_path, gt_value, gt_label, pred_value, pred_label, pred_score_0..K-1``, and with a
-    conformal ``calibration`` (path, dict or Calibration; docs/intervals.md) ``pred_low_<level>`` and
+    Columns: ``sample_idx, img_path, gt_value, gt_label`` (the true number and its bin), ``pred_value`` (the
+    predicted number, clamped to the task's range), ``pred_label`` (the bin of ``pred_value``: label and number agree
+    by construction), ``pred_bin_argmax`` (the arg-max bin of the bin probabilities, the coarse classification that
+    :class:`OrdinalMetric` scores as ``accuracy``), ``pred_probability`` and ``pred_bin_argmax_probability`` (the
+    probabilities of those two bins), ``pred_score_0..K-1`` (every bin's probability); -1 marks a missing bin. With
+    a conformal ``calibration`` (path, dict or Calibration; docs/intervals.md) ``pred_low_<level>`` and
     ``pred_high_<level>`` for each calibrated level (``interval_method`` overrides the calibration's method).
     Returns no metrics.
     """

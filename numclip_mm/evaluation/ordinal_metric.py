@@ -4,11 +4,10 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 from mmengine.evaluator import BaseMetric
-
 from mmpretrain.registry import METRICS
 
+from ..conformal import CalibrationLike, coverage_and_width, get_calibration
 from ..tasks import TaskLike, get_task
-from .conformal import CalibrationLike, coverage_and_width, get_calibration
 
 ALL_ITEMS = ('mae', 'accuracy', 'off_by_one', 'cs', 'spearman', 'qwk', 'mae_bin')
 
@@ -70,7 +69,11 @@ class OrdinalMetric(BaseMetric):
     - ``coverage@{level}`` (%) and ``width@{level}``, only with a ``calibration``: the share of truths inside the
       conformal interval of each calibrated level and the intervals' mean width (docs/intervals.md).
 
-    The classes are the bins (``pred_label``/``gt_label``) with ``accuracy_from='bin'``; with ``'value'`` they are
+    The classes, with ``accuracy_from='bin'`` (the default): ``c'`` is the arg-max bin of the bin probabilities
+    (``pred_bin_argmax``, the coarse classification stage, as the released NumCLIP/OrdinalCLIP code scores it; for
+    heads without a classifier, e.g. plain regression, the bin of ``p``) and ``c`` the true bin ``gt_label``. This is
+    not always the bin of the reported number: a user-facing ``label`` (Predictor, scorer, ``tools/test.py --out``)
+    is the bin of ``p``, whose accuracy is what ``task=...`` measures. With ``accuracy_from='value'`` the classes are
     ``round(p)`` and ``y`` (the HCI/aesthetics protocol of the released code, where the number is the grade).
 
     Keys are unprefixed by default so that ``save_best='mae'`` finds them. Only plain floats/ints are kept per
@@ -86,7 +89,7 @@ class OrdinalMetric(BaseMetric):
             task's bins of the numbers (``bin(y)`` and ``bin(p)``, ``p`` clamped into the bins), not the labels:
             models with other bins (OrdinalCLIP's one class per rank) are then scored on the same bins as the rest.
         calibration (optional): a conformal calibration (the sidecar path written by tools/calibrate.py, its dict,
-            or a :class:`~numclip_mm.evaluation.conformal.Calibration`): adds ``coverage@``/``width@`` per level.
+            or a :class:`~numclip_mm.conformal.Calibration`): adds ``coverage@``/``width@`` per level.
         interval_method (str, optional): the interval method to score; defaults to the calibration's own.
     """
     default_prefix: Optional[str] = None
@@ -127,7 +130,9 @@ class OrdinalMetric(BaseMetric):
         for sample in data_samples:
             if self.value_source not in sample:
                 raise KeyError(f'OrdinalMetric: data sample has no {self.value_source!r}; keys: {sorted(sample)}')
-            pred_label = sample.get('pred_label')
+            pred_label = sample.get('pred_bin_argmax')  # the coarse stage's bin (see the class docstring)
+            if pred_label is None:  # samples of other heads, whose pred_label (mmpretrain's) is the arg-max
+                pred_label = sample.get('pred_label')
             if pred_label is None:
                 pred_label = torch.as_tensor(sample['pred_score']).argmax()
             gt_label = sample['gt_label']
@@ -148,8 +153,9 @@ class OrdinalMetric(BaseMetric):
         return self.calculate(**cols)
 
     def calculate(self, pred_value, gt_value, pred_label, gt_label, pred_score=None) -> Dict[str, float]:
-        """The metrics of arrays of predictions (usable without a runner); ``pred_score`` (N, K) only for the
-        interval metrics."""
+        """The metrics of arrays of predictions (usable without a runner): ``pred_label`` is ``c'`` above (the
+        arg-max bin: a ``tools/test.py --out`` file's ``pred_bin_argmax`` column); ``pred_score`` (N, K) only for
+        the interval metrics."""
         p, y = np.asarray(pred_value, np.float64), np.asarray(gt_value, np.float64)
         pb, gb = np.asarray(pred_label, np.int64), np.asarray(gt_label, np.int64)
         if not len(p):

@@ -5,7 +5,7 @@ import torch
 from mmengine.model import BaseModule
 from mmpretrain.registry import MODELS
 
-from .clip_loader import build_open_clip
+from .clip_loader import CLIPSource
 
 
 @MODELS.register_module()
@@ -13,8 +13,9 @@ class OpenCLIPVisionBackbone(BaseModule):
     """CLIP's image encoder, returning ``(features,)`` of width ``embed_dim`` (the joint-space width).
 
     Args:
-        model_name / pretrained / cache_dir / quick_gelu: see :func:`build_open_clip`; ignored when ``clip_model``
-            (an already-built open_clip model, passed by :class:`NumCLIP` so both towers share one load) is given.
+        model_name / pretrained / cache_dir / quick_gelu: see :func:`build_open_clip`; ``pretrained`` is applied by
+            :meth:`init_weights`. Ignored when ``clip_model`` (an open_clip model built by :class:`NumCLIP`, which
+            shares it between both towers and applies its weights itself) is given.
         frozen: freeze all weights (zero-shot CLIP, linear-probe style baselines); NumCLIP fine-tunes them.
     """
 
@@ -22,7 +23,10 @@ class OpenCLIPVisionBackbone(BaseModule):
                  cache_dir: Optional[str] = None, quick_gelu: Optional[bool] = None, frozen: bool = False,
                  clip_model: Optional[torch.nn.Module] = None, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
-        clip_model = clip_model or build_open_clip(model_name, pretrained, cache_dir, quick_gelu)
+        # built on its own: this tower owns its CLIP source and applies the pretrained weights in init_weights
+        self.clip_source = None if clip_model is not None else CLIPSource(model_name, pretrained, cache_dir,
+                                                                          quick_gelu)
+        clip_model = clip_model if clip_model is not None else self.clip_source.model
         self.visual = clip_model.visual
         self.embed_dim = int(clip_model.text_projection.shape[1]) if clip_model.text_projection is not None \
             else int(self.visual.output_dim)
@@ -31,7 +35,12 @@ class OpenCLIPVisionBackbone(BaseModule):
             self.visual.requires_grad_(False)
 
     def init_weights(self):
-        """Weights come from the CLIP checkpoint (or open_clip's own init); never re-initialise them."""
+        """The pretrained CLIP weights when this tower owns its CLIP (else :class:`NumCLIP` applies them); never a
+        re-initialisation."""
+        if not self.is_init and self.clip_source is not None:
+            with torch.no_grad():
+                self.clip_source.load()
+        self.is_init = True
 
     def train(self, mode: bool = True):
         super().train(mode)

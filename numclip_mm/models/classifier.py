@@ -1,10 +1,18 @@
-"""NumCLIP as an mmpretrain ``ImageClassifier``: one CLIP load shared by both towers, widths wired from the model."""
-from typing import Optional
+"""NumCLIP as an mmpretrain ``ImageClassifier``: one CLIP model shared by both towers, widths wired from the model.
 
+Building is not loading: the constructor allocates the architecture (open_clip's random init); :meth:`init_weights`
+(what MMEngine's Runner calls before training, mmpretrain's convention) applies the pretrained CLIP weights once
+and then lets each part initialise from them (the prompt tokens from CLIP's token embedding). Test, resume,
+``load_from`` and inference load a checkpoint over the built model and never read the CLIP file.
+"""
+import contextlib
+from typing import Iterator, Optional
+
+import torch
 from mmpretrain.models import ImageClassifier
 from mmpretrain.registry import MODELS
 
-from .clip_loader import build_open_clip
+from .clip_loader import CLIPSource
 from .heads import OrdinalHead
 
 
@@ -14,15 +22,21 @@ class NumCLIP(ImageClassifier):
 
     Args:
         clip: ``dict(model_name=..., pretrained=..., cache_dir=..., quick_gelu=...)``: the CLIP model both towers
-            come from, loaded once. ``--cfg-options model.clip.pretrained=PATH`` switches both.
+            come from, built once; ``pretrained`` is applied by :meth:`init_weights`.
+            ``--cfg-options model.clip.pretrained=PATH`` switches both.
         backbone / neck / head: configs as in ``ImageClassifier``. The head must be an :class:`OrdinalHead`: it gets
             the open_clip model as ``clip_model`` (as the backbone does), and the backbone's ``embed_dim`` fills
             ``in_channels`` of the neck and head.
+
+    Attributes:
+        load_pretrained: whether :meth:`init_weights` reads ``clip.pretrained`` (True); the Runner turns it off
+            when a checkpoint will replace every weight anyway (:func:`pretrained_weights_skipped`).
     """
 
     def __init__(self, backbone: dict, clip: Optional[dict] = None, neck: Optional[dict] = None,
                  head: Optional[dict] = None, **kwargs):
-        clip_model = build_open_clip(**clip) if clip is not None else None
+        source = CLIPSource(**clip) if clip is not None else None
+        clip_model = source.model if source is not None else None
         backbone = MODELS.build(backbone, default_args=_drop_none(clip_model=clip_model))
         width = backbone.embed_dim
         if neck is not None:
@@ -33,6 +47,30 @@ class NumCLIP(ImageClassifier):
                 raise TypeError(f"NumCLIP needs an OrdinalHead (task, predict_arrays, predict), got {head['type']!r}")
             head = MODELS.build(head, default_args=dict(in_channels=width, **_drop_none(clip_model=clip_model)))
         super().__init__(backbone=backbone, neck=neck, head=head, **kwargs)
+        self.clip_source = source  # not a submodule: its parts are (backbone.visual, head.text_encoder)
+        self.load_pretrained = True
+
+    def init_weights(self):
+        """Apply ``clip.pretrained`` (unless :attr:`load_pretrained` is off), then initialise every part from it."""
+        if not self.is_init and self.load_pretrained and self.clip_source is not None:
+            with torch.no_grad():
+                self.clip_source.load()
+        super().init_weights()
+
+
+@contextlib.contextmanager
+def pretrained_weights_skipped(model: torch.nn.Module) -> Iterator[None]:
+    """``init_weights`` of every :class:`NumCLIP` in ``model`` skips reading its CLIP file while the block runs (a
+    checkpoint loaded next replaces every weight)."""
+    found = [m for m in model.modules() if isinstance(m, NumCLIP)]
+    saved = [m.load_pretrained for m in found]
+    for m in found:
+        m.load_pretrained = False
+    try:
+        yield
+    finally:
+        for m, value in zip(found, saved):
+            m.load_pretrained = value
 
 
 def _drop_none(**kwargs) -> dict:

@@ -1,18 +1,23 @@
-"""Build an open_clip CLIP model offline: random init, a local checkpoint file, or a tag found in a local cache.
+"""Build an open_clip CLIP model offline, and apply its pretrained weights (a local file, or a tag found in a cache).
 
-Nothing here downloads. ``pretrained`` may be
+Building is not loading: :func:`clip_architecture` allocates the model (open_clip's random init) and reads no weights;
+:func:`load_pretrained` applies ``pretrained`` to it (what :meth:`NumCLIP.init_weights` does before training, and
+zero-shot inference); :func:`build_open_clip` does both. Nothing here downloads. ``pretrained`` may be
 - ``None``: random initialisation (tests, the embedded demo);
 - a file path, in any of the formats CLIP weights are published in (told apart by content, not by extension):
   OpenAI's TorchScript archive (``ViT-B-16.pt``), open_clip/Hugging Face ``open_clip_pytorch_model.bin`` (a pickled
   state dict, read weights-only), ``open_clip_model.safetensors``, or any plain state dict saved with ``torch.save``;
 - a tag (``'openai'``, ``'laion2b_s34b_b88k'``, ...): open_clip's table names the files, which must already be in
-  one of the places :func:`resolve_pretrained` searches (docs/reproducing_the_paper.md "CLIP weights" lists them).
+  one of the places :func:`resolve_pretrained` searches (docs/reproducing_the_paper.md "CLIP weights" lists them);
+- a tag of weights shipped inside this package (:data:`PACKAGED_WEIGHTS`: ``'numclip-tiny-synth'`` for
+  ``numclip-demo``, docs/pretrained_tiny_clip.md).
 
 Weights always come back as fp32 (OpenAI's files hold fp16): precision is decided at run time by the optimizer
 wrapper (AMP), not by the file.
 """
 import math
 import os
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -20,8 +25,13 @@ from typing import Dict, List, Optional
 import open_clip
 import torch
 
-from ..utils.checkpoint import (CheckpointLoadError, CheckpointMismatchError, check_state_dict, load_weights_only,
-                                model_state_dict)
+from ..utils.checkpoint import (
+    CheckpointLoadError,
+    CheckpointMismatchError,
+    check_state_dict,
+    load_weights_only,
+    model_state_dict,
+)
 
 _CONFIG_DIR = Path(__file__).parent / 'model_configs'
 open_clip.add_model_config(_CONFIG_DIR)  # tiny configs for tests and the embedded demo
@@ -32,6 +42,10 @@ TINY_MODELS = tuple(sorted(p.stem for p in _CONFIG_DIR.glob('*.json')))
 _NON_WEIGHT_KEYS = ('input_resolution', 'context_length', 'vocab_size', 'attn_mask')
 # The file names open_clip's Hugging Face repos hold, in the order open_clip itself prefers them.
 HF_WEIGHT_FILES = ('open_clip_model.safetensors', 'open_clip_pytorch_model.bin')
+WEIGHT_SUFFIXES = ('.pt', '.pth', '.bin', '.safetensors')
+# Weights that ship with the package: (model name, tag) -> file under numclip_mm/models/pretrained/.
+PACKAGED_WEIGHTS = {('numclip-demo', 'numclip-tiny-synth'): 'numclip-demo-synth.safetensors'}
+_PACKAGED_DIR = Path(__file__).parent / 'pretrained'
 
 
 def default_cache_dir() -> str:
@@ -62,10 +76,16 @@ def _find_in_hf_cache(repo_id: str, filenames) -> Optional[str]:
     return None
 
 
+def names_a_file(pretrained: str) -> bool:
+    """Whether ``pretrained`` is meant as a file (an existing file, a path, or a weights file name) and not a tag."""
+    return os.path.isfile(pretrained) or os.sep in pretrained or pretrained.endswith(WEIGHT_SUFFIXES)
+
+
 def resolve_pretrained(model_name: str, pretrained: Optional[str], cache_dir: Optional[str] = None) -> Optional[str]:
     """Turn ``pretrained`` into a local file path (or None) without touching the network.
 
-    For a tag, the places searched, in order:
+    A packaged tag (:data:`PACKAGED_WEIGHTS`) is the file shipped in the package. For an open_clip tag, the places
+    searched, in order:
     1. ``cache_dir`` (default :func:`default_cache_dir`) / the file name of the tag's URL (``ViT-B-16.pt`` for
        ``ViT-B-16``/``openai``), i.e. where OpenAI's ``clip`` package keeps its downloads;
     2. the Hugging Face hub cache (:func:`hf_hub_cache_dir`) for the tag's repo
@@ -77,11 +97,18 @@ def resolve_pretrained(model_name: str, pretrained: Optional[str], cache_dir: Op
         return None
     if os.path.isfile(pretrained):
         return pretrained
-    if os.sep in pretrained or pretrained.endswith(('.pt', '.pth', '.bin', '.safetensors')):
+    if names_a_file(pretrained):
         raise FileNotFoundError(f'CLIP checkpoint file not found: {pretrained}')
+    if (model_name, pretrained) in PACKAGED_WEIGHTS:
+        path = _PACKAGED_DIR / PACKAGED_WEIGHTS[model_name, pretrained]
+        if not path.is_file():
+            raise FileNotFoundError(f'the packaged weights {model_name}/{pretrained} are missing: {path} (the '
+                                    f'installation is incomplete; tools/pretrain_tiny_clip.py rebuilds the file)')
+        return str(path)
     cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
     if not cfg:
         tags = open_clip.list_pretrained_tags_by_model(model_name)
+        tags += [t for m, t in PACKAGED_WEIGHTS if m == model_name]
         raise ValueError(f'{pretrained!r} is neither a file nor a known open_clip tag of {model_name!r} '
                          f'(known tags: {tags})')
     cache_dir = cache_dir or default_cache_dir()
@@ -220,36 +247,99 @@ def load_clip_weights(model: torch.nn.Module, path: str, model_name: str = 'the 
     model.load_state_dict(state, strict=True)
 
 
-def default_quick_gelu(model_name: str, pretrained: Optional[str], path: Optional[str]) -> bool:
-    """Whether the weights were trained with QuickGELU, decided by their source.
+def openai_file_names(model_name: str) -> List[str]:
+    """File names of OpenAI's releases of ``model_name`` in open_clip's table (``ViT-B-16.pt`` for ``ViT-B-16``)."""
+    names = []
+    for tag in open_clip.list_pretrained_tags_by_model(model_name):
+        url = open_clip.get_pretrained_cfg(model_name, tag).get('url') or ''
+        if tag.startswith('openai') and url:
+            names.append(os.path.basename(url))
+    return names
+
+
+def default_quick_gelu(model_name: str, pretrained: Optional[str], cache_dir: Optional[str] = None) -> bool:
+    """Whether the weights were trained with QuickGELU, decided by their source without reading any weight.
 
     - an open_clip tag: open_clip's own table says (``quick_gelu=True`` for every ``openai`` tag);
-    - a TorchScript archive: that is OpenAI's release format, and all OpenAI CLIP models use QuickGELU;
-    - any other file: the model config's own activation (``-quickgelu`` model names turn it on); pass
-      ``quick_gelu=True`` (``model.clip.quick_gelu=True``) for OpenAI weights converted to a plain state dict.
+    - a file that exists: its format (the archive's directory only): a TorchScript archive is OpenAI's release
+      format, and all OpenAI CLIP models use QuickGELU;
+    - a file that is not there (a trained checkpoint used where the CLIP file is not: the activation must match
+      training without the file): its name, when it is OpenAI's release name of this model (``ViT-B-16.pt``),
+      else the model config's own activation, with a warning;
+    - no ``pretrained`` or any other file: the model config's own activation (``-quickgelu`` model names turn it on);
+      pass ``quick_gelu=True`` (``model.clip.quick_gelu=True``) for OpenAI weights converted to a plain state dict.
     """
-    if pretrained and path is not None and not os.path.isfile(pretrained):
-        return bool(open_clip.get_pretrained_cfg(model_name, pretrained).get('quick_gelu', False))
-    if path is not None and checkpoint_format(path) == 'torchscript':
+    if not pretrained:
+        return False
+    if not names_a_file(pretrained):
+        return bool((open_clip.get_pretrained_cfg(model_name, pretrained) or {}).get('quick_gelu', False))
+    if os.path.isfile(pretrained):
+        return checkpoint_format(pretrained) == 'torchscript'
+    if os.path.basename(pretrained) in openai_file_names(model_name):
         return True
+    warnings.warn(f'CLIP file {pretrained} is not there: {model_name} is built with its config\'s activation; if '
+                  f'the model was trained from OpenAI weights in another file format, set model.clip.quick_gelu=True')
     return False
+
+
+def clip_architecture(model_name: str, pretrained: Optional[str] = None, cache_dir: Optional[str] = None,
+                      quick_gelu: Optional[bool] = None) -> torch.nn.Module:
+    """An open_clip ``CLIP`` of ``model_name`` in fp32 with open_clip's random init: the architecture only, no weight
+    read (``pretrained`` only picks the activation, see :func:`default_quick_gelu`). Works under a
+    ``torch.device('meta')`` context (a skeleton for key/shape checks).
+
+    The class is instantiated from open_clip's model table as ``open_clip.create_model`` does, without its device
+    move and its "initialized randomly" log line: the weights come next, from :func:`load_pretrained` or a
+    checkpoint.
+    """
+    if model_name not in open_clip.list_models():
+        raise ValueError(f'unknown open_clip model {model_name!r}; tiny ones for tests: {TINY_MODELS}')
+    cfg = open_clip.get_model_config(model_name)
+    if cfg.pop('custom_text', False) or 'hf_model_name' in cfg.get('text_cfg', {}) or 'multimodal_cfg' in cfg:
+        raise ValueError(f'{model_name} has a custom text tower; NumCLIP needs a CLIP-style text transformer')
+    if quick_gelu is None:
+        quick_gelu = default_quick_gelu(model_name, pretrained, cache_dir)
+    if quick_gelu:
+        cfg['quick_gelu'] = True
+    return open_clip.CLIP(**cfg)
+
+
+def load_pretrained(model: torch.nn.Module, model_name: str, pretrained: Optional[str],
+                    cache_dir: Optional[str] = None) -> Optional[str]:
+    """Apply ``pretrained`` (file or tag, :func:`resolve_pretrained`) to ``model`` strictly; returns the file read
+    (None when ``pretrained`` is None: the model keeps its weights)."""
+    path = resolve_pretrained(model_name, pretrained, cache_dir)
+    if path is not None:
+        load_clip_weights(model, path, model_name)
+    return path
 
 
 def build_open_clip(model_name: str, pretrained: Optional[str] = None, cache_dir: Optional[str] = None,
                     quick_gelu: Optional[bool] = None) -> torch.nn.Module:
-    """An open_clip ``CLIP`` with the requested weights, on CPU, in fp32.
+    """An open_clip ``CLIP`` with the requested weights, on CPU, in fp32: :func:`clip_architecture` then
+    :func:`load_pretrained` (for tools and tests that want a loaded CLIP at once).
 
     ``quick_gelu``: None picks the activation the weights were trained with (:func:`default_quick_gelu`); True/False
     force it.
     """
-    if model_name not in open_clip.list_models():
-        raise ValueError(f'unknown open_clip model {model_name!r}; tiny ones for tests: {TINY_MODELS}')
-    path = resolve_pretrained(model_name, pretrained, cache_dir)
-    if quick_gelu is None:
-        quick_gelu = default_quick_gelu(model_name, pretrained, path)
-    model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=bool(quick_gelu))
-    if not hasattr(model, 'transformer'):
-        raise ValueError(f'{model_name} has a custom text tower; NumCLIP needs a CLIP-style text transformer')
-    if path is not None:
-        load_clip_weights(model, path, model_name)
+    model = clip_architecture(model_name, pretrained, cache_dir, quick_gelu)
+    load_pretrained(model, model_name, pretrained, cache_dir)
     return model
+
+
+class CLIPSource:
+    """An open_clip model built without weights, and where its pretrained weights come from.
+
+    The towers built from :attr:`model` share its modules; the owner (:class:`NumCLIP`, or a tower built on its own)
+    calls :meth:`load` from its ``init_weights``. Not an ``nn.Module``, so the model is never registered twice.
+    """
+
+    def __init__(self, model_name: str = 'ViT-B-16', pretrained: Optional[str] = None,
+                 cache_dir: Optional[str] = None, quick_gelu: Optional[bool] = None):
+        self.model_name, self.pretrained, self.cache_dir = model_name, pretrained, cache_dir
+        self.model = clip_architecture(model_name, pretrained, cache_dir, quick_gelu)
+
+    def load(self) -> Optional[str]:
+        """Apply the pretrained weights to :attr:`model` (in place, wherever its parameters now live); returns the
+        file read, None when there are no pretrained weights."""
+        return load_pretrained(self.model, self.model_name, self.pretrained, self.cache_dir)

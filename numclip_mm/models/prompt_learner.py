@@ -27,8 +27,9 @@ def _token_ids(text_encoder, text: str) -> List[int]:
 class PromptTemplate(BaseModule):
     """Fixed token embeddings of all K prompts, with slots for the shared context and per-class tokens.
 
-    The template is a persistent buffer: it is saved in checkpoints, so a model rebuilt from random init and then
-    loaded gives the same prompts as the one that was trained.
+    The template is a persistent buffer: it is saved in checkpoints, so a model rebuilt without CLIP weights and
+    then loaded gives the same prompts as the one that was trained. It is computed from the text encoder's token
+    embedding at construction and again by :meth:`init_weights`, after the pretrained CLIP weights were applied.
     """
 
     def __init__(self, text_encoder, context: str, class_token_ids: Sequence[Sequence[int]],
@@ -49,16 +50,32 @@ class PromptTemplate(BaseModule):
             cols += range(start, start + len(cls_ids))
             eos_index.append(len(seq) - 1)
             sequences.append(seq + [0] * (length - len(seq)))
-        ids = torch.tensor(sequences)
-        with torch.no_grad():
-            embedded = text_encoder.token_embedding(ids).float()
         self.num_context = len(ctx_ids)
-        self.register_buffer('template', embedded)
+        self._token_embedding = (text_encoder.token_embedding,)  # a tuple: not a submodule of the template
+        self.register_buffer('token_ids', torch.tensor(sequences), persistent=False)
+        self.register_buffer('template', self._embed(), persistent=True)
         self.register_buffer('class_rows', torch.tensor(rows), persistent=False)
         self.register_buffer('class_cols', torch.tensor(cols), persistent=False)
         self.register_buffer('eos_index', torch.tensor(eos_index), persistent=False)
-        self.initial_context = embedded[0, 1:1 + self.num_context].clone()
-        self.initial_class_tokens = embedded[self.class_rows, self.class_cols].clone()
+
+    def _embed(self) -> torch.Tensor:
+        with torch.no_grad():
+            return self._token_embedding[0](self.token_ids).float()
+
+    def init_weights(self):
+        """Recompute the template from the (now pretrained) token embedding."""
+        self.template.copy_(self._embed())
+        self.is_init = True
+
+    @property
+    def initial_context(self) -> torch.Tensor:
+        """The context phrase's token embeddings (M, D), as the template holds them."""
+        return self.template[0, 1:1 + self.num_context].clone()
+
+    @property
+    def initial_class_tokens(self) -> torch.Tensor:
+        """Every class token's embedding (sum n_k, D), as the template holds them."""
+        return self.template[self.class_rows, self.class_cols].clone()
 
     def fill(self, context: torch.Tensor, class_tokens: torch.Tensor) -> torch.Tensor:
         """Prompts (K, L, D) with ``context`` (M, D) in every row and ``class_tokens`` (sum n_k, D) in place."""
@@ -88,13 +105,22 @@ class ConceptPromptLearner(BaseModule):
         self.prompt = PromptTemplate(text_encoder, task.context, [_token_ids(text_encoder, c) for c in task.concepts],
                                      num_random_context)
         context = self.prompt.initial_context
+        self.random_context = bool(num_random_context)
         if num_random_context:
             context = torch.randn_like(context) * 0.02
         self.context = nn.Parameter(context, requires_grad=learn_context)
         self.concepts = nn.Parameter(self.prompt.initial_class_tokens, requires_grad=learn_concepts)
 
     def init_weights(self):
-        """Initialised from CLIP's token embeddings at construction; nothing to redo."""
+        """Context and concept tokens from CLIP's token embeddings, after the pretrained CLIP weights were applied
+        (the Runner's init_weights order: :class:`NumCLIP` first, then its parts); a random context keeps its
+        draw."""
+        self.prompt.init_weights()
+        with torch.no_grad():
+            if not self.random_context:
+                self.context.copy_(self.prompt.initial_context)
+            self.concepts.copy_(self.prompt.initial_class_tokens)
+        self.is_init = True
 
     @property
     def eos_index(self) -> torch.Tensor:
@@ -146,6 +172,7 @@ class InterpolatedRankPromptLearner(BaseModule):
         placeholder = _token_ids(text_encoder, ' '.join(['X'] * tokens_per_rank))
         self.prompt = PromptTemplate(text_encoder, task.context, [placeholder] * k, num_random_context)
         context = self.prompt.initial_context
+        self.random_context = bool(num_random_context)
         if num_random_context:
             context = torch.randn_like(context) * 0.02
         self.context = nn.Parameter(context, requires_grad=learn_context)
@@ -156,7 +183,13 @@ class InterpolatedRankPromptLearner(BaseModule):
         self.tokens_per_rank = tokens_per_rank
 
     def init_weights(self):
-        """Initialised at construction (base ranks ~ N(0, 0.02^2)); nothing to redo."""
+        """Context tokens from CLIP's token embeddings after the pretrained weights were applied (unless random);
+        the base ranks keep their N(0, 0.02^2) draw from construction."""
+        self.prompt.init_weights()
+        if not self.random_context:
+            with torch.no_grad():
+                self.context.copy_(self.prompt.initial_context)
+        self.is_init = True
 
     @property
     def eos_index(self) -> torch.Tensor:

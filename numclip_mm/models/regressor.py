@@ -9,7 +9,7 @@ from torch import nn
 
 @MODELS.register_module()
 class SSRRegressor(BaseModule):
-    """``y = sum_k p_k * a_k / (1 + lam * delta_k)`` with ``p = softmax(l)`` and ``delta = tanh(W2 ReLU(W1 l + b1) + b2)``.
+    """``y = sum_k p_k * a_k / (1 + lam * delta_k)``, ``p = softmax(l)``, ``delta = tanh(W2 ReLU(W1 l + b1) + b2)``.
 
     Input is only the K logits ``l`` (not the image feature), as in the released code. Weights start at
     N(0, 0.001^2) and biases at 0, so ``delta ~ 0`` and the first prediction is the expectation ``sum_k p_k a_k``.

@@ -6,7 +6,7 @@ import torch
 from mmengine.model import BaseModule
 from mmpretrain.registry import MODELS
 
-from .clip_loader import build_open_clip
+from .clip_loader import CLIPSource
 
 
 @MODELS.register_module()
@@ -16,14 +16,17 @@ class OpenCLIPTextEncoder(BaseModule):
     All weights are frozen (NumCLIP learns the prompt tokens, never the encoder). ``forward`` reads the feature at
     each prompt's EOS position and projects it into the joint space; the head normalises.
 
-    Args: as :class:`OpenCLIPVisionBackbone`; ``clip_model`` shares one load with the image tower.
+    Args: as :class:`OpenCLIPVisionBackbone`; ``clip_model`` shares one CLIP model with the image tower.
     """
 
     def __init__(self, model_name: str = 'ViT-B-16', pretrained: Optional[str] = None,
                  cache_dir: Optional[str] = None, quick_gelu: Optional[bool] = None,
                  clip_model: Optional[torch.nn.Module] = None, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
-        clip_model = clip_model or build_open_clip(model_name, pretrained, cache_dir, quick_gelu)
+        self.clip_source = None if clip_model is not None else CLIPSource(model_name, pretrained, cache_dir,
+                                                                          quick_gelu)
+        clip_model = clip_model if clip_model is not None else self.clip_source.model
+        self._clip_logit_scale = (clip_model.logit_scale,)  # CLIP's own parameter (a tuple: not registered here)
         self.token_embedding = clip_model.token_embedding
         self.positional_embedding = clip_model.positional_embedding
         self.transformer = clip_model.transformer
@@ -36,7 +39,15 @@ class OpenCLIPTextEncoder(BaseModule):
         self.requires_grad_(False)
 
     def init_weights(self):
-        """Weights come from the CLIP checkpoint; never re-initialise them."""
+        """After the CLIP weights were applied (here when this encoder owns its CLIP, else by :class:`NumCLIP`):
+        refresh the temperature copied from CLIP's ``logit_scale``; never a re-initialisation."""
+        if self.is_init:
+            return
+        with torch.no_grad():
+            if self.clip_source is not None:
+                self.clip_source.load()
+            self.logit_scale.copy_(self._clip_logit_scale[0].detach().reshape(()))
+        self.is_init = True
 
     @property
     def width(self) -> int:
@@ -48,8 +59,10 @@ class OpenCLIPTextEncoder(BaseModule):
         return int(proj.weight.shape[0] if isinstance(proj, torch.nn.Linear) else proj.shape[1])
 
     def tokenize(self, texts: List[str]) -> torch.Tensor:
-        """BPE ids padded to this model's context length: ``[SOS] ... [EOS] 0 ...``."""
-        return open_clip.tokenize(texts, context_length=self.context_length)
+        """BPE ids padded to this model's context length: ``[SOS] ... [EOS] 0 ...``; a CPU tensor, also while the
+        model is built under a ``torch.device`` context (the meta-device skeleton)."""
+        with torch.device('cpu'):
+            return open_clip.tokenize(texts, context_length=self.context_length)
 
     def forward(self, prompts: torch.Tensor, eos_index: torch.Tensor) -> torch.Tensor:
         """``prompts``: (K, L, D) token embeddings; ``eos_index``: (K,) position of EOS. Returns (K, E)."""

@@ -4,7 +4,8 @@ For each seed: `tools/train.py` (skipped when the checkpoint exists), then `tool
 (the calibration set) and on the test split; every interval method (docs/intervals.md) is calibrated on val and
 scored on test at each level, and again averaged over random re-splits of the pooled val + test predictions (the
 demo's val/test images are the same for every model seed, so the fixed split is one draw of the calibration set).
-Widths are also compared at exactly equal test coverage. Then the same calibrations under label shift (the project's label-shift sampler,
+Widths are also compared at exactly equal test coverage. Then the same calibrations under label shift (the project's
+label-shift sampler,
 numclip_mm/datasets/sampling.py, applied to the test set or to the calibration set), and the coverage per true
 value (conformal coverage is marginal, not per value). Prints a Markdown table and writes everything as JSON.
 
@@ -21,9 +22,16 @@ import numpy as np
 import pandas as pd
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+from numclip_mm.conformal import (  # noqa: E402
+    DEFAULT_METHOD,
+    METHODS,
+    coverage_and_width,
+    fit_calibration,
+    interval_bounds,
+    nonconformity,
+    score_columns,
+)
 from numclip_mm.datasets.sampling import label_shift_indices  # noqa: E402
-from numclip_mm.evaluation.conformal import (DEFAULT_METHOD, METHODS, coverage_and_width,  # noqa: E402
-                                             fit_calibration, interval_bounds, nonconformity, score_columns)
 from numclip_mm.evaluation.dump import load_predictions  # noqa: E402
 from numclip_mm.tasks import get_task  # noqa: E402
 

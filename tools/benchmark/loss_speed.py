@@ -15,13 +15,11 @@ import os
 import os.path as osp
 import platform
 import statistics
-import sys
 import time
-
-import numclip_mm.register  # noqa: F401  (registration; also makes torchvision importable first)
 
 import torch  # noqa: E402
 
+import numclip_mm.register  # noqa: F401  (registration; also makes torchvision importable first)
 from numclip_mm.models.losses import FCRCImageTextLoss, FCRCTextImageLoss  # noqa: E402
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-
 from scorer_throughput import REPO, run_sampled, write_catalog  # a sibling script (tools/benchmark is on sys.path)
 
 MODELS = (('numclip_', 'configs/numclip_demo.py'), ('ordinalclip_', 'configs/baselines/ordinalclip_demo.py'),
@@ -47,6 +46,7 @@ def load() -> list:
 
 def checkpoint(config: str, folder: Path) -> str:
     import torch
+
     from numclip_mm.inference import Predictor
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -121,8 +121,9 @@ def main():
         one_pass_vs_separate=dict(wall=one['seconds'] / total_wall, cpu=one['cpu_s'] / total_cpu),
         max_abs_difference_vs_separate=worst)
     print(f'three separate runs: {total_wall:.1f} s wall, {total_cpu:.1f} CPU s; one pass: {one["seconds"]:.1f} s '
-          f'({100 * one["seconds"] / total_wall:.0f} %), {one["cpu_s"]:.1f} CPU s ({100 * one["cpu_s"] / total_cpu:.0f} '
-          f'%); one-pass predictions equal the separate runs\' within {worst:.2g}')
+          f'({100 * one["seconds"] / total_wall:.0f} %), {one["cpu_s"]:.1f} CPU s '
+          f'({100 * one["cpu_s"] / total_cpu:.0f} %); one-pass predictions equal the separate runs\' '
+          f'within {worst:.2g}')
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

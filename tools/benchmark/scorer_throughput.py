@@ -1,17 +1,19 @@
-"""Cost per image of the Ray batch scorer (batch/) against a bare single-process loop, on realistic catalogs.
+"""The batch scorer against a bare loop and a plain Ray Data script, end to end, on catalogs of small PNGs and large
+JPEGs: three columns measured in one run, interleaved (bare, Ray Data, scorer, bare, ...), medians of ``--repeats``.
 
-For each catalog kind (JPEGs of mixed sizes, about 256 to 1024 px, and PNGs of the same sizes):
+1. bare: one Python process (no Ray) reads the Parquet files, decodes, preprocesses and runs the same Predictor
+   batch after batch (torch's default threads).
+2. ray_data: the script a competent Ray user would write with the same Predictor: ``ray.data.read_parquet ->
+   map_batches(actor class holding a Predictor, ActorPoolStrategy sized to the machine: one 1-thread actor per CPU,
+   half a CPU each so the read tasks always find one) -> write_parquet``. No row-order, per-row error, atomic-output
+   or resume guarantee.
+3. scorer: ``numclip-score`` with its defaults (a private Ray instance, sized by the scorer itself).
 
-1. bare loop: this process reads the Parquet files, decodes, preprocesses and runs the same Predictor
-   (images/s, CPU seconds per 1,000 images).
-2. the scorer, started cold in a child process (the driver: ``prepare``, then a local Ray, then ``run``) with 1 and 2
-   actors: images/s (wall from process start, Python and Ray start-up included), time to the first prediction (from
-   the start of ``prepare``), CPU seconds per 1,000 images summed over every process of the run (the driver, the Ray
-   daemons and every Ray worker: ``psutil`` samples of the whole process tree every 0.2 s, the last value per
-   process; a lower bound by at most 0.2 s per process), peak RSS summed over the tree, and the bytes the driver
-   process read and wrote (its ``/proc/self/io`` rchar/wchar: every read/write call, sockets included) while
-   scoring, next to the catalog's bytes; the one-off bytes of the up-front checks (footers, checkpoint digest) and
-   of starting Ray are reported apart.
+Each column runs as a child process, timed from its spawn (Python, imports, Ray and model start-up included):
+end-to-end images/s; the first prediction (bare: the first batch; ray_data: the first batch an actor finished;
+scorer: the first prediction back in its driver); steady-state images/s and CPU seconds per 1,000 images from the
+first prediction to the end, summed over the whole process tree (psutil samples every 0.2 s: the driver, the Ray
+daemons and every worker). The load average before and after is recorded (the machine may be shared).
 
     python tools/benchmark/scorer_throughput.py [--config configs/numclip_demo.py --checkpoint CKPT]
 
@@ -21,8 +23,9 @@ the weights). Figures go to stdout and --out (JSON).
 import argparse
 import io
 import json
-import logging
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -34,6 +37,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[2]
+CATALOGS = {  # name: (kind, images, files, min px, max px)
+    'png64': ('png', 20000, 4, 64, 64),
+    'jpeg256-1024': ('jpeg', 1200, 4, 256, 1024),
+}
+COLUMNS = ('bare', 'ray_data', 'scorer')
 
 
 def parse_args():
@@ -41,21 +49,14 @@ def parse_args():
     p.add_argument('--config', default=str(REPO / 'configs' / 'numclip_demo.py'))
     p.add_argument('--checkpoint')
     p.add_argument('--out', default='work_dirs/benchmarks/scorer_throughput.json')
-    p.add_argument('--num-images', type=int, default=1200, help='images per catalog')
-    p.add_argument('--num-files', type=int, default=4)
-    p.add_argument('--kinds', nargs='+', default=['jpeg', 'png'])
-    p.add_argument('--min-size', type=int, default=256)
-    p.add_argument('--max-size', type=int, default=1024)
+    p.add_argument('--catalogs', nargs='+', default=list(CATALOGS), choices=list(CATALOGS))
+    p.add_argument('--scale', type=float, default=1.0, help='fraction of each catalog\'s images (quick checks)')
+    p.add_argument('--repeats', type=int, default=3)
+    p.add_argument('--columns', nargs='+', default=list(COLUMNS), choices=COLUMNS)
     p.add_argument('--batch-size', type=int, default=64)
-    p.add_argument('--actors', type=int, nargs='+', default=[1, 2])
-    p.add_argument('--num-cpus', type=int, default=2)
-    p.add_argument('--precision', default=None)
+    p.add_argument('--row-group-size', type=int, default=1000)
     p.add_argument('--workdir', default=None, help='where catalogs and outputs go (default: a temp dir)')
-    args = p.parse_args()
-    if args.num_images <= args.batch_size:
-        p.error(f'--num-images ({args.num_images}) must exceed --batch-size ({args.batch_size}): the steady rate '
-                f'is measured over the images after the first batch')
-    return args
+    return p.parse_args()
 
 
 def photo(rng, h, w):
@@ -78,7 +79,8 @@ def encode(img, kind):
     return buf.getvalue()
 
 
-def write_catalog(folder: Path, kind: str, n: int, files: int, lo: int, hi: int, seed: int = 0) -> int:
+def write_catalog(folder: Path, kind: str, n: int, files: int, lo: int, hi: int, seed: int = 0,
+                  row_group_size: int = 64) -> int:
     """``files`` Parquet files with ``id`` and ``image``; sizes uniform in [lo, hi] (both sides). Returns bytes."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -95,14 +97,9 @@ def write_catalog(folder: Path, kind: str, n: int, files: int, lo: int, hi: int,
             cells.append(encode(img, kind))
         pq.write_table(pa.table({'id': pa.array(range(start, start + count), pa.int64()),
                                  'image': pa.array(cells, pa.binary())}),
-                       folder / f'part-{f:03d}.parquet', row_group_size=64)
+                       folder / f'part-{f:03d}.parquet', row_group_size=row_group_size)
         start += count
     return sum(p.stat().st_size for p in folder.glob('*.parquet'))
-
-
-def proc_io():
-    with open('/proc/self/io') as f:
-        return {k: int(v) for k, v in (line.split(': ') for line in f)}
 
 
 class TreeSampler(threading.Thread):
@@ -152,7 +149,6 @@ class TreeSampler(threading.Thread):
 def run_sampled(cmd, env=None, capture_stderr=False):
     """Run ``cmd`` in a child process while a :class:`TreeSampler` follows its whole process tree.
     Returns (returncode, stdout, stderr or None, wall seconds, sampler)."""
-    import subprocess
     t0 = time.perf_counter()
     child = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), **(env or {})),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE if capture_stderr else None, text=True)
@@ -167,6 +163,7 @@ def run_sampled(cmd, env=None, capture_stderr=False):
 def random_checkpoint(config: str, work: Path) -> str:
     """A checkpoint of the config's model with seeded random weights (the speed does not depend on them)."""
     import torch
+
     from numclip_mm.inference import Predictor
     torch.manual_seed(0)
     checkpoint = str(work / 'model.pth')
@@ -174,120 +171,163 @@ def random_checkpoint(config: str, work: Path) -> str:
     return checkpoint
 
 
-def bare_loop(predictor, catalog: Path, batch_size: int):
-    """Single process, no Ray: read, decode, preprocess, predict, batch after batch."""
+def first_batch_marker(folder: Path) -> None:
+    """Record the time of this process's first prediction (read back as the column's first prediction)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f'{os.getpid()}.t').write_text(repr(time.time()))
+
+
+def bare_main(spec: dict) -> dict:
+    """Child process: the same Predictor in a loop, no Ray."""
     import torch
-    from numclip_mm.inference import decode_image
+
+    from numclip_mm.inference import Predictor, decode_image
+    predictor = Predictor(spec['config'], spec['checkpoint'])
     pre = predictor.preprocessor
-    predictor.predict_tensors(torch.zeros((1, 3, *predictor.input_size), dtype=torch.uint8))  # warm-up
-    cpu0, t0 = time.process_time(), time.perf_counter()
     n = 0
-    for f in sorted(catalog.glob('*.parquet')):
-        for rb in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=['image']):
+    for f in sorted(Path(spec['input']).glob('*.parquet')):
+        for rb in pq.ParquetFile(f).iter_batches(batch_size=spec['batch_size'], columns=['image']):
             predictor.predict_tensors(torch.stack([pre(decode_image(c)) for c in rb.column(0).to_pylist()]))
+            if not n:
+                first_batch_marker(Path(spec['marks']))
             n += rb.num_rows
-    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    return dict(images=n, seconds=wall, images_per_s=n / wall, cpu_s_per_1000=1000 * cpu / n,
-                torch_threads=torch.get_num_threads())
+    return dict(images=n, torch_threads=torch.get_num_threads())
 
 
-def driver(spec: dict) -> dict:
-    """The scoring driver (run in its own process by :func:`scorer_run`): prepare, start Ray, score; its own
-    /proc/self/io between phases."""
-    from numclip_mm.batch.pipeline import ScoreOptions, ensure_ray, prepare, run
-    opts = ScoreOptions(**spec)
-    io0, t0 = proc_io(), time.perf_counter()
-    job = prepare(opts)  # the up-front checks, then Ray, as the command line does
-    t_prepared = time.perf_counter() - t0
-    ensure_ray(opts)
-    import ray.data  # noqa: F401  (the driver's own imports are not catalog bytes)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    io1 = proc_io()
-    report = run(job)
-    io2 = proc_io()
-    scored_at = time.time()
+class PredictorActor:
+    """The plain Ray Data column's callable class: one Predictor per actor, encoded images in, predictions out."""
+
+    def __init__(self, config, checkpoint, marks, threads=1):
+        import torch
+
+        from numclip_mm.inference import Predictor
+        torch.set_num_threads(threads)
+        self.predictor, self.marks, self.first = Predictor(config, checkpoint), Path(marks), True
+
+    def __call__(self, batch):
+        import torch
+
+        from numclip_mm.inference import decode_image
+        pre = self.predictor.preprocessor
+        out = self.predictor.predict_tensors(torch.stack([pre(decode_image(c)) for c in batch['image']]))
+        if self.first:
+            first_batch_marker(self.marks)
+            self.first = False
+        batch.update(value=out['value'], label=out['label'].astype(str), probability=out['probability'])
+        return batch
+
+
+def ray_data_main(spec: dict) -> dict:
+    """Child process: read_parquet -> map_batches(PredictorActor, one 1-thread actor per CPU) -> write_parquet."""
     import ray
+    ray.init(include_dashboard=False, _node_ip_address='127.0.0.1', log_to_driver=False)
+    cpus = int(ray.cluster_resources()['CPU'])
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    ds = ray.data.read_parquet(spec['input'])
+    ds = ds.map_batches(PredictorActor, batch_size=spec['batch_size'], batch_format='numpy',
+                        fn_constructor_kwargs=dict(config=spec['config'], checkpoint=spec['checkpoint'],
+                                                   marks=spec['marks']),
+                        compute=ray.data.ActorPoolStrategy(size=cpus), num_cpus=0.5)
+    ds.write_parquet(spec['output'])
+    n = sum(pq.read_metadata(f).num_rows for f in Path(spec['output']).glob('*.parquet'))
     ray.shutdown()
-    return dict(images=report['rows_scored'], prepare_s=t_prepared, first_output_s=report['first_output_s'],
-                first_output_at=scored_at - report['seconds'] + report['first_output_s'], scored_at=scored_at,
-                setup_read_bytes=io1['rchar'] - io0['rchar'],
-                driver_read_bytes=io2['rchar'] - io1['rchar'], driver_written_bytes=io2['wchar'] - io1['wchar'])
+    return dict(images=n, actors=cpus)
 
 
-def scorer_run(config, checkpoint, catalog: Path, out: Path, actors: int, args, catalog_bytes: int):
-    spec = dict(config=config, checkpoint=checkpoint, input=str(catalog), output=str(out), batch_size=args.batch_size,
-                num_actors=actors, overwrite=True, num_cpus=args.num_cpus, precision=args.precision,
-                cpus_per_actor=args.num_cpus / actors, torch_threads=max(1, args.num_cpus // actors),
-                progress_interval_s=1e9)
-    t0_epoch = time.time()
-    returncode, stdout, _, wall, sampler = run_sampled([sys.executable, __file__, '--driver', json.dumps(spec)])
+def run_column(column: str, spec: dict, work: Path) -> dict:
+    """One timed child process of ``column``; its wall, first prediction and steady CPU from the process tree."""
+    marks = work / f'marks-{column}-{time.time_ns()}'
+    spec = dict(spec, marks=str(marks))
+    if column == 'scorer':
+        summary_path = marks.with_suffix('.json')
+        cmd = [sys.executable, '-m', 'numclip_mm.batch.score', '--config', spec['config'], '--checkpoint',
+               spec['checkpoint'], '--input', spec['input'], '--output', spec['output'], '--overwrite', '--quiet',
+               '--address', 'local', '--summary-json', str(summary_path)]
+    else:
+        cmd = [sys.executable, __file__, f'--{column}', json.dumps(spec)]
+    t_spawn = time.time()
+    returncode, stdout, stderr, wall, sampler = run_sampled(cmd, capture_stderr=True)
+    t_end = t_spawn + wall
     if returncode != 0:
-        raise RuntimeError(f'the scoring driver failed ({returncode})')
-    d = json.loads(stdout.strip().splitlines()[-1])
-    n = d['images']
-    out_rows = sum(pq.read_metadata(f).num_rows for f in out.glob('*.parquet'))
-    assert out_rows == n == args.num_images, (out_rows, n)
-    cpu = sum(sampler.cpu.values())
-    steady_cpu = sampler.cpu_at(d['scored_at']) - sampler.cpu_at(d['first_output_at'])
-    steady_s = d['scored_at'] - d['first_output_at']
-    steady_n = n - min(n, args.batch_size)  # the images after the first batch
-    scoring_bytes = d['driver_read_bytes'] + d['driver_written_bytes']
-    return dict(actors=actors, images=n, seconds=wall, images_per_s=n / wall,
-                first_prediction_s=d['first_output_at'] - t0_epoch, prepare_s=d['prepare_s'],
-                cpu_s_per_1000=1000 * cpu / n, steady_images_per_s=steady_n / steady_s,
-                steady_cpu_s_per_1000=1000 * steady_cpu / steady_n,
-                peak_rss_mb=sampler.peak_rss / 2 ** 20, processes=len(sampler.cpu),
-                driver_read_bytes=d['driver_read_bytes'], driver_written_bytes=d['driver_written_bytes'],
-                driver_bytes_fraction_of_catalog=scoring_bytes / catalog_bytes,
-                setup_read_bytes=d['setup_read_bytes'])
+        raise RuntimeError(f'{column} failed ({returncode}): {stderr[-3000:]}')
+    if column == 'scorer':
+        summary = json.loads(summary_path.read_text())
+        images, first_at = summary['rows_scored'], summary['started_at'] + summary['first_output_s']
+        extra = dict(sizing=summary['sizing'], ray_ready_s=summary['ray_ready_s'] + summary['started_at'] - t_spawn)
+    else:
+        result = json.loads(stdout.strip().splitlines()[-1])
+        images = result.pop('images')
+        first_at = min(float(f.read_text()) for f in marks.glob('*.t'))
+        extra = result
+    steady_n = images - spec['batch_size']  # the images after the first batch
+    steady_s = t_end - first_at
+    steady_cpu = sampler.cpu_at(t_end + 1) - sampler.cpu_at(first_at)
+    return dict(images=images, seconds=wall, images_per_s=images / wall, first_prediction_s=first_at - t_spawn,
+                steady_images_per_s=steady_n / steady_s, steady_cpu_s_per_1000=1000 * steady_cpu / steady_n,
+                cpu_s_per_1000=1000 * sum(sampler.cpu.values()) / images, peak_rss_mb=sampler.peak_rss / 2 ** 20,
+                processes=len(sampler.cpu), **extra)
 
 
 def main():
-    if len(sys.argv) == 3 and sys.argv[1] == '--driver':
-        logging.basicConfig(level=logging.WARNING)
-        print(json.dumps(driver(json.loads(sys.argv[2]))))
-        return
+    for column in ('bare', 'ray_data'):
+        if len(sys.argv) == 3 and sys.argv[1] == f'--{column}':
+            os.environ.setdefault('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER', '0')
+            print(json.dumps(globals()[f'{column}_main'](json.loads(sys.argv[2]))))
+            return
     args = parse_args()
-    logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER', '0')
     work = Path(args.workdir or tempfile.mkdtemp(prefix='scorer-bench-'))
     work.mkdir(parents=True, exist_ok=True)
-    from numclip_mm.inference import Predictor
     checkpoint = args.checkpoint or random_checkpoint(args.config, work)
-    predictor = Predictor(args.config, checkpoint, precision=args.precision)
-    results = dict(config=args.config, batch_size=args.batch_size, num_cpus=args.num_cpus,
-                   checkpoint_bytes=os.path.getsize(checkpoint), catalogs={})
-    for kind in args.kinds:
-        cat = work / f'catalog-{kind}'
-        t = time.perf_counter()
-        size = write_catalog(cat, kind, args.num_images, args.num_files, args.min_size, args.max_size)
-        print(f'{kind}: {args.num_images} images of {args.min_size}-{args.max_size} px, {size / 1e6:.1f} MB in '
-              f'{args.num_files} files (written in {time.perf_counter() - t:.1f} s)', flush=True)
-        bare = bare_loop(predictor, cat, args.batch_size)
-        print(f"  bare loop ({bare['torch_threads']} torch threads): {bare['images_per_s']:.1f} img/s, "
-              f"{bare['cpu_s_per_1000']:.1f} CPU s / 1000 images", flush=True)
-        entry = dict(catalog_bytes=size, bare=bare, scorer={})
-        for actors in args.actors:
-            r = scorer_run(args.config, checkpoint, cat, work / f'out-{kind}-{actors}', actors, args, size)
-            r['images_per_s_vs_bare'] = r['images_per_s'] / bare['images_per_s']
-            r['cpu_vs_bare'] = r['cpu_s_per_1000'] / bare['cpu_s_per_1000']
-            r['steady_images_per_s_vs_bare'] = r['steady_images_per_s'] / bare['images_per_s']
-            r['steady_cpu_vs_bare'] = r['steady_cpu_s_per_1000'] / bare['cpu_s_per_1000']
-            entry['scorer'][actors] = r
-            print(f"  scorer, {actors} actor(s): cold (start-up included) {r['images_per_s']:.1f} img/s "
-                  f"({r['images_per_s_vs_bare']:.2f}x bare), {r['cpu_s_per_1000']:.1f} CPU s / 1000 images over "
-                  f"{r['processes']} processes ({r['cpu_vs_bare']:.2f}x bare); after the first prediction "
-                  f"{r['steady_images_per_s']:.1f} img/s ({r['steady_images_per_s_vs_bare']:.2f}x), "
-                  f"{r['steady_cpu_s_per_1000']:.1f} CPU s / 1000 ({r['steady_cpu_vs_bare']:.2f}x); first prediction "
-                  f"after {r['first_prediction_s']:.1f} s; peak RSS {r['peak_rss_mb']:.0f} MiB; driver read "
-                  f"{r['driver_read_bytes'] / 1e6:.2f} MB + wrote {r['driver_written_bytes'] / 1e6:.2f} MB while "
-                  f"scoring = {100 * r['driver_bytes_fraction_of_catalog']:.2f} % of the catalog (once: "
-                  f"{r['setup_read_bytes'] / 1e6:.1f} MB for imports, up-front checks and starting Ray)", flush=True)
-        results['catalogs'][kind] = entry
-    out = Path(args.out)
+    results = dict(config=args.config, batch_size=args.batch_size, cpus=os.cpu_count(), repeats=args.repeats,
+                   date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), load_before=os.getloadavg(),
+                   catalogs={})
+    for name in args.catalogs:
+        kind, n, files, lo, hi = CATALOGS[name]
+        n = max(int(n * args.scale), files * args.batch_size * 2)
+        cat = work / f'catalog-{name}-{n}'
+        if not cat.exists():
+            t = time.perf_counter()
+            write_catalog(cat, kind, n, files, lo, hi, row_group_size=args.row_group_size)
+            print(f'{name}: wrote {n} images in {time.perf_counter() - t:.0f} s', flush=True)
+        size = sum(p.stat().st_size for p in cat.glob('*.parquet'))
+        print(f'{name}: {n} {kind.upper()}s of {lo}-{hi} px, {size / 1e6:.0f} MB in {files} files', flush=True)
+        spec = dict(config=args.config, checkpoint=checkpoint, input=str(cat), batch_size=args.batch_size)
+        runs = {c: [] for c in args.columns}
+        for rep in range(args.repeats):
+            for column in args.columns:  # interleaved: a change of load hits every column alike
+                r = run_column(column, dict(spec, output=str(work / f'out-{name}-{column}-{rep}')), work)
+                runs[column].append(r)
+                print(f'  [{rep + 1}/{args.repeats}] {column:8s} {r["images_per_s"]:7.1f} img/s end to end, first '
+                      f'prediction {r["first_prediction_s"]:5.1f} s, steady {r["steady_images_per_s"]:7.1f} img/s '
+                      f'and {r["steady_cpu_s_per_1000"]:5.1f} CPU s / 1000 images (load {os.getloadavg()[0]:.1f})',
+                      flush=True)
+        medians = {c: {k: statistics.median(r[k] for r in rs) for k in rs[0] if isinstance(rs[0][k], (int, float))}
+                   for c, rs in runs.items()}
+        entry = dict(kind=kind, images=n, files=files, px=[lo, hi], catalog_bytes=size, runs=runs, median=medians)
+        if 'bare' in medians:
+            bare = medians['bare']
+            entry['vs_bare'] = {c: dict(images_per_s=m['images_per_s'] / bare['images_per_s'],
+                                        steady_cpu_per_image=m['steady_cpu_s_per_1000'] / bare['steady_cpu_s_per_1000'])
+                                for c, m in medians.items()}
+        if {'ray_data', 'scorer'} <= set(medians):
+            entry['scorer_vs_ray_data'] = medians['scorer']['images_per_s'] / medians['ray_data']['images_per_s']
+        results['catalogs'][name] = entry
+        write_json(args.out, dict(results, load_after=os.getloadavg()))  # after each catalog: a cut run keeps it
+        print(f'{name} medians of {args.repeats}:', flush=True)
+        for c, m in medians.items():
+            rel = entry.get('vs_bare', {}).get(c, {})
+            print(f'  {c:8s} {m["images_per_s"]:7.1f} img/s end to end ({rel.get("images_per_s", 0):.2f}x bare), '
+                  f'first prediction {m["first_prediction_s"]:.1f} s, steady {m["steady_cpu_s_per_1000"]:.1f} CPU s '
+                  f'/ 1000 images ({rel.get("steady_cpu_per_image", 0):.2f}x bare)', flush=True)
+    write_json(args.out, dict(results, load_after=os.getloadavg()))
+    print(f'wrote {args.out}')
+
+
+def write_json(path: str, results: dict) -> None:
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
-    print(f'wrote {out}')
 
 
 if __name__ == '__main__':

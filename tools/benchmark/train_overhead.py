@@ -13,16 +13,15 @@ import json
 import os
 import os.path as osp
 import statistics
-import sys
 import tempfile
 import time
-
-import numclip_mm.register  # noqa: F401  (registration; also makes torchvision importable first)
 
 import torch  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 from mmengine.hooks import Hook  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
+
+import numclip_mm.register  # noqa: F401  (registration; also makes torchvision importable first)
 
 
 class IterTimes(Hook):
@@ -78,7 +77,7 @@ def bare_times(args):
         optimizer = runner.build_optim_wrapper(runner.optim_wrapper).optimizer
     model.train()
     times = []
-    for i, batch in enumerate(batches):
+    for batch in batches:
         start = time.perf_counter()
         data = model.data_preprocessor(batch, True)
         losses = model(**data, mode='loss')

@@ -23,8 +23,6 @@ import resource
 import sys
 import time
 
-import numclip_mm.register  # noqa: F401  (registration; also makes torchvision importable first)
-
 import torch  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 from mmengine.optim import build_optim_wrapper  # noqa: E402
@@ -32,6 +30,7 @@ from mmengine.registry import init_default_scope  # noqa: E402
 from mmpretrain.registry import MODELS  # noqa: E402
 from mmpretrain.structures import DataSample  # noqa: E402
 
+import numclip_mm.register  # noqa: F401  (registration; also makes torchvision importable first)
 from numclip_mm.engine import amp_available  # noqa: E402
 
 

@@ -61,11 +61,27 @@ class NumCLIPHead(OrdinalHead):
         self.i2t_loss = _build_if_configured(i2t_loss, num_classes=k)
         self.t2i_loss = _build_if_configured(t2i_loss, num_classes=k)
         self.reg_loss = _build_if_configured(reg_loss)
-        scale = self.text_encoder.logit_scale.exp() if logit_scale is None else torch.tensor(float(logit_scale))
-        self.register_buffer('logit_scale', scale.float())
+        self.fixed_logit_scale = logit_scale
+        self.register_buffer('logit_scale', self._scale())
         self.register_buffer('anchors', self.task.anchors_tensor(), persistent=False)
         self._cache_key = None
         self._cache = None
+
+    def _scale(self) -> torch.Tensor:
+        if self.fixed_logit_scale is None:
+            return self.text_encoder.logit_scale.exp().float()
+        return torch.tensor(float(self.fixed_logit_scale))
+
+    def init_weights(self):
+        """After the CLIP weights were applied (:meth:`NumCLIP.init_weights`): the text encoder, then the prompts
+        from its token embedding, then ``s`` from its temperature; the regressor keeps its construction init."""
+        if self.is_init:
+            return
+        self.text_encoder.init_weights()
+        self.prompt_learner.init_weights()
+        with torch.no_grad():
+            self.logit_scale.copy_(self._scale())
+        self.is_init = True
 
     # -- text side -------------------------------------------------------------------------------------------
     def _text_tensors(self) -> List[torch.Tensor]:

@@ -19,9 +19,11 @@ class OrdinalHead(ClsHead):
     """Base of the ordinal heads: mmpretrain's ``ClsHead`` API (``pre_logits``/``forward``/``loss``/``predict``)
     plus the task and a number per sample.
 
-    Predictions written by :meth:`predict`: ``pred_score`` (K bin scores), ``pred_label`` (argmax bin),
-    ``pred_value`` (the number, clamped to the task's range ``[edges[0], upper]`` unless ``clamp=False``) and
-    ``pred_value_raw`` (the head's own number before clamping); docs/method.md §7.
+    Predictions written by :meth:`predict`: ``pred_score`` (K bin scores), ``pred_value`` (the number, clamped to
+    the task's range ``[edges[0], upper]`` unless ``clamp=False``), ``pred_value_raw`` (the head's own number before
+    clamping; docs/method.md §7), ``pred_label`` (the bin of ``pred_value``, :meth:`OrdinalTask.nearest_bin`, so
+    label and number agree by construction) and ``pred_bin_argmax`` (the arg-max bin of ``pred_score``: the coarse
+    classification, which :class:`~numclip_mm.evaluation.OrdinalMetric` scores as ``accuracy``).
 
     Args:
         task: the :class:`~numclip_mm.tasks.OrdinalTask` (name, dict or object).
@@ -41,7 +43,8 @@ class OrdinalHead(ClsHead):
         self.value_range: Tuple[float, float] = self.task.value_range
 
     def init_weights(self):
-        """Ordinal heads initialise every part at construction (CLIP weights, N(0, 1e-3) layers)."""
+        """Ordinal heads initialise their own layers at construction (N(0, 1e-3)); the Runner's init must not redo
+        it. A head with a text tower refreshes what it derives from CLIP (:meth:`NumCLIPHead.init_weights`)."""
 
     @abstractmethod
     def predict_arrays(self, feats: Tuple[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -72,11 +75,13 @@ class OrdinalHead(ClsHead):
         probs, raw = self.predict_arrays(feats)
         probs, raw = probs.detach(), raw.detach()
         values = self.to_task_range(raw)
-        labels = probs.argmax(dim=1, keepdim=True)
+        labels = torch.from_numpy(self.task.nearest_bin(values.float().cpu().numpy())).view(-1, 1)
+        argmax = probs.argmax(dim=1, keepdim=True)
         if data_samples is None:
             data_samples = [DataSample() for _ in range(probs.shape[0])]
-        for sample, score, label, value, value_raw in zip(data_samples, probs, labels, values, raw):
+        for sample, score, label, top, value, value_raw in zip(data_samples, probs, labels, argmax, values, raw):
             sample.set_pred_score(score).set_pred_label(label)
+            sample.set_field(top, 'pred_bin_argmax', dtype=torch.Tensor)
             sample.set_field(value, 'pred_value', dtype=torch.Tensor)
             sample.set_field(value_raw, 'pred_value_raw', dtype=torch.Tensor)
         return list(data_samples)

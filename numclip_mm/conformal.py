@@ -18,7 +18,6 @@ Every interval is clipped to the task's range ``[edges[0], upper]``; ``q = inf``
 for the level) gives the whole range.
 """
 import datetime
-import hashlib
 import json
 import math
 import os.path as osp
@@ -27,17 +26,13 @@ from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..tasks import OrdinalTask, TaskLike, get_task
+from .shared import file_digest, level_key
+from .tasks import OrdinalTask, TaskLike, get_task
 
 METHODS = ('absolute', 'scaled', 'cqr')
 DEFAULT_METHOD = 'scaled'  # narrowest at equal coverage on the demo benchmark, see docs/intervals.md
 SIDECAR_SUFFIX = '.calibration.json'
 FORMAT_VERSION = 1
-
-
-def level_key(level: float) -> str:
-    """The text of a level in keys and column names: 0.9 -> '0.9'."""
-    return f'{float(level):g}'
 
 
 def check_levels(levels: Iterable[float]) -> Tuple[float, ...]:
@@ -146,15 +141,6 @@ def interval_bounds(method: str, q: float, pred_value, probs, anchors, value_ran
     return low, np.maximum(high, low)
 
 
-def file_digest(path: str) -> str:
-    """sha256 of a file (ties a calibration to the exact checkpoint it was fitted for)."""
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def sidecar_path(checkpoint: str) -> str:
     """Where the calibration of a checkpoint lives: ``<checkpoint>.calibration.json``."""
     return str(checkpoint) + SIDECAR_SUFFIX
@@ -253,10 +239,11 @@ class Calibration:
 CalibrationLike = Union[str, dict, Calibration]
 
 
-def check_checkpoint(calibration: Calibration, checkpoint: str) -> None:
-    """Raise if the calibration was fitted for another checkpoint (its thresholds would not hold for this one)."""
+def check_checkpoint(calibration: Calibration, checkpoint: str, digest: Optional[str] = None) -> None:
+    """Raise if the calibration was fitted for another checkpoint (its thresholds would not hold for this one).
+    ``digest``: the checkpoint's sha256 when already known (else the file is hashed)."""
     want = calibration.source.get('checkpoint_sha256')
-    if want and file_digest(checkpoint) != want:
+    if want and (digest or file_digest(checkpoint)) != want:
         raise ValueError(f'the calibration was fitted for another checkpoint than {checkpoint} (sha256 differs); '
                          f'run tools/calibrate.py again for this checkpoint')
 

@@ -1,0 +1,259 @@
+"""How the scorer meets Ray: the default sizing from a cluster's resources (hand-checked cases and the no-deadlock
+invariant), a real run with the defaults, an address where the cluster is gone (a head started then killed), and
+SIGTERM/SIGINT on a real `numclip-score` run (exit code, one line, no partial output, no process left).
+
+Every command runs in its own session (start_new_session) and only that group is ever signalled or killed.
+"""
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from helpers import write_tiny_config
+from PIL import Image
+
+from numclip_mm.batch.cluster import RayUnavailable, Sizing, probe, resolve_address, size_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+TEST_TIMEOUT_S = 300
+GIB = 2 ** 30
+
+
+# --------------------------------------------------------------------------------------------------------------
+# sizing (pure)
+
+def _total_cpus(s: Sizing) -> float:
+    return s.num_actors * s.cpus_per_actor + (0 if s.decode_in_actor else s.cpus_per_decode_task)
+
+
+@pytest.mark.parametrize('resources, expected', [
+    # CPU only: one 1-thread actor per CPU, decoding in the actors
+    (dict(CPU=2, memory=20 * GIB), Sizing(2, 1.0, 0.0, 1, True, 1.0, 64)),
+    (dict(CPU=16, memory=64 * GIB), Sizing(16, 1.0, 0.0, 1, True, 1.0, 64)),
+    # memory for 5 replicas of 1 GiB (70 % of 8 GiB): 5 wider actors on 64 CPUs
+    (dict(CPU=64, memory=8 * GIB, node_CPU=64), Sizing(5, 12.0, 0.0, 12, True, 1.0, 64)),
+    # GPUs: one actor per GPU, decode tasks on the CPUs the actors leave
+    (dict(CPU=8, GPU=2, memory=64 * GIB), Sizing(2, 1.0, 1.0, 1, False, 1.0, 256)),
+    (dict(CPU=2, GPU=4, memory=64 * GIB), Sizing(4, 0.25, 1.0, 1, False, 1.0, 256)),
+])
+def test_default_sizing(resources, expected):
+    got = size_pipeline(resources, actor_memory=GIB)
+    assert got == expected
+    assert _total_cpus(got) <= resources['CPU']
+
+
+def test_explicit_options_are_kept():
+    s = size_pipeline(dict(CPU=2, memory=20 * GIB), num_actors=4, torch_threads=2, batch_size=16)
+    assert (s.num_actors, s.torch_threads, s.batch_size, s.cpus_per_actor) == (4, 2, 16, 0.5)
+    s = size_pipeline(dict(CPU=8, GPU=2), num_gpus_per_actor=0)  # GPUs present, CPU inference asked
+    assert (s.gpus_per_actor, s.num_actors, s.decode_in_actor) == (0.0, 8, True)
+    s = size_pipeline(dict(CPU=8), num_gpus_per_actor=0.5, num_actors=3)
+    assert (s.gpus_per_actor, s.num_actors, s.decode_in_actor) == (0.5, 3, False)
+
+
+def test_sizing_never_holds_every_cpu_a_decode_task_needs():
+    """The environment's pitfall (2 CPUs, two 1-CPU actors, reads starved): over many clusters the actors' CPUs
+    plus one decode task's fit in the available CPUs, and the shares are never rounded up past them."""
+    for cpus in (0.5, 1, 1.5, 2, 3, 7, 12, 64, 96):
+        for gpus in (0, 1, 3, 8):
+            for memory in (0, 2 * GIB, 500 * GIB):
+                for decode_in_actor in (None, False):
+                    s = size_pipeline(dict(CPU=cpus, GPU=gpus, memory=memory), decode_in_actor=decode_in_actor)
+                    assert s.num_actors >= 1 and s.torch_threads >= 1 and s.cpus_per_actor > 0
+                    assert _total_cpus(s) <= cpus + 1e-9, (cpus, gpus, memory, decode_in_actor, s)
+    with pytest.raises(ValueError, match='no CPU'):
+        size_pipeline(dict(CPU=0, GPU=1))
+
+
+def test_address_resolution(monkeypatch):
+    monkeypatch.delenv('RAY_ADDRESS', raising=False)
+    assert resolve_address('local')[0] is None
+    assert resolve_address('10.1.2.3:6379') == ('10.1.2.3:6379', '--address')
+    monkeypatch.setenv('RAY_ADDRESS', '127.0.0.1:1')
+    assert resolve_address(None) == ('127.0.0.1:1', 'RAY_ADDRESS')
+    assert resolve_address('local')[0] is None  # an explicit private instance wins over the environment
+    port = _free_port()
+    with pytest.raises(RayUnavailable, match=rf'127\.0\.0\.1:{port}.*--address local'):
+        probe(f'127.0.0.1:{port}', 'RAY_ADDRESS', timeout=5)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# real runs
+
+def _png(rng, h, w):
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format='PNG', compress_level=1)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope='module')
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp('cluster')
+    cfg = write_tiny_config(root / 'tiny.py')
+    torch.manual_seed(5)
+    from numclip_mm.inference import Predictor
+    ckpt = root / 'tiny.pth'
+    torch.save({'state_dict': Predictor(cfg).model.state_dict()}, ckpt)
+    rng = np.random.default_rng(0)
+    cat = root / 'catalog'
+    cat.mkdir()
+    cells = [_png(rng, 24, 24) for _ in range(64)]
+    for f in range(4):  # 4 files x 1200 rows: long enough to be stopped mid-run
+        pq.write_table(pa.table({'id': range(1200), 'image': pa.array(cells * 18 + cells[:48], pa.binary())}),
+                       cat / f'p{f}.parquet', row_group_size=200)
+    return dict(root=root, cfg=cfg, ckpt=str(ckpt), cat=cat)
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith('RAY_')}
+    env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER='0', RAY_USAGE_STATS_ENABLED='0', PYTHONPATH=str(REPO), **extra)
+    return env
+
+
+def _score_cmd(env, out, *extra):
+    return [PY, '-m', 'numclip_mm.batch.score', '--config', env['cfg'], '--checkpoint', env['ckpt'],
+            '--input', str(env['cat']), '--output', str(out), *extra]
+
+
+def _kill_group(proc):
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)  # our own process group only
+        except ProcessLookupError:
+            return
+        time.sleep(1)
+
+
+def _session_processes(session):
+    import psutil
+    found = []
+    for p in psutil.process_iter(['cmdline']):
+        try:
+            if any(session in part for part in p.info['cmdline'] or ()):
+                found.append(p.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
+
+
+def test_default_sizing_real_run(env, tmp_path):
+    """No sizing flags on a private 2-CPU instance: two 1-thread actors, said in the first lines, every row out."""
+    out = tmp_path / 'out'
+    cat = tmp_path / 'cat'
+    cat.mkdir()
+    shutil.copy(env['cat'] / 'p0.parquet', cat / 'p0.parquet')
+    done = subprocess.run(_score_cmd(dict(env, cat=cat), out, '--num-cpus', '2', '--summary-json',
+                                     str(tmp_path / 's.json')),
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=240, start_new_session=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r'2 CPUs and 0 GPUs available .*scoring with 2 inference actor\(s\) x 1 torch thread\(s\) '
+                     r'\(1 CPU each\), decoding in the actors, batches of 64', done.stderr), done.stderr[-3000:]
+    summary = json.loads((tmp_path / 's.json').read_text())
+    assert summary['sizing']['num_actors'] == 2 and summary['rows_scored'] == 1200
+    assert 0 < summary['ray_ready_s'] < summary['first_output_s']
+    assert pq.read_metadata(out / 'p0.parquet').num_rows == 1200
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_dead_cluster_address_fails_fast(env, tmp_path):
+    """A head started with `ray start` whose processes were then killed: --address and RAY_ADDRESS pointing at it
+    end within 30 s, exit 2, with a message naming the address and how to score on a private instance."""
+    port = _free_port()
+    temp_dir = tempfile.mkdtemp(prefix='rayd', dir='/tmp')  # short: Ray's unix socket paths must stay < 108 chars
+    ports = [f'--{name}={_free_port()}' for name in (
+        'dashboard-port', 'dashboard-agent-listen-port', 'dashboard-agent-grpc-port', 'runtime-env-agent-port',
+        'metrics-export-port', 'ray-client-server-port', 'node-manager-port', 'object-manager-port')]
+    head = subprocess.Popen([str(Path(PY).parent / 'ray'), 'start', '--head', f'--port={port}', '--num-cpus=1',
+                             '--node-ip-address=127.0.0.1', '--include-dashboard=false', '--disable-usage-stats',
+                             f'--temp-dir={temp_dir}', *ports],
+                            env=_env(HOME=str(tmp_path)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        log = head.communicate(timeout=180)[0]
+        assert head.returncode == 0, log[-3000:]
+        socket.create_connection(('127.0.0.1', port), timeout=5).close()  # it did answer
+    finally:
+        _kill_group(head)  # the daemons `ray start` left run in its process group: gone now
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    address = f'127.0.0.1:{port}'
+    for extra, environ in (((f'--address={address}',), {}), ((), dict(RAY_ADDRESS=address))):
+        t0 = time.monotonic()
+        done = subprocess.run(_score_cmd(env, tmp_path / 'out', *extra), cwd=REPO, env=_env(**environ),
+                              capture_output=True, text=True, timeout=120, start_new_session=True)
+        took = time.monotonic() - t0
+        assert done.returncode == 2, done.stderr[-3000:]
+        assert took < 30, took
+        assert f'no Ray cluster answers at {address}' in done.stderr and '--address local' in done.stderr
+        assert 'Traceback' not in done.stderr
+        assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_the_job_cleanly(env, tmp_path, sig):
+    """SIGTERM/SIGINT mid-run: exit 128+N with one line (no traceback, no C++ stack dump), no temporary output,
+    no process of the private Ray instance left; complete outputs (if any) are valid."""
+    out = tmp_path / 'out'
+    log_path = tmp_path / 'log.txt'
+    with open(log_path, 'w') as log:
+        proc = subprocess.Popen(_score_cmd(env, out, '--num-cpus', '2', '--batch-size', '8'), cwd=REPO,
+                                env=_env(), stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 200
+        while 'scored ' not in log_path.read_text() and not list(out.glob('p*.parquet')):
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.time() < deadline, 'no progress line appeared'
+            time.sleep(0.2)
+        text = log_path.read_text()
+        session = re.search(r'session_\d{4}-\d\d-\d\d_[\d_-]+', text).group(0)
+        assert _session_processes(session), 'the private instance should be running'
+        proc.send_signal(sig)  # to the driver only, as `kill` or Ctrl-C in a terminal without job control
+        t0 = time.monotonic()
+        proc.wait(timeout=90)
+        took = time.monotonic() - t0
+    finally:
+        _kill_group(proc)
+    text = log_path.read_text()
+    assert proc.returncode == 128 + sig, text[-3000:]
+    tail = text[text.index('scoring with'):]
+    assert 'Traceback' not in tail and 'Stack trace' not in tail and '*** ' not in tail, tail[-3000:]
+    assert re.findall(r'numclip-score: stopped by (\w+)', tail) == [signal.Signals(sig).name]
+    assert took < 60, took
+    assert not [p.name for p in out.glob('.numclip-tmp-*')] if out.exists() else True
+    time.sleep(1)
+    assert _session_processes(session) == []
+    for f in out.glob('p*.parquet'):  # committed outputs are complete
+        assert pq.read_metadata(f).num_rows == 1200
+
+
+def test_gpu_benchmark_smoke(tmp_path):
+    """tools/benchmark/scorer_gpu.py --smoke: the GPU layout (decode tasks feeding an inference actor) on CPU, with
+    the script's own JSON: what a GPU session will run, known to work before a GPU is lent."""
+    out = tmp_path / 'gpu.json'
+    done = subprocess.run([PY, str(REPO / 'tools' / 'benchmark' / 'scorer_gpu.py'), '--smoke', '--images', '128',
+                           '--files', '2', '--precisions', 'bf16', '--workdir', str(tmp_path / 'work'),
+                           '--out', str(out)], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=280,
+                          start_new_session=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = json.loads(out.read_text())['runs']['bf16']
+    assert run['images'] == 128 and run['images_per_s'] > 0 and run['first_prediction_s'] > 0
+    assert run['sizing']['decode_in_actor'] is False and run['sizing']['num_actors'] == 1
+    assert 'gpu_source' in run  # None here (no GPU tools); pynvml or nvidia-smi on a GPU machine
