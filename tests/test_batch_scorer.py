@@ -330,7 +330,8 @@ def test_path_column_input(env, ray_session, tmp_path):
                                  path_column='path', path_root=str(env['images']), prefix='n_', num_actors=2,
                                  decode_in_actor=False, cpus_per_actor=0.5,  # the GPU layout: decode tasks
                                  keep_raw_value=True))
-    assert report['columns'] == ['n_value', 'n_value_raw', 'n_label', 'n_probability', 'n_error']
+    assert report['columns'] == ['n_value', 'n_value_raw', 'n_label', 'n_probability', 'n_bin_argmax',
+                                 'n_bin_argmax_probability', 'n_error']
     table = pq.read_table(out / 'paths.parquet')
     assert table.column_names == ['key', 'path', 'n_value', 'n_value_raw', 'n_label', 'n_probability', 'n_bin_argmax',
                                   'n_bin_argmax_probability', 'n_error']
@@ -446,7 +447,7 @@ def test_checkpoint_replaced_after_planning_fails_the_job(env, ray_session, tmp_
     shutil.copy(env['ckpt'], ckpt)
     out = tmp_path / 'out'
     job = prepare(_opts(env, checkpoint=str(ckpt), input=str(env['cat'] / 'part-001.parquet'), output=str(out)))
-    planned = job.model_identity['checkpoint']
+    planned = job.models[0].identity['checkpoint']
     other = torch.load(env['ckpt'], weights_only=True)
     other['state_dict'] = {k: v + 1 if v.is_floating_point() else v for k, v in other['state_dict'].items()}
     torch.save(other, tmp_path / 'epoch_29.pth')
