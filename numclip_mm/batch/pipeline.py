@@ -310,7 +310,7 @@ def plan_sizing(job: ScoringJob) -> Sizing:
     user gave are kept."""
     opts = job.opts
     checkpoint_bytes = sum(os.path.getsize(m.checkpoint) for m in job.models  # every model lives in each actor
-                           if m.checkpoint and '://' not in m.checkpoint)
+                           if m.checkpoint and '://' not in m.checkpoint and os.path.isfile(m.checkpoint))
     return size_pipeline(cluster_resources(), num_actors=opts.num_actors, cpus_per_actor=opts.cpus_per_actor,
                          num_gpus_per_actor=opts.num_gpus_per_actor, torch_threads=opts.torch_threads,
                          decode_in_actor=opts.decode_in_actor, cpus_per_decode_task=opts.cpus_per_decode_task,
@@ -541,8 +541,8 @@ def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, A
             errors = preds.column(name)
             if errors.null_count < len(errors):  # the log names a cause, not only a count (redacted, short texts)
                 first = int(np.flatnonzero(errors.is_valid().to_numpy(zero_copy_only=False))[0])
-                logger.info('%s: %d rows with an error in %s; the first, row %d: %s', redact(p.input),
-                            len(errors) - errors.null_count, name, first, errors[first].as_py())
+                logger.info('%s: %d rows with an error; the first, row %d (%s): %s', redact(p.input),
+                            len(errors) - errors.null_count, first, name, errors[first].as_py())
         metadata = catalog.expected_metadata(p, job.model_identity, job.names)
         in_flight[writer.remote(p, preds, job.names, job.column, metadata, job.error_columns)] = i
 
