@@ -203,7 +203,17 @@ class ImagePreprocessor:
 
     def from_bytes(self, data: bytes, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> torch.Tensor:
         """Encoded image bytes -> CHW uint8 tensor (ValueError as :func:`decode_image`)."""
-        return self._sized(decode_bgr(data, 'input', max_pixels))
+        return self.from_bgr(self.decode(data, max_pixels))
+
+    @staticmethod
+    def decode(data: bytes, max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.ndarray:
+        """Encoded image bytes -> BGR uint8 (H, W, 3), the input of :meth:`from_bgr`: decode once, then bring the
+        image to several models' inputs (ValueError as :func:`decode_image`)."""
+        return decode_bgr(data, 'input', max_pixels)
+
+    def from_bgr(self, image_bgr: np.ndarray) -> torch.Tensor:
+        """A decoded BGR uint8 image (left unchanged) -> CHW uint8 tensor at ``input_size``."""
+        return self._sized(image_bgr)
 
     def _sized(self, image_bgr: np.ndarray) -> torch.Tensor:
         """The pipeline's output at ``input_size`` (when set), whatever the pipeline does with the image's size."""
@@ -298,8 +308,11 @@ class Predictor:
 
     @torch.no_grad()
     def predict_tensors(self, inputs: Union[torch.Tensor, Sequence[torch.Tensor]],
-                        intervals: Sequence[float] = ()) -> Dict[str, np.ndarray]:
-        """Preprocessed CHW uint8 tensors (a list or a stacked batch) -> the prediction columns of :meth:`predict`.
+                        intervals: Sequence[float] = (), embeddings: bool = False) -> Dict[str, np.ndarray]:
+        """Preprocessed CHW uint8 tensors (a list or a stacked batch) -> the prediction columns of :meth:`predict`;
+        with ``embeddings`` also ``embedding``: (N, D) float32, the L2-normalised image feature the head sees (the
+        image tower after the adapter, before the text prototypes: ``v`` of docs/method.md §4-§5), for dedup and
+        search.
 
         On CUDA a stacked batch is copied from pinned host memory without blocking.
         """
@@ -313,7 +326,8 @@ class Predictor:
         with torch.autocast(self.device.type, dtype=PRECISIONS[self.precision],
                             enabled=self.precision != 'fp32'):
             data = self.model.data_preprocessor(dict(inputs=inputs), False)
-            probs, raw = head.predict_arrays(self.model.extract_feat(data['inputs']))
+            feats = self.model.extract_feat(data['inputs'])
+            probs, raw = head.predict_arrays(feats)
         values = head.to_task_range(raw.float())
         probs, values, raw = (t.float().cpu().numpy() for t in (probs, values, raw))
         rows = np.arange(len(values))
@@ -324,6 +338,8 @@ class Predictor:
         if intervals:
             for key, (low, high) in self.calibration.intervals(values, probs, intervals).items():
                 out[f'low_{key}'], out[f'high_{key}'] = low, high
+        if embeddings:
+            out['embedding'] = torch.nn.functional.normalize(feats[-1].float(), dim=-1).cpu().numpy()
         return out
 
     def _empty_columns(self, intervals: Sequence[float]) -> Dict[str, np.ndarray]:
@@ -336,7 +352,7 @@ class Predictor:
         return out
 
     def predict(self, images: Union[ImageLike, Sequence[ImageLike]], intervals: Sequence[float] = (),
-                float_scale: Optional[float] = None) -> Dict[str, np.ndarray]:
+                float_scale: Optional[float] = None, embeddings: bool = False) -> Dict[str, np.ndarray]:
         """One image or a list of images -> prediction columns, one row per image, in order (one image: one row).
 
         An image is any of (see :func:`image_to_model_input`): encoded bytes; a path (``str``, ``pathlib.Path`` or
@@ -356,9 +372,16 @@ class Predictor:
           classification stage) and its probability; it can differ from ``label`` when the fine stage moves the
           number into a neighbouring bin.
         - ``low_<level>``/``high_<level>``: conformal interval bounds per level of ``intervals``.
+        - ``embedding`` (with ``embeddings``): see :meth:`predict_tensors`.
         """
         batch = images if isinstance(images, (list, tuple)) else [images]
-        return self.predict_tensors([self._model_input(image, float_scale) for image in batch], intervals)
+        return self.predict_tensors([self._model_input(image, float_scale) for image in batch], intervals,
+                                    embeddings)
+
+    def features(self, images: Union[ImageLike, Sequence[ImageLike]],
+                 float_scale: Optional[float] = None) -> np.ndarray:
+        """(N, D) float32 L2-normalised image embeddings (what ``numclip-score --embedding`` writes, in fp16)."""
+        return self.predict(images, float_scale=float_scale, embeddings=True)['embedding']
 
     def _model_input(self, image, float_scale: Optional[float]) -> torch.Tensor:
         image = image_to_model_input(image, float_scale)

@@ -162,7 +162,7 @@ def test_s3_failed_write_leaves_no_object(s3, job):
     from numclip_mm.batch.columns import PREDICTION_SCHEMA, output_columns
     fs = s3['fs']
     plan = catalog.plan_job(f's3://{BUCKET}/catalog/p1.parquet', f's3://{BUCKET}/failed', image_column='image',
-                            path_column=None, new_columns=output_columns('count_'), model={})[3][0]
+                            path_column=None, new_columns=output_columns('count_'), model={}).plans[0]
 
     def mismatch(col, part, first):
         raise RuntimeError('changed while it was scored')

@@ -307,7 +307,7 @@ def test_resume_notices_changed_input_and_model(env, scored, tmp_path):
     plan = prepare(_opts(env, checkpoint=str(other), input=str(cat / 'part-000.parquet'), output=str(out))).plans[0]
     assert plan.status == 'stale: model (config or checkpoint) changed'
     plan = prepare(_opts(env, input=str(cat / 'part-000.parquet'), output=str(out), prefix='n_')).plans[0]
-    assert plan.status == 'stale: output columns changed'
+    assert plan.status == "stale: models changed (added: 'n_'; removed: 'count_')"
 
 
 def test_overwrite_and_nothing_to_do(env, scored, tmp_path):
@@ -330,7 +330,8 @@ def test_path_column_input(env, ray_session, tmp_path):
                                  path_column='path', path_root=str(env['images']), prefix='n_', num_actors=2,
                                  decode_in_actor=False, cpus_per_actor=0.5,  # the GPU layout: decode tasks
                                  keep_raw_value=True))
-    assert report['columns']['value'] == 'n_value'
+    assert report['columns'] == ['n_value', 'n_value_raw', 'n_label', 'n_probability', 'n_bin_argmax',
+                                 'n_bin_argmax_probability', 'n_error']
     table = pq.read_table(out / 'paths.parquet')
     assert table.column_names == ['key', 'path', 'n_value', 'n_value_raw', 'n_label', 'n_probability', 'n_bin_argmax',
                                   'n_bin_argmax_probability', 'n_error']
@@ -403,7 +404,7 @@ def test_interval_without_calibration_is_refused_up_front(env, tmp_path, capsys)
     with pytest.raises(catalog.ScoringSetupError, match=r'\(0, 1\)'):
         prepare(_opts(env, checkpoint=ckpt, input=src, output=str(tmp_path / 'c'), intervals=(90,)))
     job = prepare(_opts(env, checkpoint='file://' + ckpt, input=src, output=str(tmp_path / 'c'), intervals=(0.9,)))
-    assert job.names['low_0.9'] == 'count_low_0.9'  # a file:// checkpoint finds its sidecar too
+    assert job.models[0].names['low_0.9'] == 'count_low_0.9'  # a file:// checkpoint finds its sidecar too
     assert cli_main(['--config', env['cfg'], '--checkpoint', env['ckpt'], '--input', src, '--output',
                      str(tmp_path / 'd'), '--interval', '0.9']) == 2
     assert 'no conformal calibration' in capsys.readouterr().err
@@ -446,7 +447,7 @@ def test_checkpoint_replaced_after_planning_fails_the_job(env, ray_session, tmp_
     shutil.copy(env['ckpt'], ckpt)
     out = tmp_path / 'out'
     job = prepare(_opts(env, checkpoint=str(ckpt), input=str(env['cat'] / 'part-001.parquet'), output=str(out)))
-    planned = job.model_identity['checkpoint']
+    planned = job.models[0].identity['checkpoint']
     other = torch.load(env['ckpt'], weights_only=True)
     other['state_dict'] = {k: v + 1 if v.is_floating_point() else v for k, v in other['state_dict'].items()}
     torch.save(other, tmp_path / 'epoch_29.pth')
@@ -515,7 +516,7 @@ def test_failing_batch_is_retried_row_by_row():
                         label=np.array(['few'] * len(v), dtype=object), bin_argmax_probability=np.full(len(v), 0.6),
                         bin_argmax=np.array(['many'] * len(v), dtype=object))
     actor = InferenceActor.__new__(InferenceActor)
-    actor.attach(Picky())
+    actor.attach([Picky()])
     tensors = np.zeros((4, 3, 2, 2), dtype=np.uint8)
     tensors[:, 0, 0, 0] = [1, 255, 3, 4]
     table = actor.predict_rows(np.arange(4), np.zeros(4), [None, None, None, 'null image'], tensors, 7)

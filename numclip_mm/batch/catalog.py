@@ -20,6 +20,7 @@ and its ``numclip.scoring`` metadata matches the input's identity, row count and
 """
 import base64
 import contextlib
+import functools
 import glob as globlib
 import http.client
 import json
@@ -43,6 +44,7 @@ import pyarrow.parquet as pq
 from fsspec.exceptions import FSTimeoutError
 from fsspec.implementations.local import LocalFileSystem
 
+from .columns import BYTES, PATH, STRUCT, image_kind, is_nested
 from .errortext import shown_cell
 
 PARQUET_SUFFIXES = ('.parquet', '.parq', '.pq')
@@ -92,37 +94,122 @@ def full_name(fs, path: str) -> str:
 
 
 def _is_hidden(path: str) -> bool:
-    return posixpath.basename(path.rstrip('/')).startswith(('.', '_'))
+    """Hidden (``.name``) and bookkeeping (``_SUCCESS``, ``_committed_*``, ``_temporary/``, ``_metadata``) names,
+    and Hadoop's ``.crc`` checksums: never data, never reported."""
+    name = posixpath.basename(path.rstrip('/'))
+    return name.startswith(('.', '_')) or name.endswith('.crc')
 
 
 def _protocol(fs) -> str:
     return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
 
 
-def resolve_inputs(spec: str) -> Tuple[fsspec.AbstractFileSystem, List[str]]:
-    """The Parquet files named by ``spec``: a file, a folder (its ``*.parquet`` files, not recursive, hidden and
-    ``_``-prefixed names skipped) or a glob. Sorted by name. Raises ScoringSetupError when nothing matches."""
+@dataclass
+class InputListing:
+    """What an input spec names: the Parquet files to score, each with its path relative to the spec's folder (the
+    output's path under the output folder, so ``year=2020/part-0.parquet`` keeps its partition), and the files
+    found but not scored (reported in the log and the summary, never dropped in silence)."""
+    fs: Any
+    files: List[str]
+    relative: List[str]
+    unscored: List[str] = field(default_factory=list)   # 'path (why)'
+    ignored: int = 0                                     # hidden, _SUCCESS, _committed_*, .crc, the output folder
+
+
+def _glob_base(path: str) -> str:
+    """The folder part of a glob before its first wildcard: what matched files are made relative to."""
+    parts = path.split('/')
+    for i, part in enumerate(parts):
+        if any(ch in part for ch in '*?['):
+            return '/'.join(parts[:i]) or '/'
+    return posixpath.dirname(path)
+
+
+def _walk(fs, root: str, skip: Optional[str], listing: InputListing) -> List[str]:
+    """Every Parquet file under ``root`` (recursively, hidden/bookkeeping names and the folder ``skip`` pruned);
+    other files and links to folders go to ``listing.unscored``."""
+    found = []
+    if is_local(fs):
+        for folder, dirs, names in os.walk(root):
+            keep = []
+            for d in sorted(dirs):
+                full = os.path.join(folder, d)
+                if _is_hidden(d) or (skip and os.path.realpath(full) == skip):
+                    listing.ignored += 1
+                elif os.path.islink(full):
+                    listing.unscored.append(f'{full}/ (a link to a folder: not followed)')
+                else:
+                    keep.append(d)
+            dirs[:] = keep
+            for n in sorted(names):
+                full = os.path.join(folder, n)
+                if _is_hidden(n):
+                    listing.ignored += 1
+                elif not n.lower().endswith(PARQUET_SUFFIXES):
+                    listing.unscored.append(f'{full} (not a {"/".join(PARQUET_SUFFIXES)} file)')
+                elif not os.path.isfile(full):
+                    listing.unscored.append(f'{full} (not a regular file)')
+                else:
+                    found.append(full)
+        return found
+    for f in sorted(fs.find(root)):
+        rel = posixpath.relpath(f, root)
+        if any(_is_hidden(part) for part in rel.split('/')):
+            listing.ignored += 1
+        elif skip and (f + '/').startswith(skip.rstrip('/') + '/'):
+            listing.ignored += 1
+        elif not f.lower().endswith(PARQUET_SUFFIXES):
+            listing.unscored.append(f'{full_name(fs, f)} (not a {"/".join(PARQUET_SUFFIXES)} file)')
+        else:
+            found.append(f)
+    return found
+
+
+def list_inputs(spec: str, output: Optional[str] = None) -> InputListing:
+    """The Parquet files named by ``spec``: a file; a folder, walked recursively (Hive partitions such as
+    ``year=2020/`` keep their relative path; hidden, ``_``-prefixed and ``.crc`` names ignored; other files listed
+    as not scored); or a glob (matched folders walked the same way; paths kept relative to the glob's folder).
+    ``output``, when it lies inside the input folder, is never read as input. Raises ScoringSetupError when nothing
+    matches."""
     fs, path = url_to_fs(spec)
+    skip = None
+    if output is not None:
+        fs_out, out_path = url_to_fs(output)
+        if _protocol(fs_out) == _protocol(fs):
+            skip = os.path.realpath(out_path) if is_local(fs) else posixpath.normpath(out_path)
+    listing = InputListing(fs, [], [])
     if any(ch in path for ch in '*?['):
+        base = _glob_base(path)
         found = sorted(globlib.glob(path)) if is_local(fs) else sorted(fs.glob(path))
-        files = [f for f in found if not _is_hidden(f) and fs.isfile(f)]
+        for f in found:
+            if _is_hidden(f):
+                listing.ignored += 1
+            elif fs.isdir(f):
+                listing.files += _walk(fs, f, skip, listing)
+            else:
+                listing.files.append(f)
     elif fs.isdir(path):
-        files = sorted(f for f in fs.ls(path, detail=False)
-                       if f.lower().endswith(PARQUET_SUFFIXES) and not _is_hidden(f) and fs.isfile(f))
+        base = path
+        listing.files = _walk(fs, path, skip, listing)
     elif fs.exists(path):
-        files = [path]
+        base = posixpath.dirname(path)
+        listing.files = [path]
     else:
         raise ScoringSetupError(f'input {spec!r} does not exist')
-    if not files:
-        raise ScoringSetupError(f'no input Parquet files matched {spec!r}')
+    if not listing.files:
+        extra = f' ({len(listing.unscored)} other files: {listing.unscored[:3]})' if listing.unscored else ''
+        raise ScoringSetupError(f'no input Parquet files matched {spec!r}{extra}')
     if is_local(fs):
-        files = [os.path.abspath(f) for f in files]
-    names = [posixpath.basename(f) for f in files]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ScoringSetupError(f'input files share base names {dupes[:5]}: outputs are named after the input '
-                                f'file, so they would collide; score them as separate jobs')
-    return fs, files
+        listing.files = [os.path.abspath(f) for f in listing.files]
+        base = os.path.abspath(base)
+    listing.relative = [posixpath.relpath(f, base) for f in listing.files]
+    return listing
+
+
+def resolve_inputs(spec: str) -> Tuple[fsspec.AbstractFileSystem, List[str]]:
+    """(filesystem, the Parquet files named by ``spec``): see :func:`list_inputs`."""
+    listing = list_inputs(spec)
+    return listing.fs, listing.files
 
 
 def read_footer(fs, path: str) -> pq.FileMetaData:
@@ -215,34 +302,128 @@ def output_status(fs, path: str, expected: Dict[str, Any]) -> str:
     for key, what in (('rows', 'row count'), ('input_identity', 'input file (size/mtime/ETag)'),
                       ('model', 'model (config or checkpoint)'), ('columns', 'output columns')):
         if recorded.get(key) != expected[key]:
+            if key == 'model':
+                return 'stale: ' + _model_change(recorded.get(key), expected[key])
             return f'stale: {what} changed'
     if meta.num_rows != expected['rows']:
         return 'stale: row count'
     return 'complete'
 
 
-def _check_schema(fs, path: str, schema: pa.Schema, image_column: Optional[str], path_column: Optional[str],
-                  new_columns: Sequence[str]) -> None:
-    column = image_column or path_column
-    if column not in schema.names:
-        kind = 'image' if image_column else 'path'
-        raise ScoringSetupError(f'input {full_name(fs, path)} has no {kind} column {column!r} (columns: '
-                                f'{schema.names}); pick it with --{kind}-column')
-    ctype = schema.field(column).type
-    if image_column and not (pa.types.is_binary(ctype) or pa.types.is_large_binary(ctype)
-                             or pa.types.is_binary_view(ctype)):
-        raise ScoringSetupError(f'image column {column!r} of {full_name(fs, path)} is {ctype}, expected binary '
-                                f'(encoded image bytes); for file paths use --path-column')
-    if path_column and not (pa.types.is_string(ctype) or pa.types.is_large_string(ctype)
-                            or pa.types.is_string_view(ctype)):
-        raise ScoringSetupError(f'path column {column!r} of {full_name(fs, path)} is {ctype}, expected string')
+@dataclass(frozen=True)
+class ImageSource:
+    """The column that holds each row's image and how (columns.BYTES, STRUCT or PATH), and why it was chosen."""
+    column: str
+    kind: str
+    reason: str = ''
+
+    @property
+    def flag(self) -> str:
+        return '--path-column' if self.kind == PATH else '--image-column'
+
+
+# string columns taken for image paths/URIs without being named (when the catalog has no image bytes at all)
+PATH_COLUMN_NAMES = ('path', 'image_path', 'img_path', 'file', 'filename', 'file_name', 'filepath', 'file_path',
+                     'uri', 'url', 'image_url', 'image_uri')
+
+
+def _refuse_nested(where: str, column: str, ctype: pa.DataType) -> ScoringSetupError:
+    return ScoringSetupError(
+        f'image column {column!r} of {where} is {ctype}: a nested or list column holds several values per row, '
+        f'and the scorer takes one image per row (binary bytes, a Hugging Face Image() struct<bytes, path> or a '
+        f'path/URI string); explode it into one row per image first, or name another column with --image-column')
+
+
+def choose_image_source(schema: pa.Schema, where: str, image_column: Optional[str] = None,
+                        path_column: Optional[str] = None) -> ImageSource:
+    """The image column of a file with ``schema``: the one named (checked), else the only unambiguous one: a column
+    called ``image``; else the only Hugging Face image struct; else the only binary column; else, in a catalog
+    without image bytes, the only string column with a path-like name (:data:`PATH_COLUMN_NAMES`)."""
+    if image_column is not None and path_column is not None:
+        raise ScoringSetupError('use --image-column or --path-column, not both')
+    named = image_column or path_column
+    if named is not None:
+        flag = '--image-column' if image_column else '--path-column'
+        if named not in schema.names:
+            kind = 'image' if image_column else 'path'
+            raise ScoringSetupError(f'input {where} has no {kind} column {named!r} (columns: {schema.names}); pick '
+                                    f'it with --{kind}-column')
+        ctype = schema.field(named).type
+        kind = image_kind(ctype)
+        if image_column and kind == PATH:
+            raise ScoringSetupError(f'image column {named!r} of {where} is {ctype}, expected binary (encoded image '
+                                    f'bytes) or a Hugging Face image struct; for file paths use --path-column')
+        if path_column and kind != PATH:
+            if kind is None and is_nested(ctype):
+                raise _refuse_nested(where, named, ctype)
+            raise ScoringSetupError(f'path column {named!r} of {where} is {ctype}, expected string')
+        if kind is None:
+            if is_nested(ctype):
+                raise _refuse_nested(where, named, ctype)
+            raise ScoringSetupError(f'image column {named!r} of {where} is {ctype}, expected binary (encoded image '
+                                    f'bytes), a Hugging Face image struct<bytes, path>, or a string path '
+                                    f'(--path-column)')
+        return ImageSource(named, kind, f'named by {flag}')
+    kinds = {f.name: image_kind(f.type) for f in schema}
+    if 'image' in kinds:
+        ctype = schema.field('image').type
+        if kinds['image'] in (BYTES, STRUCT):
+            return ImageSource('image', kinds['image'], "the column named 'image'")
+        if kinds['image'] == PATH:
+            raise ScoringSetupError(f"column 'image' of {where} holds strings ({ctype}); if they are image paths or "
+                                    f"URIs, say so with --path-column image")
+        if is_nested(ctype):
+            raise _refuse_nested(where, 'image', ctype)
+    structs = [n for n, k in kinds.items() if k == STRUCT]
+    binaries = [n for n, k in kinds.items() if k == BYTES]
+    if len(structs) == 1:
+        return ImageSource(structs[0], STRUCT, 'the only Hugging Face image column (struct<bytes, path>)')
+    if not structs and len(binaries) == 1:
+        return ImageSource(binaries[0], BYTES, 'the only binary column')
+    paths = [n for n, k in kinds.items() if k == PATH and n.lower() in PATH_COLUMN_NAMES]
+    if not structs and not binaries and len(paths) == 1:
+        return ImageSource(paths[0], PATH, 'the only path-like string column (no image bytes in the catalog)')
+    candidates = structs + binaries or paths
+    if candidates:
+        raise ScoringSetupError(f'input {where} has several possible image columns {candidates}: say which with '
+                                f'--image-column (bytes or Hugging Face image struct) or --path-column (paths/URIs)')
+    nested = [f'{f.name} ({f.type})' for f in schema if is_nested(f.type)]
+    raise ScoringSetupError(f'input {where} has no image column (binary bytes, a Hugging Face image struct or a '
+                            f'path-like string column; columns: {schema.names}'
+                            + (f'; nested columns, which are not supported: {nested}' if nested else '')
+                            + '); name it with --image-column or --path-column')
+
+
+def _model_change(recorded: Any, expected: Dict[str, Any]) -> str:
+    """What differs between the recorded and the expected models (prefix -> identity each), e.g.
+    'models changed (added: age_)'; the classic message for one model whose config or checkpoint changed."""
+    nested = all(isinstance(m, dict) and all(isinstance(v, dict) for v in m.values()) for m in (recorded, expected))
+    if not nested or (len(expected) == 1 and set(recorded) == set(expected)):
+        return 'model (config or checkpoint) changed'
+    parts = {'added': [p for p in expected if p not in recorded],
+             'removed': [p for p in recorded if p not in expected],
+             'changed': [p for p in expected if p in recorded and recorded[p] != expected[p]]}
+    return 'models changed (' + '; '.join(f'{what}: {", ".join(repr(p) for p in prefixes)}'
+                                          for what, prefixes in parts.items() if prefixes) + ')'
+
+
+def _check_schema(fs, path: str, schema: pa.Schema, source: ImageSource, new_columns: Sequence[str]) -> None:
+    """Every file must hold the job's image column in the same layout, and none of the new columns."""
+    where = full_name(fs, path)
+    if source.column not in schema.names:
+        raise ScoringSetupError(f'input {where} has no column {source.column!r} (the image column, '
+                                f'{source.reason}; columns: {schema.names}); every file must have it')
+    kind = image_kind(schema.field(source.column).type)
+    if kind != source.kind:
+        raise ScoringSetupError(f'column {source.column!r} of {where} is {schema.field(source.column).type}, '
+                                f'but holds {source.kind} cells in the other files: one layout per job')
     clash = [c for c in new_columns if c in schema.names]
     if clash:
-        raise ScoringSetupError(f'input {full_name(fs, path)} already has the output columns {clash}; '
+        raise ScoringSetupError(f'input {where} already has the output columns {clash}; '
                                 f'choose another --prefix')
 
 
-def _refuse_overwrite(fs_in, fs_out, files: Sequence[str], out_dir: str) -> None:
+def _refuse_overwrite(fs_in, fs_out, files: Sequence[str], relative: Sequence[str], out_dir: str) -> None:
     """No output may be an input: by identity (real paths, same-file) locally, by normalised name elsewhere."""
     if is_local(fs_in) and is_local(fs_out):
         real_out = os.path.realpath(out_dir)
@@ -250,21 +431,20 @@ def _refuse_overwrite(fs_in, fs_out, files: Sequence[str], out_dir: str) -> None
         for f in files:
             st = os.stat(f)
             inodes[(st.st_dev, st.st_ino)] = f
-        for f in files:
-            target = os.path.join(real_out, os.path.basename(f))
+        for rel in relative:
+            target = os.path.join(real_out, rel)
             if not os.path.exists(target):
                 continue
             st = os.stat(target)  # follows links: a symlinked folder or file and a hard link all show the inode
             twin = inodes.get((st.st_dev, st.st_ino))
             if twin is not None:
                 raise ScoringSetupError(
-                    f'output {os.path.join(out_dir, os.path.basename(f))} is the input file {twin} (same file '
-                    f'after resolving links): it would overwrite the input; choose an output folder other than the '
-                    f'input folder')
+                    f'output {os.path.join(out_dir, rel)} is the input file {twin} (same file after resolving '
+                    f'links): it would overwrite the input; choose an output folder other than the input folder')
     elif _protocol(fs_in) == _protocol(fs_out):
         inputs = {posixpath.normpath(f) for f in files}
-        for f in files:
-            target = posixpath.normpath(posixpath.join(out_dir, posixpath.basename(f)))
+        for rel in relative:
+            target = posixpath.normpath(posixpath.join(out_dir, rel))
             if target in inputs:
                 raise ScoringSetupError(f'output {full_name(fs_out, target)} would overwrite the input file '
                                         f'{full_name(fs_in, target)}; choose an output folder other than the input '
@@ -295,33 +475,47 @@ def check_writable(fs, out_dir: str, output: str) -> None:
         raise ScoringSetupError(f'output {output!r}: no space left on the device of {folder}; nothing was scored')
 
 
-def plan_job(input_spec: str, output: str, *, image_column: Optional[str], path_column: Optional[str],
-             new_columns: Dict[str, str], model: Dict[str, Any], overwrite: bool = False
-             ) -> Tuple[Any, Any, str, List[FilePlan]]:
-    """Resolve inputs, read each footer once, check schemas and output safety, and decide which outputs are still
-    to be written. Returns (input filesystem, output filesystem, output folder, plans)."""
-    if (image_column is None) == (path_column is None):
-        raise ScoringSetupError('use exactly one of an image column (encoded bytes) or a path column')
+@dataclass
+class JobPlan:
+    """What :func:`plan_job` decided: filesystems, the output folder, one FilePlan per input, the image column, and
+    the files seen but not scored."""
+    fs_in: Any
+    fs_out: Any
+    out_dir: str
+    plans: List[FilePlan]
+    source: ImageSource
+    unscored: List[str]
+    ignored: int
+
+
+def plan_job(input_spec: str, output: str, *, image_column: Optional[str] = None,
+             path_column: Optional[str] = None, new_columns: Dict[str, str], model: Dict[str, Any],
+             overwrite: bool = False) -> JobPlan:
+    """Resolve inputs, read each footer once, choose and check the image column, check output safety, and decide
+    which outputs are still to be written."""
     fs_out, out_dir = url_to_fs(output)
     fs_out.invalidate_cache()  # fsspec caches listings per process: outputs written by workers since must show
-    fs_in, files = resolve_inputs(input_spec)
+    listing = list_inputs(input_spec, output)
+    fs_in, files = listing.fs, listing.files
     if fs_out.isfile(out_dir):
         raise ScoringSetupError(f'output {output!r} is a file; it must be a folder (one output file per input file)')
-    _refuse_overwrite(fs_in, fs_out, files, out_dir)
+    _refuse_overwrite(fs_in, fs_out, files, listing.relative, out_dir)
     check_writable(fs_out, out_dir, output)
-    plans = []
-    for f in files:
+    plans, source = [], None
+    for f, rel in zip(files, listing.relative):
         meta = read_footer(fs_in, f)
         schema = meta.schema.to_arrow_schema()
-        _check_schema(fs_in, f, schema, image_column, path_column, list(new_columns.values()))
-        out_path = posixpath.join(out_dir, posixpath.basename(f))
+        if source is None:
+            source = choose_image_source(schema, full_name(fs_in, f), image_column, path_column)
+        _check_schema(fs_in, f, schema, source, list(new_columns.values()))
+        out_path = posixpath.join(out_dir, rel)
         plan = FilePlan(full_name(fs_in, f), full_name(fs_out, out_path), meta.num_rows,
                         [meta.row_group(i).num_rows for i in range(meta.num_row_groups)],
                         file_identity(fs_in, f), schema=schema)
         if not overwrite:
             plan.status = output_status(fs_out, out_path, expected_metadata(plan, model, new_columns))
         plans.append(plan)
-    return fs_in, fs_out, out_dir, plans
+    return JobPlan(fs_in, fs_out, out_dir, plans, source, listing.unscored, listing.ignored)
 
 
 def expected_metadata(plan: FilePlan, model: Dict[str, Any], columns: Dict[str, str]) -> Dict[str, Any]:
@@ -332,7 +526,7 @@ def clean_stale_temporaries(fs, out_dir: str) -> List[str]:
     """Remove partial local outputs a killed run left behind. Returns their paths."""
     if not fs.isdir(out_dir):
         return []
-    stale = [p for p in fs.ls(out_dir, detail=False) if posixpath.basename(p).startswith(TMP_PREFIX)]
+    stale = [p for p in fs.find(out_dir) if posixpath.basename(p).startswith(TMP_PREFIX)]  # partition folders too
     for p in stale:
         fs.rm(p)
     return stale
@@ -606,11 +800,22 @@ def _read_batch_rows(meta: pq.FileMetaData, target_bytes: int = 64 << 20, cap: i
     return int(max(1, min(cap, target_bytes // max(1, total // meta.num_rows))))
 
 
+def _mostly_unique(t: pa.DataType) -> bool:
+    """Binary values (encoded images, at any nesting depth) and lists of floats (embeddings) rarely repeat."""
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t) \
+            or pa.types.is_fixed_size_binary(t):
+        return True
+    if pa.types.is_struct(t):
+        return any(_mostly_unique(t.field(i).type) for i in range(t.num_fields))
+    value_type = getattr(t, 'value_type', None) if pa.types.is_nested(t) else None
+    return value_type is not None and (pa.types.is_floating(value_type) or _mostly_unique(value_type))
+
+
 def dictionary_columns(schema: pa.Schema) -> List[str]:
-    """Columns worth dictionary-encoding: all but binary ones. Encoded images are unique, so a dictionary only
-    costs the writer a hash of every byte before it falls back (a third of the write's CPU on a PNG catalog)."""
-    binary = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_fixed_size_binary)
-    return [f.name for f in schema if not any(check(f.type) for check in binary)]
+    """Columns worth dictionary-encoding: all but those holding binary (a Hugging Face image struct too) or float
+    lists (embeddings). Encoded images are unique, so a dictionary only costs the writer a hash of every byte before
+    it falls back (a third of the write's CPU on a PNG catalog)."""
+    return [f.name for f in schema if not _mostly_unique(f.type)]
 
 
 class _Sink:
@@ -664,14 +869,18 @@ class _Sink:
 
 
 def write_scored_file(plan: FilePlan, predictions: pa.Table, names: Dict[str, str], column: str,
-                      metadata: Dict[str, Any], check_crcs) -> int:
+                      metadata: Dict[str, Any], check_crcs, error_columns: Optional[Sequence[str]] = None) -> int:
     """Stream ``plan.input``, attach ``predictions`` (sorted by row, one per input row), write the output with its
     ``numclip.scoring`` metadata and commit it atomically. Runs on a Ray worker.
 
-    ``check_crcs(input_batch_column, prediction_slice)`` raises when the input changed while it was scored.
-    Returns the number of rows with an error.
+    ``names`` maps prediction columns to output columns. ``check_crcs(input_batch_column, prediction_slice)`` raises
+    when the input changed while it was scored. Returns the number of rows with an error in any of
+    ``error_columns`` (prediction columns; default: ``error``).
     """
+    import pyarrow.compute as pc
+
     from .columns import ERROR
+    error_columns = list(error_columns or [ERROR])
     types = {key: predictions.schema.field(key).type for key in names}
     fs_in, in_path = url_to_fs(plan.input)
     fs_out, out_path = url_to_fs(plan.output)
@@ -695,7 +904,8 @@ def write_scored_file(plan: FilePlan, predictions: pa.Table, names: Dict[str, st
                 for key, name in names.items():
                     table = table.append_column(pa.field(name, types[key]), part.column(key))
                 writer.write_table(table.cast(schema))
-                bad += batch.num_rows - part.column(ERROR).null_count
+                failed = functools.reduce(pc.or_, [part.column(c).is_valid() for c in error_columns])
+                bad += int(pc.sum(failed).as_py() or 0)
                 seen += batch.num_rows
         if seen != plan.num_rows:
             raise RuntimeError(f'{plan.input}: read {seen} rows but its footer says {plan.num_rows}')

@@ -14,8 +14,9 @@ So the driver reads Parquet footers and prediction columns only (tens of bytes p
 catalog's bytes are read and written by the workers. Row order: every prediction carries its (file, row) index, so
 outputs have exactly the input's rows in the input's order whatever order Ray finishes the work in. Resume: each
 output records the input's identity, its row count and the model in its metadata
-(numclip_mm.batch.catalog.output_status);
-files whose output matches are not read at all; a changed input or model is re-scored.
+(numclip_mm.batch.catalog.output_status); files whose output matches are not read at all; a changed input or model
+is re-scored. With several models (``--model`` repeated) every image is read and decoded once and goes through each
+model; the output records the set of models, and a changed set re-scores the file (:data:`RESUME_RULE`).
 Failures: a worker that dies (out of memory, crash) is retried at most ``max_retries`` times, then the job ends
 with a message; the files already committed stay committed and the next run continues from them.
 """
@@ -25,7 +26,7 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -36,6 +37,7 @@ from . import catalog
 from .cluster import ACTOR_BASE_MEMORY, RayStarter, Sizing, cluster_resources, size_pipeline
 from .columns import (
     CELL_CRC,
+    EMBEDDING_TYPE,
     ERROR,
     FILE_INDEX,
     ROW_INDEX,
@@ -44,10 +46,17 @@ from .columns import (
     prediction_schema,
     prediction_types,
 )
-from .decode import CellDecoder, RowGroupDecoder
+from .decode import CellDecoder, RowGroupDecoder, group_preprocessors
 from .errortext import error_text, redact
 
 logger = logging.getLogger('numclip_mm.batch')
+
+# How resume treats a set of models (also in the run summary and docs/batch_scoring.md).
+RESUME_RULE = ('an output is complete only for the exact set of models it records (prefix -> config and checkpoint '
+               'digests); adding, removing or changing a model re-scores the whole file with every model of the '
+               'run: decoding, most of the CPU per image, has to be redone for the new model anyway, and one pass '
+               'over one read of the input keeps every column of a file tied to the same input bytes (one cell CRC '
+               'check, one identity, one atomic write)')
 
 
 class ScoringFailed(RuntimeError):
@@ -59,17 +68,28 @@ class ScoringFailed(RuntimeError):
 
 
 @dataclass
-class ScoreOptions:
+class ModelSpec:
+    """One model of a job: ``--model CONFIG CHECKPOINT [PREFIX]`` (or --config/--checkpoint/--prefix)."""
     config: Any                            # config path or mmengine Config
     checkpoint: Optional[str]              # local path or URI; None needs zero_shot=True
+    prefix: Optional[str] = None           # default: '{task.name}_'
+    zero_shot: bool = False                # score with the config's pretrained CLIP (no checkpoint)
+
+
+@dataclass
+class ScoreOptions:
     input: str
     output: str
-    image_column: Optional[str] = 'image'
+    config: Any = None                     # the one-model form (or models=[ModelSpec, ...]): config path or Config
+    checkpoint: Optional[str] = None       # local path or URI; None needs zero_shot=True
+    models: Sequence[ModelSpec] = ()       # several models in one pass (each adds its own columns)
+    image_column: Optional[str] = None     # None (and no path_column): chosen from the schema (catalog docs)
     path_column: Optional[str] = None
     prefix: Optional[str] = None           # default: '{task.name}_'
     zero_shot: bool = False                # score with the config's pretrained CLIP (no checkpoint)
     keep_raw_value: bool = False           # also write {prefix}value_raw (before clamping to the task's range)
     intervals: Tuple[float, ...] = ()      # conformal coverage levels: {prefix}low_<level>/{prefix}high_<level>
+    embedding: bool = False                # also write {prefix}embedding (fp16, L2-normalised image embedding)
     # sizing (numclip_mm.batch.cluster.size_pipeline): None = sized from the cluster's available resources
     batch_size: Optional[int] = None       # default: 64 on CPU, 256 per GPU actor
     num_actors: Optional[int] = None       # default: one per GPU, else one per CPU (fewer when memory is short)
@@ -91,26 +111,73 @@ class ScoreOptions:
     num_cpus: Optional[int] = None         # only for a private local instance (implies address='local')
     object_store_memory: Optional[int] = None  # only for a local ray.init
 
+    def model_specs(self) -> List[ModelSpec]:
+        """The job's models: ``models``, or the one-model form (config/checkpoint/prefix/zero_shot)."""
+        if self.models:
+            if self.config is not None or self.checkpoint is not None or self.prefix is not None or self.zero_shot:
+                raise catalog.ScoringSetupError('give the models either with --model (repeatable) or with '
+                                                '--config/--checkpoint/--prefix/--zero-shot, not both')
+            return [m if isinstance(m, ModelSpec) else ModelSpec(*m) for m in self.models]
+        if self.config is None:
+            raise catalog.ScoringSetupError('no model: give --config and --checkpoint, or --model CONFIG CHECKPOINT')
+        return [ModelSpec(self.config, self.checkpoint, self.prefix, self.zero_shot)]
+
+
+@dataclass
+class JobModel:
+    """One model as the job runs it: checked up front, its identity and output columns decided."""
+    config: Any                            # the loaded Config
+    checkpoint: Optional[str]
+    prefix: str
+    task_name: str
+    input_size: Optional[tuple]
+    identity: Dict[str, str]               # config and checkpoint digests (and calibration): resume compares it
+    names: Dict[str, str]                  # suffix -> output column name
+    checkpoint_sha256: Optional[str] = None  # what every actor must load (None: zero-shot, no checkpoint)
+    calibration: Any = None                  # the checked numclip_mm.conformal.Calibration when intervals are asked
+    checkpoint_bytes: int = 0                # its size (local or remote), measured when the driver checked it
+
+    def actor_spec(self) -> Dict[str, Any]:
+        return dict(config=self.config, checkpoint=self.checkpoint, prefix=self.prefix,
+                    checkpoint_sha256=self.checkpoint_sha256, calibration=self.calibration)
+
 
 @dataclass
 class ScoringJob:
     """Everything decided before Ray starts."""
     opts: ScoreOptions
-    config: Any
-    task_name: str
-    input_size: Optional[tuple]
-    model_identity: Dict[str, str]
-    names: Dict[str, str]
+    models: List[JobModel]
     fs_out: Any
     out_dir: str
     plans: List[catalog.FilePlan]
-    checkpoint_sha256: Optional[str] = None  # what every actor must load (None: zero-shot, no checkpoint)
-    calibration: Any = None                  # the checked numclip_mm.conformal.Calibration when intervals are asked
-    checkpoint_bytes: int = 0                # its size (local or remote), for the actors' memory request
+    source: catalog.ImageSource
+    unscored: List[str] = field(default_factory=list)   # files seen in the input but not scored ('path (why)')
+    ignored: int = 0                                     # hidden/_SUCCESS/_committed_*/.crc entries
 
     @property
     def column(self) -> str:
-        return self.opts.image_column or self.opts.path_column
+        return self.source.column
+
+    @property
+    def names(self) -> Dict[str, str]:
+        """Prediction column -> output column, every model's, in output order (the actors name prediction
+        columns as their outputs)."""
+        return {name: name for m in self.models for name in m.names.values()}
+
+    @property
+    def model_identity(self) -> Dict[str, Dict[str, str]]:
+        """Model prefix -> identity: an output is complete only for exactly this set of models."""
+        return {m.prefix: m.identity for m in self.models}
+
+    @property
+    def error_columns(self) -> List[str]:
+        return [m.names[ERROR] for m in self.models]
+
+    @property
+    def prediction_columns(self) -> List[str]:
+        """Every column the actors return for the writer (value_raw included)."""
+        types = prediction_types(self.opts.intervals, self.opts.embedding)
+        return [f'{m.prefix}{k}' for m in self.models for k in types]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -122,8 +189,7 @@ def _config_digest(cfg) -> str:
 
 def prepare(opts: ScoreOptions) -> ScoringJob:
     """All checks that need no Ray. Raises FileNotFoundError, CheckpointMismatchError or ScoringSetupError."""
-    from numclip_mm.conformal import SIDECAR_SUFFIX
-    from numclip_mm.inference import PRECISIONS, describe_model, load_config
+    from numclip_mm.inference import PRECISIONS
     Err = catalog.ScoringSetupError
     if (opts.batch_size is not None and opts.batch_size < 1) or (opts.num_actors is not None and opts.num_actors < 1):
         raise Err('batch size and number of actors must be at least 1')
@@ -134,57 +200,74 @@ def prepare(opts: ScoreOptions) -> ScoringJob:
         raise Err(f'--path-root {opts.path_root} is not a folder')
     if opts.precision is not None and opts.precision not in PRECISIONS:
         raise Err(f'--precision must be one of {sorted(PRECISIONS)}, got {opts.precision!r}')
-    if opts.checkpoint is not None and '://' not in opts.checkpoint and not os.path.isfile(opts.checkpoint):
-        raise FileNotFoundError(f'checkpoint not found: {opts.checkpoint}')
-    config = load_config(opts.config)
-    if opts.checkpoint is None:
+    models = [_prepare_model(spec, opts) for spec in opts.model_specs()]
+    names = [name for m in models for name in m.names.values()]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise Err(f'several models would write the columns {twice}: give each --model its own PREFIX')
+    column_names = {name: name for name in names}
+    identity = {m.prefix: m.identity for m in models}
+    job_plan = catalog.plan_job(opts.input, opts.output, image_column=opts.image_column,
+                                path_column=opts.path_column, new_columns=column_names, model=identity,
+                                overwrite=opts.overwrite)
+    return ScoringJob(opts, models, job_plan.fs_out, job_plan.out_dir, job_plan.plans, job_plan.source,
+                      job_plan.unscored, job_plan.ignored)
+
+
+def _prepare_model(spec: ModelSpec, opts: ScoreOptions) -> JobModel:
+    """One model's up-front checks: config, checkpoint (exact key/shape check, digest), calibration, prefix."""
+    from numclip_mm.conformal import SIDECAR_SUFFIX
+    from numclip_mm.inference import describe_model, load_config
+    Err = catalog.ScoringSetupError
+    if spec.checkpoint is not None and '://' not in spec.checkpoint and not os.path.isfile(spec.checkpoint):
+        raise FileNotFoundError(f'checkpoint not found: {spec.checkpoint}')
+    config = load_config(spec.config)
+    if spec.checkpoint is None:
         pretrained = (config.model.get('clip') or {}).get('pretrained')
-        if not opts.zero_shot:
+        if not spec.zero_shot:
             raise Err('no --checkpoint: scoring needs the trained checkpoint; to score zero-shot with the config\'s '
                       'pretrained CLIP say so with --zero-shot')
         if not pretrained:
             raise Err('--zero-shot needs pretrained CLIP weights, but the config\'s model.clip.pretrained is '
                       f'{pretrained!r}: its weights would be random; give --checkpoint')
         checkpoint_digest = f'pretrained:{pretrained}'
-    elif opts.zero_shot:
+    elif spec.zero_shot:
         raise Err('--zero-shot and --checkpoint exclude each other')
     # the checkpoint travels once here: a local copy (URIs), its digest, the key/shape check and the calibration;
     # actors get the digest and the checked calibration, and load exactly the bytes that have that digest
     checkpoint_sha256, calibration, calibration_digest, checkpoint_bytes = None, None, None, 0
-    with catalog.local_copy(opts.checkpoint, companions=(SIDECAR_SUFFIX,) if opts.intervals else ()) as local:
+    with catalog.local_copy(spec.checkpoint, companions=(SIDECAR_SUFFIX,) if opts.intervals else ()) as local:
         model = describe_model(config, local)  # exact key/shape check
-        if opts.checkpoint is not None:
+        if spec.checkpoint is not None:
             checkpoint_digest = checkpoint_sha256 = file_digest(local)
             checkpoint_bytes = os.path.getsize(local)
         if opts.intervals:
-            calibration, calibration_digest = _check_calibration(opts, local, checkpoint_sha256)
+            calibration, calibration_digest = _check_calibration(opts, spec.checkpoint, local, checkpoint_sha256)
     task = model['task']
-    prefix = f'{task.name}_' if opts.prefix is None else opts.prefix
-    names = output_columns(prefix, opts.keep_raw_value, opts.intervals)
+    prefix = f'{task.name}_' if spec.prefix is None else spec.prefix
+    names = output_columns(prefix, opts.keep_raw_value, opts.intervals, opts.embedding)
     identity = dict(config=_config_digest(config), checkpoint=checkpoint_digest)
     if calibration_digest is not None:  # new thresholds give other bounds: outputs of the old ones are stale
         identity['calibration'] = calibration_digest
-    fs_in, fs_out, out_dir, plans = catalog.plan_job(
-        opts.input, opts.output, image_column=opts.image_column, path_column=opts.path_column,
-        new_columns=names, model=identity, overwrite=opts.overwrite)
-    return ScoringJob(opts, config, task.name, model['input_size'], identity, names, fs_out, out_dir, plans,
-                      checkpoint_sha256, calibration, checkpoint_bytes)
+    return JobModel(config, spec.checkpoint, prefix, task.name, model['input_size'], identity, names,
+                    checkpoint_sha256, calibration, checkpoint_bytes)
 
 
-def _check_calibration(opts: ScoreOptions, local_checkpoint: Optional[str], checkpoint_sha256: Optional[str]):
+def _check_calibration(opts: ScoreOptions, checkpoint: Optional[str], local_checkpoint: Optional[str],
+                       checkpoint_sha256: Optional[str]):
     """Refuse intervals the checkpoint's calibration cannot give (before any work); returns the calibration and
     its file's sha256. ``local_checkpoint`` is the checkpoint's local copy, its sidecar beside it
     (:func:`catalog.local_copy`)."""
     from numclip_mm.inference import check_calibration, sidecar_path
     Err = catalog.ScoringSetupError
     levels = [f'{v:g}' for v in opts.intervals]
-    if opts.checkpoint is None:
+    if checkpoint is None:
         raise Err('--interval needs a checkpoint with a conformal calibration (tools/calibrate.py); zero-shot '
                   'scoring has none')
     sidecar = sidecar_path(local_checkpoint)
     if not os.path.isfile(sidecar):
         raise Err(f'--interval {" ".join(levels)}: the checkpoint has no conformal calibration '
-                  f'({sidecar_path(opts.checkpoint)} not found); run tools/calibrate.py CONFIG {opts.checkpoint} '
+                  f'({sidecar_path(checkpoint)} not found); run tools/calibrate.py CONFIG {checkpoint} '
                   f'--coverage {" ".join(levels)} first')
     try:
         calibration = check_calibration(sidecar, local_checkpoint, opts.intervals, checkpoint_sha256)
@@ -228,18 +311,20 @@ def plan_sizing(job: ScoringJob) -> Sizing:
     """Actors x threads for the running cluster (:func:`numclip_mm.batch.cluster.size_pipeline`); the options the
     user gave are kept."""
     opts = job.opts
+    checkpoint_bytes = sum(m.checkpoint_bytes for m in job.models)  # every model lives in each actor
     return size_pipeline(cluster_resources(), num_actors=opts.num_actors, cpus_per_actor=opts.cpus_per_actor,
                          num_gpus_per_actor=opts.num_gpus_per_actor, torch_threads=opts.torch_threads,
                          decode_in_actor=opts.decode_in_actor, cpus_per_decode_task=opts.cpus_per_decode_task,
-                         batch_size=opts.batch_size, actor_memory=ACTOR_BASE_MEMORY + 3 * job.checkpoint_bytes)
+                         batch_size=opts.batch_size, actor_memory=ACTOR_BASE_MEMORY + 3 * checkpoint_bytes)
 
 
-def prediction_block_bytes(batch_size: int, intervals: Sequence[float] = ()) -> int:
+def prediction_block_bytes(batch_size: int, intervals: Sequence[float] = (), prefixes: Sequence[str] = ('',),
+                           embedding: bool = False) -> int:
     """Ray Data's target block size for the actors' output: a little under one batch's prediction columns, so that
     every inference batch leaves the actor as its own block at once (Ray Data otherwise gathers a work item's small
     outputs up to 128 MiB: the first prediction would wait for a whole row group)."""
-    per_row = sum(4 if pa.types.is_string(f.type) else f.type.bit_width // 8
-                  for f in prediction_schema(intervals))
+    per_row = sum(4 if pa.types.is_string(f.type) else 2 * 512 if f.type == EMBEDDING_TYPE else f.type.bit_width // 8
+                  for f in prediction_schema(intervals, prefixes, embedding))
     return max(1024, int(0.8 * batch_size * per_row))
 
 
@@ -257,15 +342,12 @@ def build_dataset(job: ScoringJob, plans: Sequence[catalog.FilePlan], sizing: Si
     gpu = bool(sizing.gpus_per_actor)
     batch_size, in_actor = sizing.batch_size, sizing.decode_in_actor
     items = work_items(plans)
-    if in_actor:
-        preprocessor = None  # the actors bring their own
-    else:
-        from numclip_mm.inference import ImagePreprocessor
-        preprocessor = ImagePreprocessor(job.config, job.input_size)
+    preprocessors = None
+    if not in_actor:  # decode tasks bring each distinct model input once (actors bring their own otherwise)
+        preprocessors, _ = group_preprocessors([ImagePreprocessor(m.config, m.input_size) for m in job.models])
     row_decoder = RowGroupDecoder(
-        CellDecoder(preprocessor, 'bytes' if opts.image_column else 'path', opts.max_image_bytes,
-                    opts.max_image_pixels, _absolute(opts.path_root), os.getcwd(), opts.read_timeout), job.column,
-        batch_size)
+        CellDecoder(preprocessors, job.source.kind, opts.max_image_bytes, opts.max_image_pixels,
+                    _absolute(opts.path_root), os.getcwd(), opts.read_timeout), job.column, batch_size)
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     if not in_actor:
         ds = ds.map_batches(row_decoder, batch_size=1, batch_format='numpy', num_cpus=sizing.cpus_per_decode_task,
@@ -276,15 +358,15 @@ def build_dataset(job: ScoringJob, plans: Sequence[catalog.FilePlan], sizing: Si
     ds = ds.map_batches(
         actor_class, batch_format='numpy', batch_size=1 if in_actor else batch_size,
         compute=ray.data.ActorPoolStrategy(size=sizing.num_actors),
-        fn_constructor_kwargs=dict(config=job.config, checkpoint=opts.checkpoint,
-                                   checkpoint_sha256=job.checkpoint_sha256, calibration=job.calibration,
-                                   device='cuda' if gpu else 'cpu', precision=opts.precision,
-                                   torch_threads=sizing.torch_threads, row_decoder=row_decoder if in_actor else None,
-                                   intervals=opts.intervals),
+        fn_constructor_kwargs=dict(models=[m.actor_spec() for m in job.models], device='cuda' if gpu else 'cpu',
+                                   precision=opts.precision, torch_threads=sizing.torch_threads,
+                                   row_decoder=row_decoder if in_actor else None, intervals=opts.intervals,
+                                   embedding=opts.embedding),
         **remote)
     ctx = ds.context  # this dataset's own context (a copy): nothing leaks into the caller's other datasets
     ctx.execution_options.preserve_order = True  # not needed for correctness (rows are tagged); bounds buffering
-    ctx.target_max_block_size = prediction_block_bytes(batch_size, opts.intervals)
+    ctx.target_max_block_size = prediction_block_bytes(batch_size, opts.intervals, [m.prefix for m in job.models],
+                                                    opts.embedding)
     ctx.enable_progress_bars = False  # the driver logs its own progress (rows/s, ETA, files)
     return ds
 
@@ -304,11 +386,11 @@ def _check_crcs(input_column, predictions: pa.Table, first_row: int, source: str
 
 
 def write_output(plan: catalog.FilePlan, predictions: pa.Table, names: Dict[str, str], column: str,
-                 metadata: Dict[str, Any]) -> int:
+                 metadata: Dict[str, Any], error_columns: Sequence[str] = ()) -> int:
     """Ray task: the output file of ``plan`` (on a worker). Returns the number of rows with an error."""
     def check(col, part, first_row):
         _check_crcs(col, part, first_row, plan.input)
-    return catalog.write_scored_file(plan, predictions, names, column, metadata, check)
+    return catalog.write_scored_file(plan, predictions, names, column, metadata, check, error_columns)
 
 
 class Progress:
@@ -350,7 +432,22 @@ def run(job: ScoringJob, actor_class=None, ray_starter: Optional[RayStarter] = N
     before :func:`prepare` so the two overlap); closed here. ``started_at``: ``time.time()`` of the command's start,
     from which ``first_output_s`` (the first prediction back in the driver) is counted (default: this call)."""
     opts = job.opts
-    report: Dict[str, Any] = dict(columns=job.names, files=[], failed=[])
+    report: Dict[str, Any] = dict(
+        image_column=dict(column=job.source.column, kind=job.source.kind, reason=job.source.reason),
+        models=[dict(prefix=m.prefix, task=m.task_name, config=_name(m.config), checkpoint=m.checkpoint,
+                     columns=list(m.names.values())) for m in job.models],
+        columns=list(job.names), files=[], failed=[], unscored_files=job.unscored, ignored_files=job.ignored,
+        resume=RESUME_RULE)
+    logger.info('image column %r (%s cells): %s', job.source.column, job.source.kind, job.source.reason)
+    if len(job.models) > 1:
+        logger.info('%d models in one pass: %s', len(job.models), ', '.join(
+            f'{m.prefix}* ({_name(m.config)}, input {m.input_size})' for m in job.models))
+    if job.unscored:
+        logger.warning('%d files in the input are not scored: %s%s', len(job.unscored), '; '.join(job.unscored[:20]),
+                       f' ... (all {len(job.unscored)} in the summary)' if len(job.unscored) > 20 else '')
+    if job.ignored:
+        logger.info('%d hidden or bookkeeping entries ignored (names starting with "." or "_", .crc files)',
+                    job.ignored)
     if catalog.is_local(job.fs_out):
         for p in catalog.clean_stale_temporaries(job.fs_out, job.out_dir):
             logger.info('removed a partial output of an earlier run: %s', p)
@@ -383,8 +480,9 @@ def run(job: ScoringJob, actor_class=None, ray_starter: Optional[RayStarter] = N
                   files_skipped=len(job.plans) - len(pending))
     order = {p.input: i for i, p in enumerate(job.plans)}
     report['files'].sort(key=lambda f: order[f['input']])
-    logger.info('done: %d files written, %d skipped, %d failed, %d rows in %.1f s', report['files_written'],
-                report['files_skipped'], len(report['failed']), rows, elapsed)
+    logger.info('done: %d files written, %d skipped, %d failed, %d rows in %.1f s%s', report['files_written'],
+                report['files_skipped'], len(report['failed']), rows, elapsed,
+                f'; {len(job.unscored)} files in the input not scored (listed above)' if job.unscored else '')
     if report['failed']:
         raise ScoringFailed('; '.join(f['error'] for f in report['failed']) + ' (committed outputs are kept: run the '
                             'same command again to finish)', report)
@@ -407,7 +505,7 @@ def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, A
     buffers: Dict[int, List[pa.Table]] = {i: [] for i in range(len(pending))}
     counts = {i: 0 for i in range(len(pending))}
     in_flight: Dict[Any, int] = {}
-    columns = list(prediction_types(opts.intervals))
+    columns = job.prediction_columns
     progress = Progress(sum(p.num_rows for p in pending), len(pending), opts.progress_interval_s)
 
     def collect(refs) -> None:
@@ -428,7 +526,9 @@ def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, A
 
     def finish(i: int) -> None:
         chunks = buffers.pop(i)
-        preds = pa.concat_tables(chunks) if chunks else prediction_schema(opts.intervals).empty_table()
+        preds = pa.concat_tables(chunks) if chunks else prediction_schema(
+            opts.intervals, [m.prefix for m in job.models], opts.embedding).empty_table().select(
+            [ROW_INDEX, CELL_CRC, *columns])
         preds = preds.sort_by(ROW_INDEX)
         p = pending[i]
         if preds.num_rows != p.num_rows or not np.array_equal(preds.column(ROW_INDEX).to_numpy(),
@@ -438,13 +538,14 @@ def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, A
         while len(in_flight) >= opts.max_writes_in_flight:
             done, _ = ray.wait(list(in_flight), num_returns=1)
             collect(done)
-        errors = preds.column(ERROR)
-        if errors.null_count < len(errors):  # the log names a cause, not only a count (texts are redacted, short)
-            first = int(np.flatnonzero(errors.is_valid().to_numpy(zero_copy_only=False))[0])
-            logger.info('%s: %d rows with an error; the first, row %d: %s', redact(p.input),
-                        len(errors) - errors.null_count, first, errors[first].as_py())
+        for name in job.error_columns:
+            errors = preds.column(name)
+            if errors.null_count < len(errors):  # the log names a cause, not only a count (redacted, short texts)
+                first = int(np.flatnonzero(errors.is_valid().to_numpy(zero_copy_only=False))[0])
+                logger.info('%s: %d rows with an error; the first, row %d (%s): %s', redact(p.input),
+                            len(errors) - errors.null_count, first, name, errors[first].as_py())
         metadata = catalog.expected_metadata(p, job.model_identity, job.names)
-        in_flight[writer.remote(p, preds, job.names, job.column, metadata)] = i
+        in_flight[writer.remote(p, preds, job.names, job.column, metadata, job.error_columns)] = i
 
     for i, p in enumerate(pending):
         if p.num_rows == 0:
@@ -497,6 +598,11 @@ def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, A
         raise ScoringFailed(f'the pipeline returned too few rows for {missing}')
 
 
+def _name(config) -> str:
+    """A config as the summary names it: its file, or 'Config object'."""
+    return config if isinstance(config, str) else getattr(config, 'filename', None) or 'Config object'
+
+
 def _checkpoint_changed(err: BaseException) -> Optional[str]:
     """The message of a :class:`numclip_mm.inference.CheckpointChangedError` raised in an actor, as Ray reports
     it (inside an actor-died or task error), else None."""
@@ -532,4 +638,4 @@ def score_catalog(opts: ScoreOptions = None, actor_class=None, **kwargs) -> Dict
     return run(prepare(opts), actor_class)
 
 
-__all__ = ['ScoreOptions', 'ScoringFailed', 'ScoringJob', 'prepare', 'run', 'score_catalog']
+__all__ = ['ModelSpec', 'ScoreOptions', 'ScoringFailed', 'ScoringJob', 'prepare', 'run', 'score_catalog']

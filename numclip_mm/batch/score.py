@@ -3,15 +3,16 @@
 Local run (starts a private Ray instance); three equivalent forms::
 
     numclip-score --config CFG --checkpoint CKPT --input catalog/ --output scored/
+    numclip-score --model CFG1 CKPT1 --model CFG2 CKPT2 age_ --input catalog/ --output scored/   # one pass, 2 models
     python -m numclip_mm.batch.score ...
     python batch/score.py ...            # what `ray submit cluster.yaml batch/score.py -- ...` runs
 
 On a running cluster: ``ray job submit`` or ``ray submit`` (see docs/batch_scoring.md).
 
-Every input column is kept and these are added: ``{prefix}value`` (the predicted number, clamped to the task's
-range), ``{prefix}label`` (the concept of the bin the value falls in) and ``{prefix}probability`` (that bin's),
-``{prefix}bin_argmax`` and ``{prefix}bin_argmax_probability`` (the most probable bin and its probability) and
-``{prefix}error`` (null on success); one output file per input file, same base name, same row order. Files whose
+Every input column is kept and these are added per model: ``{prefix}value`` (the predicted number, clamped to the
+task's range), ``{prefix}label`` (the concept of the bin the value falls in) and ``{prefix}probability`` (that
+bin's), ``{prefix}bin_argmax`` and ``{prefix}bin_argmax_probability`` (the most probable bin and its probability) and
+``{prefix}error`` (null on success); one output file per input file, same relative path, same row order. Files whose
 complete output exists are skipped (re-run a killed job to continue), unless ``--overwrite``.
 With no sizing options the job uses the whole cluster it runs on (one inference actor per GPU, else one per CPU);
 the first log lines say what was chosen. Exit status: 0 done, 2 bad arguments, inputs, config or output folder, or
@@ -27,7 +28,7 @@ import time
 
 from numclip_mm.batch import catalog
 from numclip_mm.batch.cluster import RayStarter, RayUnavailable
-from numclip_mm.batch.pipeline import ScoreOptions, ScoringFailed, prepare, run
+from numclip_mm.batch.pipeline import ModelSpec, ScoreOptions, ScoringFailed, prepare, run
 from numclip_mm.shared import DEFAULT_MAX_PIXELS
 
 
@@ -46,15 +47,22 @@ def _size(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='numclip-score', description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--config', required=True, help='model config the checkpoint was trained with')
+    p.add_argument('--config', default=None, help='model config the checkpoint was trained with (one model)')
     p.add_argument('--checkpoint', default=None, help='Runner checkpoint (.pth), local path or URI')
     p.add_argument('--zero-shot', action='store_true',
                    help='no checkpoint: score with the config\'s pretrained CLIP (refused when it has none)')
+    p.add_argument('--model', nargs='+', action='append', default=[], metavar=('CONFIG', 'CHECKPOINT [PREFIX]'),
+                   help='a model of a several-model pass: config, checkpoint and an optional column prefix '
+                        '(default "<task name>_"); repeat it per model. Each image is read and decoded once and '
+                        'goes through every model; each model adds its own columns. Replaces --config/--checkpoint')
     p.add_argument('--input', required=True,
-                   help='a Parquet file, a folder of *.parquet files, or a glob (local or fsspec URI)')
+                   help='a Parquet file, a folder (walked recursively: Hive partitions such as year=2020/ keep their '
+                        'layout in the output), or a glob (local or fsspec URI)')
     p.add_argument('--output', required=True, help='output folder: one Parquet file per input file')
     src = p.add_mutually_exclusive_group()
-    src.add_argument('--image-column', default=None, help='column of encoded image bytes (default: image)')
+    src.add_argument('--image-column', default=None,
+                     help='column of encoded image bytes (binary, large_binary, binary_view) or a Hugging Face '
+                          'Image() struct<bytes, path> (default: chosen from the schema when unambiguous)')
     src.add_argument('--path-column', default=None, help='column of image paths or URIs, read with fsspec')
     p.add_argument('--path-root', default=None,
                    help='folder that relative paths in --path-column are resolved against (default: current dir); '
@@ -66,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='add conformal prediction intervals at these coverage levels, e.g. 0.9: columns '
                         '{prefix}low_<level>/{prefix}high_<level>; needs the checkpoint\'s calibration sidecar '
                         '(tools/calibrate.py; docs/intervals.md)')
+    p.add_argument('--embedding', action='store_true',
+                   help='also write {prefix}embedding: the L2-normalised image embedding the head sees (fp16 list), '
+                        'for dedup and search; one column per model')
     size = p.add_argument_group('sizing (default: sized from the cluster\'s available resources, see the first log '
                                 'lines: one actor per GPU, else one per CPU with one torch thread each)')
     size.add_argument('--batch-size', type=int, default=None, help='default: 64 on CPU, 256 per GPU actor')
@@ -107,16 +118,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def options_from_args(args: argparse.Namespace) -> ScoreOptions:
-    image_column = args.image_column if args.path_column is None else None
-    if image_column is None and args.path_column is None:
-        image_column = 'image'
+def model_specs(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """--model CONFIG CHECKPOINT [PREFIX] (repeated) -> ModelSpecs; the one-model flags must then be absent."""
+    if not args.model:
+        if args.config is None:
+            parser.error('give --config and --checkpoint, or --model CONFIG CHECKPOINT [PREFIX] (repeatable)')
+        return ()
+    for given in ('config', 'checkpoint', 'prefix', 'zero_shot'):
+        if getattr(args, given):
+            parser.error(f'--{given.replace("_", "-")} is the one-model form: with --model give every model as '
+                         f'--model CONFIG CHECKPOINT [PREFIX]')
+    bad = [m for m in args.model if len(m) not in (2, 3)]
+    if bad:
+        parser.error(f'--model takes CONFIG CHECKPOINT [PREFIX], got {bad[0]}')
+    return tuple(ModelSpec(*m) for m in args.model)
+
+
+def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser = None) -> ScoreOptions:
+    models = model_specs(parser or build_parser(), args)
     return ScoreOptions(
-        config=args.config, checkpoint=args.checkpoint, input=args.input, output=args.output,
-        image_column=image_column, path_column=args.path_column, prefix=args.prefix, zero_shot=args.zero_shot,
-        keep_raw_value=args.keep_raw_value, intervals=tuple(args.interval), batch_size=args.batch_size,
-        num_actors=args.num_actors, num_gpus_per_actor=args.num_gpus_per_actor, precision=args.precision,
-        cpus_per_actor=args.cpus_per_actor,
+        config=args.config, checkpoint=args.checkpoint, models=models, input=args.input, output=args.output,
+        image_column=args.image_column, path_column=args.path_column, prefix=args.prefix, zero_shot=args.zero_shot,
+        keep_raw_value=args.keep_raw_value, intervals=tuple(args.interval), embedding=args.embedding,
+        batch_size=args.batch_size, num_actors=args.num_actors, num_gpus_per_actor=args.num_gpus_per_actor,
+        precision=args.precision, cpus_per_actor=args.cpus_per_actor,
         cpus_per_decode_task=args.cpus_per_decode_task,
         decode_in_actor=None if args.decode_in is None else args.decode_in == 'actor',
         torch_threads=args.torch_threads, max_image_bytes=args.max_image_bytes,
@@ -140,11 +165,12 @@ def _stop(signum, frame):
 
 def main(argv=None) -> int:
     started_at = time.time()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format='%(asctime)s %(name)s %(levelname)s %(message)s')
     logging.getLogger('numclip_mm.batch').setLevel(logging.WARNING if args.quiet else logging.INFO)
-    opts = options_from_args(args)
+    opts = options_from_args(args, parser)
     handlers = {}
 
     def install_handlers():
