@@ -5,6 +5,7 @@ cluster file, and a driver killed mid-run (one re-run completes every file).
 Each test starts its own Ray (in a subprocess) in its own process group and ends exactly that group.
 """
 import io
+import json
 import os
 import re
 import shutil
@@ -82,18 +83,25 @@ def _check(out, cat):
 
 
 def test_script_and_console_entry_points(env, tmp_path):
-    """`python batch/score.py` (no package context: used to fail with "attempted relative import") scores a catalog;
-    the console command declared in setup.py resolves to the same main."""
+    """`python batch/score.py` (no package context: used to fail with "attempted relative import") scores a catalog
+    with the default sizing (a private 2-CPU instance: two 1-thread actors, said in the first lines); the console
+    command declared in setup.py resolves to the same main."""
     out = tmp_path / 'out'
     script_env = _env()
     script_env.pop('PYTHONPATH')  # as on a head node: only the script's path, no package context
     done = subprocess.run([PY, str(REPO / 'batch' / 'score.py'), '--config', env['cfg'], '--checkpoint', env['ckpt'],
-                           '--input', str(env['cat']), '--output', str(out), '--num-cpus', '2', '--batch-size', '4'],
+                           '--input', str(env['cat']), '--output', str(out), '--num-cpus', '2',
+                           '--summary-json', str(tmp_path / 's.json')],
                           cwd=tmp_path, env=script_env, capture_output=True, text=True, timeout=240,
                           start_new_session=True)
     assert done.returncode == 0, done.stderr[-3000:]
     _check(out, env['cat'])
     assert '"rows_scored": 20' in done.stdout
+    assert re.search(r'2 CPUs and 0 GPUs available .*scoring with 2 inference actor\(s\) x 1 torch thread\(s\) '
+                     r'\(1 CPU each\), decoding in the actors, batches of 64', done.stderr), done.stderr[-3000:]
+    summary = json.loads((tmp_path / 's.json').read_text())
+    assert summary['sizing']['num_actors'] == 2 and summary['rows_scored'] == 20
+    assert 0 < summary['ray_ready_s'] < summary['first_output_s']
     spec = re.search(r"'numclip-score = ([\w.]+):(\w+)'", (REPO / 'setup.py').read_text())
     assert spec, 'setup.py declares no numclip-score console script'
     module, attr = spec.groups()

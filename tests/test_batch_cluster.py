@@ -186,24 +186,6 @@ def _session_processes(session):
     return found
 
 
-def test_default_sizing_real_run(env, tmp_path):
-    """No sizing flags on a private 2-CPU instance: two 1-thread actors, said in the first lines, every row out."""
-    out = tmp_path / 'out'
-    cat = tmp_path / 'cat'
-    cat.mkdir()
-    shutil.copy(env['cat'] / 'p0.parquet', cat / 'p0.parquet')
-    done = subprocess.run(_score_cmd(dict(env, cat=cat), out, '--num-cpus', '2', '--summary-json',
-                                     str(tmp_path / 's.json')),
-                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=240, start_new_session=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert re.search(r'2 CPUs and 0 GPUs available .*scoring with 2 inference actor\(s\) x 1 torch thread\(s\) '
-                     r'\(1 CPU each\), decoding in the actors, batches of 64', done.stderr), done.stderr[-3000:]
-    summary = json.loads((tmp_path / 's.json').read_text())
-    assert summary['sizing']['num_actors'] == 2 and summary['rows_scored'] == 1200
-    assert 0 < summary['ray_ready_s'] < summary['first_output_s']
-    assert pq.read_metadata(out / 'p0.parquet').num_rows == 1200
-
-
 def _free_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
