@@ -112,7 +112,7 @@ def _read(fs, key):
 
 
 def test_predictor_reads_s3_paths(s3, job):
-    """Predictor.predict('s3://...'): the object store image, bounded like the scorer's reads, same prediction as
+    """Predictor.predict('s3://...') reads the object through the scorer's image reader: the same prediction as
     its bytes; a missing key is named."""
     cells = job['images']['p0.parquet'][:2]
     got = job['reference'].predict([f's3://{BUCKET}/images/{i}.png' for i in range(2)])
