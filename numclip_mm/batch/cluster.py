@@ -98,29 +98,14 @@ def unreachable_message(address: str, source: str, reason: str) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # starting or connecting, in the background
 
-def warm_worker() -> None:
-    """Ray ``worker_process_setup_hook`` (``RayStarter(warm_workers=True)``, off by default): import the model code
-    in a background thread of every worker process as it starts, so that an inference actor placed on a prestarted
-    worker finds torch, mmpretrain and open_clip already imported. Off by default: every worker pays it, the
-    writers' and Ray Data's own included; in the one benchmark run with it on (2 cores, heavily loaded) the scorer's
-    steady CPU per image was 2.4x the plain Ray Data script's."""
-    def load():
-        try:
-            import numclip_mm.inference  # noqa: F401
-            import numclip_mm.register  # noqa: F401
-        except Exception:  # noqa: BLE001  (the actor's own import reports any error)
-            pass
-    threading.Thread(target=load, name='numclip-warm-imports', daemon=True).start()
-
-
 class RayStarter:
     """Connect to (or start) Ray in a background thread; :meth:`wait` for it, :meth:`close` to shut down what this
     process started. Nothing happens when Ray already runs in this process (a caller's own ``ray.init``)."""
 
     def __init__(self, address: Optional[str] = None, num_cpus: Optional[int] = None,
-                 object_store_memory: Optional[int] = None, warm_workers: bool = False):
+                 object_store_memory: Optional[int] = None):
         self.requested = address
-        self.num_cpus, self.object_store_memory, self.warm_workers = num_cpus, object_store_memory, warm_workers
+        self.num_cpus, self.object_store_memory = num_cpus, object_store_memory
         self.started = False          # True when this process started or connected Ray (and must shut it down)
         self.private = False          # True when that is a new local instance
         self.address: Optional[str] = None
@@ -155,11 +140,8 @@ class RayStarter:
             self.address, self.source = resolve_address(self.requested)
             if self.address is None:
                 self.private = True
-                runtime_env = ({'worker_process_setup_hook': f'{__name__}.warm_worker'} if self.warm_workers
-                               else None)
                 ray.init(address='local', num_cpus=self.num_cpus, include_dashboard=False,
-                         object_store_memory=self.object_store_memory, _node_ip_address='127.0.0.1',
-                         runtime_env=runtime_env)
+                         object_store_memory=self.object_store_memory, _node_ip_address='127.0.0.1')
                 self.session = os.path.basename(ray._private.worker._global_node.get_session_dir_path())
             else:
                 probe(self.address, self.source)

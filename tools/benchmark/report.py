@@ -112,7 +112,7 @@ def train_and_test(job, args):
     done_file = osp.join(work, 'metrics.json')
     if osp.isfile(done_file):
         with open(done_file) as f:
-            return json.load(f)
+            return dict(json.load(f), reused=True)  # 'reused' is not written back: the file keeps the run's facts
     os.makedirs(work, exist_ok=True)
     t0 = time.time()
     epochs = few_shot_epochs(shots, args.few_shot_iters) if shots else args.epochs
@@ -270,8 +270,11 @@ def main(argv=None):
         lines += few_shot_table(f'Few-shot MAE, starting from the {INITS[init][0]} (N images per count)',
                                 list(few_shot_rows), args.shots, results)
     command = shlex.join(['python', 'tools/benchmark/report.py', *(sys.argv[1:] if argv is None else argv)])
+    reused = sum(bool(r.get('reused')) for r in done.values())
     lines.append(f'Produced by `{command}` in {time.time() - start:.0f} s on {time.strftime("%Y-%m-%d")} '
-                 f'({os.cpu_count()} CPU cores).')
+                 f'({os.cpu_count()} CPU cores)' + (f'; {reused} of the {len(done)} runs were reused from earlier '
+                                                    f'invocations with the same --out-dir (their own seconds are in '
+                                                    f'results.json).' if reused else '.'))
     first = done.get(('configs/numclip_demo.py', args.seeds[0], args.inits[0], 0))
     if first:
         subprocess.run([sys.executable, 'tools/analysis/plot_predictions.py', first['predictions'], '--out-dir',
