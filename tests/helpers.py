@@ -1,4 +1,12 @@
 """Small builders shared by several test modules."""
+import contextlib
+import io
+import os
+import runpy
+import subprocess
+import sys
+import time
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,3 +52,44 @@ def dying_actor(exit_at_batch: int, marker=None):
                 os._exit(1)
             return super().predict_rows(*args, **kwargs)
     return DyingActor
+
+
+_last_tool_end = [0.0]
+
+
+def run_tool_in_process(script, *args) -> subprocess.CompletedProcess:
+    """``python <script> <args>`` from the repository root, run inside this process (``runpy`` as ``__main__``, as
+    tools/benchmark/report.py runs the tools): the same argv, exit status, stdout and stderr (an uncaught exception:
+    its traceback and status 1) without a new interpreter's ~5 s of imports. For tests of what a tool does; tests
+    of a fresh interpreter (registration from a config alone, environment variables read at start, torchrun) start
+    a subprocess.
+
+    MMEngine names a run's logger and visualizer after the config and the start time in whole seconds and reuses
+    an existing instance of that name, so a run here starts in a later second than the previous one ended.
+    """
+    now = time.time()
+    if int(now) == int(_last_tool_end[0]):
+        time.sleep(int(now) + 1 - now)
+    argv = [str(script), *map(str, args)]
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.argv, os.getcwd(), list(sys.path)
+    status = 0
+    try:
+        os.chdir(ROOT)
+        sys.argv = argv
+        sys.path.insert(0, str((ROOT / script).parent))  # what `python tools/x.py` puts first: `import common`
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(str(ROOT / script), run_name='__main__')
+            except SystemExit as exit_:
+                if isinstance(exit_.code, str):
+                    print(exit_.code, file=sys.stderr)
+                status = 1 if isinstance(exit_.code, str) else (exit_.code or 0)
+            except Exception:  # noqa: BLE001  (reported as the interpreter would)
+                traceback.print_exc()
+                status = 1
+    finally:
+        sys.argv, cwd, sys.path[:] = saved[0], saved[1], saved[2]
+        os.chdir(cwd)
+        _last_tool_end[0] = time.time()
+    return subprocess.CompletedProcess(argv, status, out.getvalue(), err.getvalue())

@@ -12,7 +12,6 @@ import io
 import logging
 import os
 import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import write_tiny_config
+from helpers import run_tool_in_process, write_tiny_config
 from PIL import Image, PngImagePlugin
 
 from numclip_mm.batch import catalog
@@ -306,8 +305,7 @@ def test_config_that_does_not_load_is_exit_2_with_file_and_line(tmp_path, env, c
     assert f'{raising}:3: ZeroDivisionError: division by zero' in capsys.readouterr().err
     for tool in ('tools/train.py', 'tools/calibrate.py'):  # the training tools share the loader and the exit code
         extra = [env['ckpt']] if tool.endswith('calibrate.py') else []
-        proc = subprocess.run([sys.executable, tool, str(raising), *extra], cwd=ROOT, capture_output=True, text=True,
-                              env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+        proc = run_tool_in_process(tool, raising, *extra)
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert proc.stderr.strip().splitlines()[-1] == (f'error: cannot load config {raising}:3: ZeroDivisionError: '
                                                         f'division by zero')

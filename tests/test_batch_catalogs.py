@@ -178,7 +178,8 @@ def test_adding_a_model_rescores_the_file_with_both(env, partitioned, tmp_path):
     shutil.copytree(partitioned['out'], out)
     models = [ModelSpec(env['models']['count']['cfg'], env['models']['count']['ckpt']),
               ModelSpec(env['models']['adience']['cfg'], env['models']['adience']['ckpt'])]
-    opts = dict(models=models, input=str(env['hive']), output=str(out), batch_size=3, embedding=True)
+    opts = dict(models=models, input=str(env['hive']), output=str(out), batch_size=3, embedding=True,
+                num_actors=1)  # 20 rows: a second actor would only add its start-up
     plans = prepare(ScoreOptions(**opts)).plans
     assert {p.status for p in plans} == {"stale: models changed (added: 'adience_')"}
     report = score_catalog(ScoreOptions(**opts))

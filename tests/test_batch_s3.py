@@ -100,7 +100,8 @@ def job(s3):
 
 def _opts(job, **kw):
     from numclip_mm.batch.pipeline import ScoreOptions
-    base = dict(config=job['cfg'], checkpoint=job['ckpt'], batch_size=4)
+    base = dict(config=job['cfg'], checkpoint=job['ckpt'], batch_size=4,
+                num_actors=1)  # a few rows: a second actor would only add its start-up (the CLI test runs the default)
     base.update(kw)
     return ScoreOptions(**base)
 

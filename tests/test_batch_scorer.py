@@ -146,7 +146,10 @@ def env(tmp_path_factory):
 
 
 def _opts(env, **kw):
-    base = dict(config=env['cfg'], checkpoint=env['ckpt'], batch_size=4, max_image_bytes=MAX_BYTES)
+    """One inference actor unless a test says otherwise: on these few-row catalogs a second actor only adds its
+    start-up (~5 CPU s of imports on a 2-core machine) to the test; ``scored`` and the actor-death test run the
+    default sizing (one actor per CPU), as do the CLI tests."""
+    base = dict(config=env['cfg'], checkpoint=env['ckpt'], batch_size=4, max_image_bytes=MAX_BYTES, num_actors=1)
     base.update(kw)
     return ScoreOptions(**base)
 
@@ -219,7 +222,8 @@ def scored(env, ray_session, tmp_path_factory):
     try:
         for obj, n in patches:
             setattr(obj, n, forbidden(n))
-        report = score_catalog(_opts(env, input=str(env['cat']), output=str(out), progress_interval_s=0))
+        report = score_catalog(_opts(env, input=str(env['cat']), output=str(out), progress_interval_s=0,
+                                     num_actors=None))
     finally:
         for obj, n, f in saved:
             setattr(obj, n, f)
@@ -416,7 +420,7 @@ def test_actor_dying_mid_run_is_retried(env, scored, tmp_path):
     every output complete, rows out == rows in, predictions identical to an undisturbed run."""
     marker = tmp_path / 'died'
     out = tmp_path / 'out'
-    report = score_catalog(_opts(env, input=str(env['cat']), output=str(out)),
+    report = score_catalog(_opts(env, input=str(env['cat']), output=str(out), num_actors=None),
                            actor_class=dying_actor(exit_at_batch=2, marker=str(marker)))
     assert marker.exists()  # it did die
     assert report['files_written'] == 2 and report['rows_scored'] == 20

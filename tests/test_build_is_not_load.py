@@ -2,14 +2,12 @@
 ``init_weights`` (once, before training) or for zero-shot use, never by test, resume, ``load_from``, the Predictor
 with a checkpoint or the scorer. A trained checkpoint works on a machine without the CLIP file."""
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import run_tool_in_process
 from mmengine.config import Config
 from mmpretrain.registry import MODELS
 
@@ -147,10 +145,9 @@ def test_predictor_loads_a_trained_checkpoint_without_the_clip_file(trained, cli
 
 
 def test_test_tool_loads_a_trained_checkpoint_without_the_clip_file(trained, tmp_path):
-    proc = subprocess.run([sys.executable, 'tools/test.py', trained['config'], str(trained['ckpt']), '--work-dir',
-                           str(tmp_path), '--cfg-options', 'test_dataloader.num_workers=0',
-                           'test_dataloader.persistent_workers=False'], cwd=ROOT, capture_output=True, text=True,
-                          timeout=240, env=dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT)))
+    proc = run_tool_in_process('tools/test.py', trained['config'], trained['ckpt'], '--work-dir', tmp_path,
+                               '--cfg-options', 'test_dataloader.num_workers=0',
+                               'test_dataloader.persistent_workers=False')
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     assert 'mae' in log and 'initialized randomly' not in log

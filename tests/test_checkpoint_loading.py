@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY_CONFIG, Payload, write_tiny_config
+from helpers import TINY_CONFIG, Payload, run_tool_in_process, write_tiny_config
 from mmengine.config import Config
 from mmengine.runner import CheckpointLoader, load_checkpoint
 from mmpretrain.registry import MODELS
@@ -116,7 +116,10 @@ def test_partial_load_is_an_explicit_opt_in(files, tmp_path):
 
 
 def run_tool(*args, env=None, timeout=240):
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT), **(env or {}))
+    """A tool in this process (``run_tool_in_process``); with ``env``, in a new interpreter started with it."""
+    if env is None:
+        return run_tool_in_process(*args)
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT), **env)
     return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_tool_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,10 +20,14 @@ TINY = [
 ]
 
 
-def run_tool(*args, check=True, timeout=240):
-    env = dict(os.environ, OMP_NUM_THREADS='2', PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+def run_tool(*args, check=True, timeout=240, fresh=False):
+    """``python <args>``: a script under tools/ runs in this process (``run_tool_in_process``) unless ``fresh``."""
+    if str(args[0]).startswith('tools/') and not fresh:
+        proc = run_tool_in_process(*args)
+    else:
+        env = dict(os.environ, OMP_NUM_THREADS='2', PYTHONPATH=str(ROOT))
+        proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f'{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}')
     return proc
