@@ -30,7 +30,7 @@ from .conformal import (
     sidecar_path,
 )
 from .image_decode import decode_bgr
-from .shared import DEFAULT_MAX_PIXELS, bytes_digest, level_key
+from .shared import DEFAULT_MAX_PIXELS, PRECISION_DTYPES, bytes_digest, level_key
 from .tasks import OrdinalTask, apply_config_task
 from .utils.checkpoint import CheckpointLoadError, CheckpointMismatchError, check_state_dict, load_weights_only
 from .utils.config_file import ConfigLoadError, load_config_file
@@ -47,7 +47,7 @@ __all__ = ['CheckpointChangedError', 'CheckpointLoadError', 'CheckpointMismatchE
 
 ConfigLike = Union[str, 'Config']
 _LOADERS = ('LoadImageFromFile', 'LoadOrdinalImage')
-PRECISIONS = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+PRECISIONS = {name: getattr(torch, dtype) for name, dtype in PRECISION_DTYPES.items()}
 
 
 def default_precision(device: str) -> str:

@@ -11,6 +11,7 @@ from typing import Union
 # 89 Mpx. A 20000x20000 PNG (1 MB on disk, 1.2 GB decoded) is refused from its header.
 # Training (LoadOrdinalImage), inference (decode_image) and scoring (--max-image-pixels) share this one limit.
 DEFAULT_MAX_PIXELS = 64_000_000
+PRECISION_DTYPES = {'fp32': 'float32', 'fp16': 'float16', 'bf16': 'bfloat16'}  # --precision -> torch dtype name
 
 
 def level_key(level: float) -> str:

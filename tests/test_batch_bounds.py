@@ -281,16 +281,23 @@ def test_temp_file_is_removed_when_only_the_final_flush_fails(tmp_path, monkeypa
     _write_fails(tmp_path, tmp_path / 'out')
 
 
-def test_unwritable_output_is_refused_before_any_work(tmp_path, env, capsys):
+def test_unwritable_output_is_refused_before_any_work(tmp_path, env, capsys, monkeypatch):
+    """... and before Ray is started: the command ends at once and leaves nothing running."""
+    from numclip_mm.batch import score
+    starts = []
+    monkeypatch.setattr(score.RayStarter, 'start', lambda self: starts.append(self) or self)
     blocker = tmp_path / 'a-file'
     blocker.write_text('')
     args = ['--config', env['cfg'], '--checkpoint', env['ckpt'], '--input', str(env['cat'])]
     assert cli_main(args + ['--output', str(blocker / 'out')]) == 2
     assert 'is not writable' in capsys.readouterr().err
+    assert cli_main(args + ['--output', str(blocker)]) == 2
+    assert 'is a file; it must be a folder' in capsys.readouterr().err
     with _small_tmpfs(tmp_path / 'ro', options='ro') as mounted:
         if mounted is not None:
             assert cli_main(args + ['--output', str(mounted / 'out')]) == 2
             assert 'Read-only file system' in capsys.readouterr().err
+    assert starts == []
 
 
 def test_config_that_does_not_load_is_exit_2_with_file_and_line(tmp_path, env, capsys):

@@ -21,7 +21,7 @@ from helpers import Payload, dying_actor, write_tiny_config
 from PIL import Image
 
 from numclip_mm.batch import catalog
-from numclip_mm.batch.pipeline import ScoreOptions, prepare, run, score_catalog
+from numclip_mm.batch.pipeline import ScoreOptions, preflight, prepare, run, score_catalog
 from numclip_mm.batch.score import main as cli_main
 from numclip_mm.inference import Predictor
 from numclip_mm.utils import CheckpointMismatchError
@@ -579,10 +579,21 @@ def test_up_front_errors(env, tmp_path):
     assert not (tmp_path / 'o').exists()  # nothing was created
 
 
-def test_cli_reports_setup_errors_with_exit_code_2(env, tmp_path, capsys):
+def test_cli_reports_setup_errors_with_exit_code_2(env, tmp_path, capsys, monkeypatch):
+    from numclip_mm.batch import score
+    starts = []
+    real_start = score.RayStarter.start
+    monkeypatch.setattr(score.RayStarter, 'start', lambda self: starts.append(self) or real_start(self))
+    # missing files: refused before Ray is started (nothing to wait for, nothing left running)
     code = cli_main(['--config', env['cfg'], '--checkpoint', str(tmp_path / 'x.pth'), '--input', str(env['cat']),
                      '--output', str(tmp_path / 'o')])
     assert code == 2 and 'checkpoint not found' in capsys.readouterr().err
+    code = cli_main(['--config', str(tmp_path / 'none.py'), '--checkpoint', env['ckpt'], '--input', str(env['cat']),
+                     '--output', str(tmp_path / 'o')])
+    assert code == 2 and f'config not found: {tmp_path / "none.py"}' in capsys.readouterr().err
+    assert starts == []
+    with pytest.raises(catalog.ScoringSetupError, match=r"--precision must be one of \['bf16', 'fp16', 'fp32'\]"):
+        preflight(_opts(env, input=str(env['cat']), output=str(tmp_path / 'o'), precision='fp8'))
     # a checkpoint carrying a pickle payload: refused up front with the loader's message, and the payload never runs
     marker = tmp_path / 'payload_ran'
     evil = tmp_path / 'evil.pth'

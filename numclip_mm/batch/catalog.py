@@ -451,6 +451,15 @@ def _refuse_overwrite(fs_in, fs_out, files: Sequence[str], relative: Sequence[st
                                         f'folder')
 
 
+def check_output_folder(output: str, fs=None, out_dir: Optional[str] = None) -> None:
+    """Refuse an output that is a file, or a local folder that cannot be written (:func:`check_writable`)."""
+    if fs is None:
+        fs, out_dir = url_to_fs(output)
+    if fs.isfile(out_dir):
+        raise ScoringSetupError(f'output {output!r} is a file; it must be a folder (one output file per input file)')
+    check_writable(fs, out_dir, output)
+
+
 def check_writable(fs, out_dir: str, output: str) -> None:
     """Refuse a local output folder that cannot be written before any work (not after every row was scored): a
     probe file is created and removed in it, or, when it does not exist yet, a probe folder in its nearest existing
@@ -497,10 +506,8 @@ def plan_job(input_spec: str, output: str, *, image_column: Optional[str] = None
     fs_out.invalidate_cache()  # fsspec caches listings per process: outputs written by workers since must show
     listing = list_inputs(input_spec, output)
     fs_in, files = listing.fs, listing.files
-    if fs_out.isfile(out_dir):
-        raise ScoringSetupError(f'output {output!r} is a file; it must be a folder (one output file per input file)')
+    check_output_folder(output, fs_out, out_dir)
     _refuse_overwrite(fs_in, fs_out, files, listing.relative, out_dir)
-    check_writable(fs_out, out_dir, output)
     plans, source = [], None
     for f, rel in zip(files, listing.relative):
         meta = read_footer(fs_in, f)

@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pyarrow as pa
 
-from ..shared import DEFAULT_MAX_PIXELS, file_digest
+from ..shared import DEFAULT_MAX_PIXELS, PRECISION_DTYPES, file_digest
 from . import catalog
 from .cluster import ACTOR_BASE_MEMORY, RayStarter, Sizing, cluster_resources, size_pipeline
 from .columns import (
@@ -187,9 +187,11 @@ def _config_digest(cfg) -> str:
     return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
 
 
-def prepare(opts: ScoreOptions) -> ScoringJob:
-    """All checks that need no Ray. Raises FileNotFoundError, CheckpointMismatchError or ScoringSetupError."""
-    from numclip_mm.inference import PRECISIONS
+def preflight(opts: ScoreOptions) -> None:
+    """The checks that need neither torch nor a model nor an input listing: option ranges, each model's local
+    checkpoint and config file, a local output folder that is a file or cannot be written. The command line runs
+    them before it starts Ray, so that a typo ends it at once and starts nothing; :func:`prepare` runs them too.
+    Raises FileNotFoundError or ScoringSetupError."""
     Err = catalog.ScoringSetupError
     if (opts.batch_size is not None and opts.batch_size < 1) or (opts.num_actors is not None and opts.num_actors < 1):
         raise Err('batch size and number of actors must be at least 1')
@@ -198,8 +200,22 @@ def prepare(opts: ScoreOptions) -> ScoringJob:
             raise Err(f'--{name.replace("_", "-")} must be positive')
     if opts.path_root is not None and '://' not in opts.path_root and not os.path.isdir(opts.path_root):
         raise Err(f'--path-root {opts.path_root} is not a folder')
-    if opts.precision is not None and opts.precision not in PRECISIONS:
-        raise Err(f'--precision must be one of {sorted(PRECISIONS)}, got {opts.precision!r}')
+    if opts.precision is not None and opts.precision not in PRECISION_DTYPES:
+        raise Err(f'--precision must be one of {sorted(PRECISION_DTYPES)}, got {opts.precision!r}')
+    for spec in opts.model_specs():
+        if spec.checkpoint is not None and '://' not in spec.checkpoint and not os.path.isfile(spec.checkpoint):
+            raise FileNotFoundError(f'checkpoint not found: {spec.checkpoint}')
+        if not isinstance(spec.config, str) or '://' in spec.config:
+            continue  # a Config object, or a URI the config loader reports on
+        if not os.path.isfile(spec.config):
+            raise FileNotFoundError(f'config not found: {spec.config}')
+    catalog.check_output_folder(opts.output)
+
+
+def prepare(opts: ScoreOptions) -> ScoringJob:
+    """All checks that need no Ray. Raises FileNotFoundError, CheckpointMismatchError or ScoringSetupError."""
+    Err = catalog.ScoringSetupError
+    preflight(opts)
     models = [_prepare_model(spec, opts) for spec in opts.model_specs()]
     names = [name for m in models for name in m.names.values()]
     twice = sorted({n for n in names if names.count(n) > 1})
@@ -219,9 +235,7 @@ def _prepare_model(spec: ModelSpec, opts: ScoreOptions) -> JobModel:
     from numclip_mm.conformal import SIDECAR_SUFFIX
     from numclip_mm.inference import describe_model, load_config
     Err = catalog.ScoringSetupError
-    if spec.checkpoint is not None and '://' not in spec.checkpoint and not os.path.isfile(spec.checkpoint):
-        raise FileNotFoundError(f'checkpoint not found: {spec.checkpoint}')
-    config = load_config(spec.config)
+    config = load_config(spec.config)  # (the local checkpoint's existence: preflight)
     if spec.checkpoint is None:
         pretrained = (config.model.get('clip') or {}).get('pretrained')
         if not spec.zero_shot:

@@ -28,8 +28,8 @@ import time
 
 from numclip_mm.batch import catalog
 from numclip_mm.batch.cluster import RayStarter, RayUnavailable
-from numclip_mm.batch.pipeline import ModelSpec, ScoreOptions, ScoringFailed, prepare, run
-from numclip_mm.shared import DEFAULT_MAX_PIXELS
+from numclip_mm.batch.pipeline import ModelSpec, ScoreOptions, ScoringFailed, preflight, prepare, run
+from numclip_mm.shared import DEFAULT_MAX_PIXELS, PRECISION_DTYPES
 
 
 def _size(text: str) -> int:
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument('--num-actors', type=int, default=None, help='inference actors (model replicas)')
     size.add_argument('--num-gpus-per-actor', type=float, default=None,
                       help='default: 1 when the cluster has GPUs, else 0 (CPU inference)')
-    p.add_argument('--precision', choices=['fp32', 'fp16', 'bf16'], default=None,
+    p.add_argument('--precision', choices=sorted(PRECISION_DTYPES), default=None,
                    help='inference precision (autocast); default bf16 (fp16 on older GPUs) on CUDA, fp32 on CPU')
     size.add_argument('--cpus-per-actor', type=float, default=None)
     size.add_argument('--cpus-per-decode-task', type=float, default=None)
@@ -183,6 +183,11 @@ def main(argv=None) -> int:
         pass
     starter = None
     try:
+        try:
+            preflight(opts)  # what needs no model and no listing: a typo ends here, with nothing started
+        except (FileNotFoundError, catalog.ScoringSetupError) as err:
+            print(f'error: {err}', file=sys.stderr)
+            return 2
         # Ray starts (or is connected) in the background while the inputs, model and checkpoint are checked
         starter = RayStarter(opts.address, opts.num_cpus, opts.object_store_memory)
         if handlers:  # Ray's core worker installs its own C++ SIGTERM handler (a stack dump, then abort): ours again
