@@ -248,8 +248,10 @@ def main(argv=None):
 
     lines = ['## Results on the embedded demo', '',
              f'Embedded demo set (generated images of 0-9 objects, 5 bins), tiny CLIP (`numclip-demo`: 4-layer ViT, '
-             f'64 px). Full data: {args.epochs} epochs on {args.train_samples} images; few-shot: {args.few_shot_iters} '
-             f'iterations (batch {BATCH_SIZE}) on N images per count; the last checkpoint is tested on the test split '
+             f'64 px). Full data: {args.epochs} epochs on {args.train_samples} images; '
+             + (f'few-shot: {args.few_shot_iters} iterations (batch {BATCH_SIZE}) on N images per count; '
+                if args.shots else '') +
+             f'the last checkpoint is tested on the test split '
              f'of 200 images (no validation, no model selection); seeds {args.seeds}; mean ± sample std over seeds. '
              f'Accuracy is the bin accuracy. A small model on generated data, not the paper\'s setting (CLIP ViT-B/16 '
              f'on MORPH II / HCI / aesthetics): docs/pretrained_tiny_clip.md says what it can and cannot tell.', '']
