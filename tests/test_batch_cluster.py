@@ -25,7 +25,7 @@ import torch
 from helpers import write_tiny_config
 from PIL import Image
 
-from numclip_mm.batch.cluster import RayUnavailable, Sizing, probe, resolve_address, size_pipeline
+from numclip_mm.batch.cluster import RayUnavailable, Sizing, cluster_resources, probe, resolve_address, size_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -77,6 +77,23 @@ def test_sizing_never_holds_every_cpu_a_decode_task_needs():
                     assert _total_cpus(s) <= cpus + 1e-9, (cpus, gpus, memory, decode_in_actor, s)
     with pytest.raises(ValueError, match='no CPU'):
         size_pipeline(dict(CPU=0, GPU=1))
+
+
+def test_sizing_waits_for_cpus_held_by_a_job_being_torn_down(monkeypatch):
+    """No CPU free for a moment (the previous job's actors still exiting): sizing reads again until one is; a
+    cluster whose CPUs stay busy is reported after the bounded wait, with what to do."""
+    import ray
+    reads = iter([{'CPU': 0.0}, {'CPU': 0.0}, {'CPU': 2.0, 'memory': 8e9}])
+    monkeypatch.setattr(ray, 'available_resources', lambda: next(reads))
+    monkeypatch.setattr(ray, 'cluster_resources', lambda: {'CPU': 2.0})
+    monkeypatch.setattr(ray, 'nodes', lambda: [{'Alive': True, 'Resources': {'CPU': 2.0}}])
+    assert cluster_resources(wait_s=5)['CPU'] == 2.0
+    monkeypatch.setattr(ray, 'available_resources', lambda: {'CPU': 0.0})
+    t0 = time.monotonic()
+    busy = cluster_resources(wait_s=0.5)
+    assert 0.5 <= time.monotonic() - t0 < 3 and busy['CPU'] == 0.0
+    with pytest.raises(ValueError, match='no CPU available .none freed within 30 s.*--address local'):
+        size_pipeline(busy)
 
 
 def test_address_resolution(monkeypatch):

@@ -240,11 +240,21 @@ class Sizing:
                 f'{decode}, batches of {self.batch_size}')
 
 
-def cluster_resources() -> Dict[str, float]:
+CPU_WAIT_S = 30.0  # how long sizing waits for a CPU to be free before it reports a cluster with none
+
+
+def cluster_resources(wait_s: float = CPU_WAIT_S) -> Dict[str, float]:
     """What :func:`size_pipeline` needs, read from the running Ray: available CPUs/GPUs/memory and the CPUs of the
-    largest alive node (an actor cannot span nodes)."""
+    largest alive node (an actor cannot span nodes). When no CPU is free (actors of a job that just ended are still
+    being torn down, or other jobs hold them), the available resources are read again for up to ``wait_s``
+    seconds; a cluster that has CPUs but none free then is reported by :func:`size_pipeline` as having none."""
     import ray
+    deadline = time.monotonic() + wait_s
     available = ray.available_resources()
+    while float(available.get('CPU', 0)) <= 0 and ray.cluster_resources().get('CPU', 0) > 0 \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+        available = ray.available_resources()
     nodes = [n.get('Resources', {}) for n in ray.nodes() if n.get('Alive')]
     return dict(CPU=float(available.get('CPU', 0)), GPU=float(available.get('GPU', 0)),
                 memory=float(available.get('memory', 0)),
@@ -274,7 +284,8 @@ def size_pipeline(resources: Dict[str, float], num_actors: Optional[int] = None,
     node_cpus = float(resources.get('node_CPU', cpus)) or cpus
     memory = float(resources.get('memory', 0))
     if cpus <= 0:
-        raise ValueError('the Ray cluster has no CPU available: nothing can read or decode images')
+        raise ValueError(f'the Ray cluster has no CPU available (none freed within {CPU_WAIT_S:.0f} s): nothing can '
+                         f'read or decode images; wait for the jobs holding them or give --address local')
     gpu = num_gpus_per_actor > 0 if num_gpus_per_actor is not None else gpus >= 1
     if gpu:
         per_gpu = num_gpus_per_actor or 1.0
