@@ -60,7 +60,8 @@ _last_tool_end = [0.0]
 def run_tool_in_process(script, *args) -> subprocess.CompletedProcess:
     """``python <script> <args>`` from the repository root, run inside this process (``runpy`` as ``__main__``, as
     tools/benchmark/report.py runs the tools): the same argv, exit status, stdout and stderr (an uncaught exception:
-    its traceback and status 1) without a new interpreter's ~5 s of imports. For tests of what a tool does; tests
+    its traceback and status 1) without a new interpreter's ~5 s of imports; the environment, working directory,
+    ``sys.argv`` and ``sys.path`` are restored afterwards. For tests of what a tool does; tests
     of a fresh interpreter (registration from a config alone, environment variables read at start, torchrun) start
     a subprocess.
 
@@ -72,7 +73,7 @@ def run_tool_in_process(script, *args) -> subprocess.CompletedProcess:
         time.sleep(int(now) + 1 - now)
     argv = [str(script), *map(str, args)]
     out, err = io.StringIO(), io.StringIO()
-    saved = sys.argv, os.getcwd(), list(sys.path)
+    saved = sys.argv, os.getcwd(), list(sys.path), dict(os.environ)
     status = 0
     try:
         os.chdir(ROOT)
@@ -91,5 +92,7 @@ def run_tool_in_process(script, *args) -> subprocess.CompletedProcess:
     finally:
         sys.argv, cwd, sys.path[:] = saved[0], saved[1], saved[2]
         os.chdir(cwd)
+        os.environ.clear()  # what the run set (MMEngine: LOCAL_RANK, ...) must not reach later subprocesses
+        os.environ.update(saved[3])
         _last_tool_end[0] = time.time()
     return subprocess.CompletedProcess(argv, status, out.getvalue(), err.getvalue())
