@@ -92,7 +92,7 @@ def test_sizing_waits_for_cpus_held_by_a_job_being_torn_down(monkeypatch):
     t0 = time.monotonic()
     busy = cluster_resources(wait_s=0.5)
     assert 0.5 <= time.monotonic() - t0 < 3 and busy['CPU'] == 0.0
-    with pytest.raises(ValueError, match='no CPU available .none freed within 30 s.*--address local'):
+    with pytest.raises(ValueError, match=r'no CPU free \(sizing waits up to 30 s for one\).*--address local'):
         size_pipeline(busy)
 
 

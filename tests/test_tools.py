@@ -20,9 +20,10 @@ TINY = [
 ]
 
 
-def run_tool(*args, check=True, timeout=240, fresh=False):
-    """``python <args>``: a script under tools/ runs in this process (``run_tool_in_process``) unless ``fresh``."""
-    if str(args[0]).startswith('tools/') and not fresh:
+def run_tool(*args, check=True, timeout=240):
+    """``python <args>``: a script under tools/ runs in this process (``run_tool_in_process``), anything else
+    (``-c CODE``) in a new interpreter."""
+    if str(args[0]).startswith('tools/'):
         proc = run_tool_in_process(*args)
     else:
         env = dict(os.environ, OMP_NUM_THREADS='2', PYTHONPATH=str(ROOT))

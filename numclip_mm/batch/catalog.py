@@ -451,10 +451,10 @@ def _refuse_overwrite(fs_in, fs_out, files: Sequence[str], relative: Sequence[st
                                         f'folder')
 
 
-def check_output_folder(output: str, fs=None, out_dir: Optional[str] = None) -> None:
+def check_output_folder(output: str) -> None:
     """Refuse an output that is a file, or a local folder that cannot be written (:func:`check_writable`)."""
-    if fs is None:
-        fs, out_dir = url_to_fs(output)
+    fs, out_dir = url_to_fs(output)
+    fs.invalidate_cache()  # fsspec caches listings per process: what is there now counts
     if fs.isfile(out_dir):
         raise ScoringSetupError(f'output {output!r} is a file; it must be a folder (one output file per input file)')
     check_writable(fs, out_dir, output)
@@ -500,13 +500,13 @@ class JobPlan:
 def plan_job(input_spec: str, output: str, *, image_column: Optional[str] = None,
              path_column: Optional[str] = None, new_columns: Dict[str, str], model: Dict[str, Any],
              overwrite: bool = False) -> JobPlan:
-    """Resolve inputs, read each footer once, choose and check the image column, check output safety, and decide
-    which outputs are still to be written."""
+    """Resolve inputs, read each footer once, choose and check the image column, refuse outputs that would overwrite
+    inputs, and decide which outputs are still to be written. The output folder itself (a file, not writable) is
+    checked before, by :func:`check_output_folder` (``pipeline.preflight``)."""
     fs_out, out_dir = url_to_fs(output)
     fs_out.invalidate_cache()  # fsspec caches listings per process: outputs written by workers since must show
     listing = list_inputs(input_spec, output)
     fs_in, files = listing.fs, listing.files
-    check_output_folder(output, fs_out, out_dir)
     _refuse_overwrite(fs_in, fs_out, files, listing.relative, out_dir)
     plans, source = [], None
     for f, rel in zip(files, listing.relative):

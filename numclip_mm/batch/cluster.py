@@ -284,8 +284,8 @@ def size_pipeline(resources: Dict[str, float], num_actors: Optional[int] = None,
     node_cpus = float(resources.get('node_CPU', cpus)) or cpus
     memory = float(resources.get('memory', 0))
     if cpus <= 0:
-        raise ValueError(f'the Ray cluster has no CPU available (none freed within {CPU_WAIT_S:.0f} s): nothing can '
-                         f'read or decode images; wait for the jobs holding them or give --address local')
+        raise ValueError(f'the Ray cluster has no CPU free (sizing waits up to {CPU_WAIT_S:.0f} s for one): nothing '
+                         f'can read or decode images; wait for the jobs holding them or give --address local')
     gpu = num_gpus_per_actor > 0 if num_gpus_per_actor is not None else gpus >= 1
     if gpu:
         per_gpu = num_gpus_per_actor or 1.0

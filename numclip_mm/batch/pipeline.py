@@ -205,9 +205,7 @@ def preflight(opts: ScoreOptions) -> None:
     for spec in opts.model_specs():
         if spec.checkpoint is not None and '://' not in spec.checkpoint and not os.path.isfile(spec.checkpoint):
             raise FileNotFoundError(f'checkpoint not found: {spec.checkpoint}')
-        if not isinstance(spec.config, str) or '://' in spec.config:
-            continue  # a Config object, or a URI the config loader reports on
-        if not os.path.isfile(spec.config):
+        if isinstance(spec.config, str) and not os.path.isfile(spec.config):  # (a Config object is already loaded)
             raise FileNotFoundError(f'config not found: {spec.config}')
     catalog.check_output_folder(opts.output)
 
