@@ -300,7 +300,12 @@ def test_unwritable_output_is_refused_before_any_work(tmp_path, env, capsys, mon
     assert starts == []
 
 
-def test_config_that_does_not_load_is_exit_2_with_file_and_line(tmp_path, env, capsys):
+def test_config_that_does_not_load_is_exit_2_with_file_and_line(tmp_path, env, capsys, monkeypatch):
+    """A config with a syntax error or one that raises ends the scorer (before Ray is started) and the training
+    tools with exit 2 and one line naming the file and the line."""
+    from numclip_mm.batch import score
+    starts = []
+    monkeypatch.setattr(score.RayStarter, 'start', lambda self: starts.append(self) or self)
     broken = tmp_path / 'broken.py'
     broken.write_text("model = dict(\n    clip=dict(\n")
     raising = tmp_path / 'raising.py'
@@ -310,6 +315,7 @@ def test_config_that_does_not_load_is_exit_2_with_file_and_line(tmp_path, env, c
     assert f"{broken}:2: SyntaxError: '(' was never closed" in capsys.readouterr().err
     assert cli_main(['--config', str(raising), *base]) == 2
     assert f'{raising}:3: ZeroDivisionError: division by zero' in capsys.readouterr().err
+    assert starts == []
     for tool in ('tools/train.py', 'tools/calibrate.py'):  # the training tools share the loader and the exit code
         extra = [env['ckpt']] if tool.endswith('calibrate.py') else []
         proc = run_tool_in_process(tool, raising, *extra)

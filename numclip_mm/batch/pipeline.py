@@ -187,11 +187,13 @@ def _config_digest(cfg) -> str:
     return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
 
 
-def preflight(opts: ScoreOptions) -> None:
-    """The checks that need neither torch nor a model nor an input listing: option ranges, each model's local
-    checkpoint and config file, a local output folder that is a file or cannot be written. The command line runs
-    them before it starts Ray, so that a typo ends it at once and starts nothing; :func:`prepare` runs them too.
-    Raises FileNotFoundError or ScoringSetupError."""
+def preflight(opts: ScoreOptions) -> List[Any]:
+    """The checks that need neither torch nor a model nor an input listing: option ranges, each model's config
+    (loaded: a syntax error or an exception in it names the file and line), its local checkpoint, a local output
+    folder that is a file or cannot be written. The command line runs them before it starts Ray, so that a typo ends
+    it at once and starts nothing. Returns each model's loaded config (for :func:`prepare`). Raises
+    FileNotFoundError, :class:`numclip_mm.utils.config_file.ConfigLoadError` or ScoringSetupError."""
+    from numclip_mm.utils.config_file import load_config_file
     Err = catalog.ScoringSetupError
     if (opts.batch_size is not None and opts.batch_size < 1) or (opts.num_actors is not None and opts.num_actors < 1):
         raise Err('batch size and number of actors must be at least 1')
@@ -202,19 +204,28 @@ def preflight(opts: ScoreOptions) -> None:
         raise Err(f'--path-root {opts.path_root} is not a folder')
     if opts.precision is not None and opts.precision not in PRECISION_DTYPES:
         raise Err(f'--precision must be one of {sorted(PRECISION_DTYPES)}, got {opts.precision!r}')
+    configs = []
     for spec in opts.model_specs():
         if spec.checkpoint is not None and '://' not in spec.checkpoint and not os.path.isfile(spec.checkpoint):
             raise FileNotFoundError(f'checkpoint not found: {spec.checkpoint}')
-        if isinstance(spec.config, str) and not os.path.isfile(spec.config):  # (a Config object is already loaded)
-            raise FileNotFoundError(f'config not found: {spec.config}')
+        if isinstance(spec.config, str):  # (a Config object is already loaded)
+            if not os.path.isfile(spec.config):
+                raise FileNotFoundError(f'config not found: {spec.config}')
+            # mmengine's config only (no torch, custom imports not run): what inference needs is registered later
+            configs.append(load_config_file(spec.config, import_custom_modules=False))
+        else:
+            configs.append(spec.config)
     catalog.check_output_folder(opts.output)
+    return configs
 
 
-def prepare(opts: ScoreOptions) -> ScoringJob:
-    """All checks that need no Ray. Raises FileNotFoundError, CheckpointMismatchError or ScoringSetupError."""
+def prepare(opts: ScoreOptions, configs: Optional[Sequence[Any]] = None) -> ScoringJob:
+    """All checks that need no Ray. ``configs``: what :func:`preflight` returned for ``opts`` (it runs here when
+    not given). Raises FileNotFoundError, ConfigLoadError, CheckpointMismatchError or ScoringSetupError."""
     Err = catalog.ScoringSetupError
-    preflight(opts)
-    models = [_prepare_model(spec, opts) for spec in opts.model_specs()]
+    if configs is None:
+        configs = preflight(opts)
+    models = [_prepare_model(spec, opts, config) for spec, config in zip(opts.model_specs(), configs)]
     names = [name for m in models for name in m.names.values()]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -228,12 +239,13 @@ def prepare(opts: ScoreOptions) -> ScoringJob:
                       job_plan.unscored, job_plan.ignored)
 
 
-def _prepare_model(spec: ModelSpec, opts: ScoreOptions) -> JobModel:
-    """One model's up-front checks: config, checkpoint (exact key/shape check, digest), calibration, prefix."""
+def _prepare_model(spec: ModelSpec, opts: ScoreOptions, config) -> JobModel:
+    """One model's up-front checks (``config``: the spec's config as :func:`preflight` loaded it): task, checkpoint
+    (exact key/shape check, digest), calibration, prefix."""
     from numclip_mm.conformal import SIDECAR_SUFFIX
     from numclip_mm.inference import describe_model, load_config
     Err = catalog.ScoringSetupError
-    config = load_config(spec.config)  # (the local checkpoint's existence: preflight)
+    config = load_config(config)  # task applied, inference components registered (file and checkpoint: preflight)
     if spec.checkpoint is None:
         pretrained = (config.model.get('clip') or {}).get('pretrained')
         if not spec.zero_shot:
@@ -569,7 +581,10 @@ def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, A
         for table in stream:
             if not table.num_rows:
                 continue
-            report.setdefault('first_output_s', time.perf_counter() - origin)
+            if 'first_output_s' not in report:
+                report['first_output_s'] = time.perf_counter() - origin
+                logger.info('first predictions back %.1f s after the start (Ray ready after %.1f s)',
+                            report['first_output_s'], report['ray_ready_s'])
             files = table.column(FILE_INDEX).to_numpy()
             for i in np.unique(files).tolist():
                 part = table if files[0] == files[-1] == i else table.filter(pa.array(files == i))

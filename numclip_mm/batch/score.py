@@ -30,6 +30,7 @@ from numclip_mm.batch import catalog
 from numclip_mm.batch.cluster import RayStarter, RayUnavailable
 from numclip_mm.batch.pipeline import ModelSpec, ScoreOptions, ScoringFailed, preflight, prepare, run
 from numclip_mm.shared import DEFAULT_MAX_PIXELS, PRECISION_DTYPES
+from numclip_mm.utils.config_file import ConfigLoadError
 
 
 def _size(text: str) -> int:
@@ -184,8 +185,8 @@ def main(argv=None) -> int:
     starter = None
     try:
         try:
-            preflight(opts)  # what needs no model and no listing: a typo ends here, with nothing started
-        except (FileNotFoundError, catalog.ScoringSetupError) as err:
+            configs = preflight(opts)  # what needs no model and no listing: a typo ends here, with nothing started
+        except (FileNotFoundError, ConfigLoadError, catalog.ScoringSetupError) as err:
             print(f'error: {err}', file=sys.stderr)
             return 2
         # Ray starts (or is connected) in the background while the inputs, model and checkpoint are checked
@@ -193,7 +194,7 @@ def main(argv=None) -> int:
         if handlers:  # Ray's core worker installs its own C++ SIGTERM handler (a stack dump, then abort): ours again
             starter.on_ready.append(install_handlers)
         starter.start()
-        return _main(args, opts, starter, started_at)
+        return _main(args, opts, configs, starter, started_at)
     except RayUnavailable as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
@@ -224,10 +225,10 @@ def _remove_partial_outputs(opts: ScoreOptions) -> None:
         pass
 
 
-def _main(args, opts: ScoreOptions, starter: RayStarter, started_at: float) -> int:
-    from numclip_mm.inference import CheckpointLoadError, ConfigLoadError
+def _main(args, opts: ScoreOptions, configs, starter: RayStarter, started_at: float) -> int:
+    from numclip_mm.inference import CheckpointLoadError
     try:
-        prep = prepare(opts)
+        prep = prepare(opts, configs)
     except (FileNotFoundError, CheckpointLoadError, ConfigLoadError, catalog.ScoringSetupError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
