@@ -127,6 +127,12 @@ class RayStarter:
             self.requested = self.requested or 'local'  # options of a private instance imply one
         if self.requested in (None, 'local'):
             os.environ.setdefault('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER', '0')  # keep a local instance on loopback
+        if self.requested not in (None, 'local', 'auto') or (self.requested is None and os.environ.get('RAY_ADDRESS')):
+            # an address given (--address, RAY_ADDRESS): resolved without importing ray and probed here, so that a
+            # cluster that is gone ends the command at once, before the driver's checks and with nothing started
+            address, source = resolve_address(self.requested)
+            if address is not None:
+                probe(address, source)
         self._started_at = time.monotonic()
         add_ray_vendored_path()
         self._thread = threading.Thread(target=self._run, name='numclip-ray', daemon=True)
