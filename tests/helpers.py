@@ -96,3 +96,29 @@ def run_tool_in_process(script, *args) -> subprocess.CompletedProcess:
         os.environ.update(saved[3])
         _last_tool_end[0] = time.time()
     return subprocess.CompletedProcess(argv, status, out.getvalue(), err.getvalue())
+
+
+RUN_MARK = 'NUMCLIP_TEST_RUN'
+
+
+def processes_marked(mark: str) -> list:
+    """PIDs of the processes whose environment has ``NUMCLIP_TEST_RUN=mark``: a command started with that variable and
+    everything it started, Ray's daemons and workers included (they inherit the driver's environment)."""
+    import psutil
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get(RUN_MARK) == mark:
+                found.append(p.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    return found
+
+
+def wait_until_gone(mark: str, timeout: float = 60.0) -> None:
+    """Wait until no process of a killed command is left (see :func:`processes_marked`): Ray workers run in their own
+    process groups and exit once they notice their raylet is gone; until then one may still commit an output."""
+    deadline = time.monotonic() + timeout
+    while processes_marked(mark):
+        assert time.monotonic() < deadline, f'processes of the killed run still alive after {timeout:.0f} s'
+        time.sleep(0.2)

@@ -4,6 +4,7 @@ cluster file, and a driver killed mid-run (one re-run completes every file).
 
 Each test starts its own Ray (in a subprocess) in its own process group and ends exactly that group.
 """
+import contextlib
 import io
 import json
 import os
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import write_tiny_config
+from helpers import RUN_MARK, wait_until_gone, write_tiny_config
 from PIL import Image
 
 from numclip_mm.inference import Predictor
@@ -82,26 +84,9 @@ def _check(out, cat):
         assert errors[-1] is not None and all(e is None for e in errors[:-1])
 
 
-def test_script_and_console_entry_points(env, tmp_path):
-    """`python batch/score.py` (no package context: used to fail with "attempted relative import") scores a catalog
-    with the default sizing (a private 2-CPU instance: two 1-thread actors, said in the first lines); the console
-    command declared in setup.py resolves to the same main."""
-    out = tmp_path / 'out'
-    script_env = _env()
-    script_env.pop('PYTHONPATH')  # as on a head node: only the script's path, no package context
-    done = subprocess.run([PY, str(REPO / 'batch' / 'score.py'), '--config', env['cfg'], '--checkpoint', env['ckpt'],
-                           '--input', str(env['cat']), '--output', str(out), '--num-cpus', '2',
-                           '--summary-json', str(tmp_path / 's.json')],
-                          cwd=tmp_path, env=script_env, capture_output=True, text=True, timeout=240,
-                          start_new_session=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    _check(out, env['cat'])
-    assert '"rows_scored": 20' in done.stdout
-    assert re.search(r'2 CPUs and 0 GPUs available .*scoring with 2 inference actor\(s\) x 1 torch thread\(s\) '
-                     r'\(1 CPU each\), decoding in the actors, batches of 64', done.stderr), done.stderr[-3000:]
-    summary = json.loads((tmp_path / 's.json').read_text())
-    assert summary['sizing']['num_actors'] == 2 and summary['rows_scored'] == 20
-    assert 0 < summary['ray_ready_s'] < summary['first_output_s']
+def test_console_entry_point_resolves_to_main(tmp_path):
+    """The console command declared in setup.py resolves to the scorer's main (`python batch/score.py` is run by the
+    killed-then-rerun test below)."""
     spec = re.search(r"'numclip-score = ([\w.]+):(\w+)'", (REPO / 'setup.py').read_text())
     assert spec, 'setup.py declares no numclip-score console script'
     module, attr = spec.groups()
@@ -115,15 +100,20 @@ def test_script_and_console_entry_points(env, tmp_path):
 
 
 def test_killed_driver_then_one_rerun_completes(env, tmp_path):
-    """SIGKILL the driver (and the local Ray it started) as soon as its first output is committed; one re-run of the
-    same command writes the rest and skips what was done: every output complete, rows out == rows in."""
+    """SIGKILL the driver (and the local Ray it started) as soon as its first output is committed; one re-run writes
+    the rest and skips what was done: every output complete, rows out == rows in. The re-run is `python batch/score.py`
+    (what `ray submit` runs; no package context: it used to fail with "attempted relative import") with the default
+    sizing, which is said in the first lines (a private 2-CPU instance: two 1-thread actors); resume depends on the
+    model only, not on the entry point or the sizing."""
     rng = np.random.default_rng(1)
     cat = _write_catalog(tmp_path / 'cat', rng, files=6, rows=300, row_group_size=50)
     out = tmp_path / 'out'
-    cmd = [PY, '-m', 'numclip_mm.batch.score', '--config', env['cfg'], '--checkpoint', env['ckpt'], '--input', str(cat),
-           '--output', str(out), '--num-cpus', '2', '--batch-size', '8', '--torch-threads', '1']
-    first = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
+    model = ['--config', env['cfg'], '--checkpoint', env['ckpt'], '--input', str(cat), '--output', str(out),
+             '--num-cpus', '2']
+    mark = uuid.uuid4().hex
+    first = subprocess.Popen([PY, '-m', 'numclip_mm.batch.score', *model, '--batch-size', '8', '--torch-threads', '1'],
+                             cwd=REPO, env=_env(**{RUN_MARK: mark}), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 180
         while not list(out.glob('p*.parquet')):
@@ -131,25 +121,31 @@ def test_killed_driver_then_one_rerun_completes(env, tmp_path):
             assert time.time() < deadline, 'no output appeared'
             time.sleep(0.05)
     finally:
-        _kill_group(first)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray it started (its process group)
+        first.wait(timeout=30)
     # Ray workers run in their own process groups: one already writing may still commit its (complete) output
-    # before it notices its raylet is gone; wait until the folder is stable
-    done_before, stable_since = None, time.time()
-    while time.time() - stable_since < 5:
-        now = sorted(p.name for p in out.glob('p*.parquet'))
-        if now != done_before:
-            done_before, stable_since = now, time.time()
-        time.sleep(0.5)
+    # before it notices its raylet is gone. Once every process of the run is gone the folder is final
+    wait_until_gone(mark)
+    done_before = sorted(p.name for p in out.glob('p*.parquet'))
     assert 0 < len(done_before) < 6, done_before
-    second = subprocess.run(cmd + ['--summary-json', str(tmp_path / 'summary.json')], cwd=REPO, env=_env(),
-                            capture_output=True, text=True, timeout=240, start_new_session=True)
+    script_env = _env()
+    script_env.pop('PYTHONPATH')  # as on a head node: only the script's path, no package context
+    second = subprocess.run([PY, str(REPO / 'batch' / 'score.py'), *model, '--summary-json',
+                             str(tmp_path / 'summary.json')], cwd=tmp_path, env=script_env, capture_output=True,
+                            text=True, timeout=240, start_new_session=True)
     assert second.returncode == 0, second.stderr[-3000:]
-    import json
     summary = json.loads((tmp_path / 'summary.json').read_text())
     skipped = sorted(Path(f['input']).name for f in summary['files'] if f['status'] == 'skipped')
     assert skipped == done_before and summary['files_written'] == 6 - len(done_before)
     assert sorted(p.name for p in out.iterdir()) == [f'p{f}.parquet' for f in range(6)]  # no temporaries left
     _check(out, cat)
+    assert f'"rows_scored": {300 * (6 - len(done_before))}' in second.stdout
+    assert re.search(r'2 CPUs and 0 GPUs available .*scoring with 2 inference actor\(s\) x 1 torch thread\(s\) '
+                     r'\(1 CPU each\), decoding in the actors, batches of 64', second.stderr), second.stderr[-3000:]
+    assert summary['sizing']['num_actors'] == 2
+    assert 0 < summary['ray_ready_s'] < summary['first_output_s']
+    assert re.search(r'first predictions back [\d.]+ s after', second.stderr)
 
 
 def test_cluster_file_is_valid():

@@ -5,17 +5,19 @@ fsspec/s3fs against moto's S3 server on loopback (started here), resume after a 
 The endpoint and fake credentials are set in the environment before this module's Ray starts, so every worker
 sees the same server.
 """
+import contextlib
 import io
 import os
 import signal
 import socket
+import uuid
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import write_tiny_config
+from helpers import RUN_MARK, wait_until_gone, write_tiny_config
 from PIL import Image
 
 pytest.importorskip('moto')
@@ -212,8 +214,9 @@ def test_s3_killed_run_then_one_rerun(s3, job, tmp_path):
     home.mkdir()
     env = dict(PATH=os.environ['PATH'], HOME=str(home), PYTHONPATH=str(repo), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER='0',
                **documented_s3_environment(s3['endpoint']))
-    first = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
+    mark = uuid.uuid4().hex
+    first = subprocess.Popen(cmd, cwd=repo, env=dict(env, **{RUN_MARK: mark}), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 150
         while True:
@@ -223,20 +226,14 @@ def test_s3_killed_run_then_one_rerun(s3, job, tmp_path):
             assert first.poll() is None and time.time() < deadline, 'no output appeared before the run ended'
             time.sleep(0.1)
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray it started (its process group)
-        except ProcessLookupError:
-            pass
         first.wait(timeout=30)
     # Ray workers run in their own process groups: one already writing may still commit its (complete) output
-    # before it notices its raylet is gone; wait until the listing is stable
-    done, stable_since = None, time.time()
-    while time.time() - stable_since < 5:
-        fs.invalidate_cache()
-        now = sorted(fs.ls(f'{BUCKET}/big-scored', detail=False))
-        if now != done:
-            done, stable_since = now, time.time()
-        time.sleep(0.5)
+    # before it notices its raylet is gone. Once every process of the run is gone the listing is final
+    wait_until_gone(mark)
+    fs.invalidate_cache()
+    done = sorted(fs.ls(f'{BUCKET}/big-scored', detail=False))
     assert 0 < len(done) < 6, done
     for key in done:  # whatever the kill interrupted, no object is partial
         assert _read(fs, key).num_rows == 300
