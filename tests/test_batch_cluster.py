@@ -56,6 +56,21 @@ def test_default_sizing(resources, expected):
     assert _total_cpus(got) <= resources['CPU']
 
 
+def test_small_jobs_get_fewer_wider_actors():
+    """An actor takes whole row groups: with fewer row groups than CPUs the spare CPUs become torch threads of the
+    actors that get work (no actor is started that would never get any); explicit options and GPUs are kept."""
+    cpu = dict(CPU=8, memory=64 * GIB)
+    assert size_pipeline(cpu, work_items=1) == Sizing(1, 8.0, 0.0, 8, True, 1.0, 64)
+    assert size_pipeline(cpu, work_items=3) == Sizing(3, 2.0, 0.0, 2, True, 1.0, 64)
+    assert size_pipeline(cpu, work_items=100) == size_pipeline(cpu)
+    assert size_pipeline(cpu, work_items=0).num_actors == 1
+    assert size_pipeline(cpu, work_items=1, num_actors=4).num_actors == 4
+    assert size_pipeline(cpu, work_items=1, torch_threads=1) == Sizing(1, 1.0, 0.0, 1, True, 1.0, 64)
+    assert size_pipeline(cpu, work_items=1, decode_in_actor=False) == size_pipeline(cpu, decode_in_actor=False)
+    assert size_pipeline(dict(CPU=8, GPU=2), work_items=1).num_actors == 2
+    assert _total_cpus(size_pipeline(dict(CPU=3, memory=64 * GIB), work_items=2)) <= 3
+
+
 def test_explicit_options_are_kept():
     s = size_pipeline(dict(CPU=2, memory=20 * GIB), num_actors=4, torch_threads=2, batch_size=16)
     assert (s.num_actors, s.torch_threads, s.batch_size, s.cpus_per_actor) == (4, 2, 16, 0.5)

@@ -271,7 +271,7 @@ def size_pipeline(resources: Dict[str, float], num_actors: Optional[int] = None,
                   cpus_per_actor: Optional[float] = None, num_gpus_per_actor: Optional[float] = None,
                   torch_threads: Optional[int] = None, decode_in_actor: Optional[bool] = None,
                   cpus_per_decode_task: Optional[float] = None, batch_size: Optional[int] = None,
-                  actor_memory: int = ACTOR_BASE_MEMORY) -> Sizing:
+                  actor_memory: int = ACTOR_BASE_MEMORY, work_items: Optional[int] = None) -> Sizing:
     """Actors x threads for ``resources`` (``{'CPU', 'GPU', 'memory', 'node_CPU'}`` as :func:`cluster_resources`);
     every argument given explicitly is kept.
 
@@ -280,7 +280,8 @@ def size_pipeline(resources: Dict[str, float], num_actors: Optional[int] = None,
     - CPU only: decoding happens in the actors (pixels never cross a process boundary), so one actor per CPU with
       one torch thread each keeps every core busy with decode and inference at once (while one actor decodes,
       another infers); fewer, wider actors when memory holds fewer model replicas (``actor_memory`` each, 70 % of
-      the available memory).
+      the available memory), and no more actors than ``work_items`` (row groups: an actor takes whole ones, so a
+      small job's spare CPUs become torch threads of fewer actors instead of actors that never get work).
 
     Never deadlocks: the actors' CPUs plus one decode task's fit in the available CPUs (the writers reserve none),
     so the actors can never hold every CPU a decode task waits for.
@@ -312,11 +313,11 @@ def size_pipeline(resources: Dict[str, float], num_actors: Optional[int] = None,
     else:
         threads = torch_threads or 1
         actors = max(1, int(budget // threads))
-        if memory > 0:
-            by_memory = max(1, int(0.7 * memory // actor_memory))
-            if by_memory < actors:
-                actors = by_memory
-                threads = torch_threads or max(1, int(min(budget / actors, node_cpus)))
+        by_memory = max(1, int(0.7 * memory // actor_memory)) if memory > 0 else actors
+        by_work = max(1, work_items) if work_items is not None and in_actor else actors
+        if min(by_memory, by_work) < actors:
+            actors = min(by_memory, by_work)
+            threads = torch_threads or max(1, int(min(budget / actors, node_cpus)))
     actor_cpus = cpus_per_actor or min(budget / actors, node_cpus, float(threads) if not num_actors else budget)
     return Sizing(actors, _floor(actor_cpus), 0.0, threads, in_actor, decode_cpus or 1.0, batch_size or 64)
 

@@ -331,15 +331,17 @@ def work_items(plans: Sequence[catalog.FilePlan]) -> List[Dict[str, Any]]:
     return items
 
 
-def plan_sizing(job: ScoringJob) -> Sizing:
-    """Actors x threads for the running cluster (:func:`numclip_mm.batch.cluster.size_pipeline`); the options the
-    user gave are kept."""
+def plan_sizing(job: ScoringJob, pending: Optional[Sequence[catalog.FilePlan]] = None) -> Sizing:
+    """Actors x threads for the running cluster and the ``pending`` files (default: the job's incomplete ones)
+    (:func:`numclip_mm.batch.cluster.size_pipeline`); the options the user gave are kept."""
     opts = job.opts
+    pending = [p for p in job.plans if not p.complete] if pending is None else pending
     checkpoint_bytes = sum(m.checkpoint_bytes for m in job.models)  # every model lives in each actor
     return size_pipeline(cluster_resources(), num_actors=opts.num_actors, cpus_per_actor=opts.cpus_per_actor,
                          num_gpus_per_actor=opts.num_gpus_per_actor, torch_threads=opts.torch_threads,
                          decode_in_actor=opts.decode_in_actor, cpus_per_decode_task=opts.cpus_per_decode_task,
-                         batch_size=opts.batch_size, actor_memory=ACTOR_BASE_MEMORY + 3 * checkpoint_bytes)
+                         batch_size=opts.batch_size, actor_memory=ACTOR_BASE_MEMORY + 3 * checkpoint_bytes,
+                         work_items=len(work_items(pending)))
 
 
 def prediction_block_bytes(batch_size: int, intervals: Sequence[float] = (), prefixes: Sequence[str] = ('',),
@@ -519,11 +521,12 @@ def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, A
     opts = job.opts
     writer = ray.remote(write_output).options(  # I/O bound: no CPU reserved (never starved by the actors),
         num_cpus=0, max_retries=opts.max_retries, scheduling_strategy='SPREAD')  # spread over the nodes
-    sizing = plan_sizing(job)
+    sizing = plan_sizing(job, pending)
     resources = cluster_resources()
-    logger.info('Ray: %s, %g CPUs and %g GPUs available (ready %.1f s after start); scoring with %s',
-                ray_starter.describe() if ray_starter else 'the Ray instance already running in this process',
-                resources['CPU'], resources['GPU'], report['ray_ready_s'], sizing.describe())
+    logger.info('Ray: %s, %g CPUs and %g GPUs available (ready %.1f s after start); scoring with %s (%d row groups '
+                'to score)', ray_starter.describe() if ray_starter else 'the Ray instance already running in this '
+                'process', resources['CPU'], resources['GPU'], report['ray_ready_s'], sizing.describe(),
+                len(work_items(pending)))
     report['sizing'] = dict(vars(sizing))
     ds = build_dataset(job, pending, sizing, actor_class)
     buffers: Dict[int, List[pa.Table]] = {i: [] for i in range(len(pending))}
