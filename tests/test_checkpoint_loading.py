@@ -175,6 +175,36 @@ def test_runner_starts_process_group_with_chosen_backend(monkeypatch, cuda, expe
     assert seen['dist_cfg'] == dict(backend=expected, timeout=60)
 
 
+def gloo_threads():
+    """The names of this process's gloo threads (PyTorch names its worker threads pt_gloo_runloop)."""
+    names = (Path(f'/proc/self/task/{tid}/comm').read_text().strip() for tid in os.listdir('/proc/self/task'))
+    return sorted(name for name in names if 'gloo' in name)
+
+
+@pytest.mark.skipif(not Path('/proc/self/task').is_dir(), reason='thread names are read from /proc (Linux)')
+def test_destroy_distributed_joins_the_gloo_threads():
+    """The tools end a finished run's process group (destroy_distributed): gloo's worker threads are joined then, not
+    left running into interpreter shutdown, where one still releasing the last collective's tensors aborts the
+    process (SIGABRT after a successful torchrun run). The DDP model lives on in a reference cycle, as in MMEngine's
+    Runner."""
+    import torch.distributed as dist
+
+    from numclip_mm.engine import CPUDistributedDataParallel, destroy_distributed
+    destroy_distributed()  # nothing started: nothing to do
+    assert not dist.is_initialized() and gloo_threads() == []
+    dist.init_process_group('gloo', store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        runner = type('Runner', (), {})()
+        runner.loop, runner.model = runner, CPUDistributedDataParallel(torch.nn.Linear(2, 1))
+        runner.model(torch.ones(1, 2)).sum().backward()
+        dist.broadcast_object_list([{'mae': 1.0}])  # what MMEngine's evaluator does last
+        assert 'pt_gloo_runloop' in gloo_threads()
+        del runner
+    finally:
+        destroy_distributed()
+    assert not dist.is_initialized() and gloo_threads() == []
+
+
 def test_amp_configs_fall_back_on_cpu(monkeypatch):
     import numclip_mm.engine.device_defaults as defaults
     cfg = Config.fromfile(str(ROOT / 'configs/numclip_hci.py'))

@@ -10,7 +10,7 @@ from mmengine.config import ConfigDict, DictAction
 from mmengine.registry import RUNNERS
 
 import numclip_mm.register  # noqa: F401  (registration; also makes torchvision importable first)
-from numclip_mm.engine import StrictLoadRunner, init_cpu_distributed, resolve_dist_backend
+from numclip_mm.engine import StrictLoadRunner, destroy_distributed, init_cpu_distributed, resolve_dist_backend
 from numclip_mm.utils import CheckpointLoadError
 from numclip_mm.utils.config_file import ConfigLoadError, load_config_file  # noqa: F401  (the tools' config loader)
 
@@ -80,7 +80,8 @@ def build_runner(cfg):
 def run_cli(main) -> None:
     """Run a tool's ``main``; a config that cannot be loaded (``load_config_file``: syntax error, an exception
     while it runs) ends the process with exit code 2, a checkpoint that cannot be used (missing, refused, not
-    fitting) with exit code 1, each with the one-line reason on stderr instead of a traceback."""
+    fitting) with exit code 1, each with the one-line reason on stderr instead of a traceback. A run that finished
+    destroys its process group (distributed runs) before the interpreter exits: :func:`destroy_distributed`."""
     try:
         main()
     except ConfigLoadError as err:
@@ -89,3 +90,4 @@ def run_cli(main) -> None:
     except (CheckpointLoadError, FileNotFoundError) as err:
         print(f'error: {err}', file=sys.stderr)
         sys.exit(1)
+    destroy_distributed()
