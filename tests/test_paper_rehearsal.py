@@ -7,8 +7,6 @@ archive (~300 MB) is built once per session in a temporary folder and removed af
 """
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from helpers import run_tool_in_process
 from mmengine.config import Config
 from open_clip.transformer import QuickGELU
 
@@ -153,10 +152,16 @@ def test_paper_config_trains_and_tests_in_process(openai_archive, tmp_path, data
           f'{trained - built:.1f} s, tested in {time.perf_counter() - trained:.1f} s')
 
 
-def run_tool(*args, env, timeout=420):
-    env = dict(os.environ, OMP_NUM_THREADS='2', PYTHONPATH=str(ROOT), **env)
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+def run_tool(*args, env):
+    """``python tools/...`` run inside this process (:func:`helpers.run_tool_in_process`) with ``env`` added to the
+    environment for the run: the loader reads ``NUMCLIP_CLIP_CACHE`` when it looks for the file, not at start."""
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        proc = run_tool_in_process(*args)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     assert proc.returncode == 0, f'{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}'
     return proc
 
