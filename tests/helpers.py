@@ -80,6 +80,10 @@ def run_tool_in_process(script, *args) -> subprocess.CompletedProcess:
         sys.argv = argv
         sys.path.insert(0, str((ROOT / script).parent))  # what `python tools/x.py` puts first: `import common`
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            # what print_log(logger='current') reaches before the run builds its own logger: in a new interpreter
+            # print(), here the last logger an earlier run made (its handler writing to that run's streams)
+            from mmengine.logging import MMLogger
+            MMLogger.get_instance(f'run_tool_in_process-{time.time_ns()}', logger_name='mmengine')
             try:
                 runpy.run_path(str(ROOT / script), run_name='__main__')
             except SystemExit as exit_:
