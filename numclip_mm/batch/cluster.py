@@ -53,13 +53,9 @@ def resolve_address(address: Optional[str]) -> Tuple[Optional[str], str]:
     """-> (address to connect to or None for a new private instance, where it came from), as ``ray.init`` resolves
     it: an explicit ``--address``, else ``RAY_ADDRESS``, else the cluster the last ``ray start`` on this machine
     recorded (Ray's ``ray_current_cluster`` file), else a new instance. ``'local'`` always means a new instance."""
-    if address == 'local':
-        return None, '--address local'
-    if address not in (None, 'auto'):
-        return address, '--address'
-    env = os.environ.get('RAY_ADDRESS')
-    if env:
-        return (None, 'RAY_ADDRESS=local') if env == 'local' else (env, 'RAY_ADDRESS')
+    given = _given_address(address)
+    if given is not None:
+        return given
     from ray._private.services import find_bootstrap_address
     recorded = find_bootstrap_address(None)
     if recorded:
@@ -68,6 +64,19 @@ def resolve_address(address: Optional[str]) -> Tuple[Optional[str], str]:
         raise RayUnavailable('--address auto: no running Ray cluster found on this machine; start one with '
                              '`ray start --head`, or leave --address out to score on a private instance')
     return None, 'a new private instance (no RAY_ADDRESS, no running `ray start` cluster)'
+
+
+def _given_address(address: Optional[str]) -> Optional[Tuple[Optional[str], str]]:
+    """What :func:`resolve_address` decides without importing ray (``'local'``, ``--address``, ``RAY_ADDRESS``);
+    None when only Ray's record of a ``ray start`` cluster can tell."""
+    if address == 'local':
+        return None, '--address local'
+    if address not in (None, 'auto'):
+        return address, '--address'
+    env = os.environ.get('RAY_ADDRESS')
+    if env:
+        return (None, 'RAY_ADDRESS=local') if env == 'local' else (env, 'RAY_ADDRESS')
+    return None
 
 
 def _host_port(address: str) -> Tuple[str, int]:
@@ -113,6 +122,7 @@ class RayStarter:
         self.error: Optional[BaseException] = None
         self.elapsed_s: Optional[float] = None
         self.session: Optional[str] = None  # session name of a private instance (its processes carry it)
+        self._resolved = False        # address and source decided (and an address probed) by start()
         self.on_ready: List[Callable[[], None]] = []  # run once by wait(), on its thread, when Ray is up
         self._ready, self._stop = threading.Event(), threading.Event()
         self._started_at = time.monotonic()
@@ -127,12 +137,14 @@ class RayStarter:
             self.requested = self.requested or 'local'  # options of a private instance imply one
         if self.requested in (None, 'local'):
             os.environ.setdefault('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER', '0')  # keep a local instance on loopback
-        if self.requested not in (None, 'local', 'auto') or (self.requested is None and os.environ.get('RAY_ADDRESS')):
-            # an address given (--address, RAY_ADDRESS): resolved without importing ray and probed here, so that a
-            # cluster that is gone ends the command at once, before the driver's checks and with nothing started
-            address, source = resolve_address(self.requested)
-            if address is not None:
-                probe(address, source)
+        # decided here when that needs no `import ray`; an address given (--address, RAY_ADDRESS) is probed here too,
+        # so that a cluster that is gone ends the command at once, with nothing started
+        given = _given_address(self.requested)
+        if given is not None:
+            self.address, self.source = given
+            if self.address is not None:
+                probe(self.address, self.source)
+            self._resolved = True
         self._started_at = time.monotonic()
         add_ray_vendored_path()
         self._thread = threading.Thread(target=self._run, name='numclip-ray', daemon=True)
@@ -143,14 +155,16 @@ class RayStarter:
         t0 = time.perf_counter()
         try:
             import ray
-            self.address, self.source = resolve_address(self.requested)
+            if not self._resolved:  # the cluster a `ray start` recorded, if any: Ray's record tells
+                self.address, self.source = resolve_address(self.requested)
+                if self.address is not None:
+                    probe(self.address, self.source)
             if self.address is None:
                 self.private = True
                 ray.init(address='local', num_cpus=self.num_cpus, include_dashboard=False,
                          object_store_memory=self.object_store_memory, _node_ip_address='127.0.0.1')
                 self.session = os.path.basename(ray._private.worker._global_node.get_session_dir_path())
             else:
-                probe(self.address, self.source)
                 ray.init(address=self.address, log_to_driver=True)
             self.started = True
         except BaseException as err:  # noqa: BLE001  (handed to the waiting thread)
