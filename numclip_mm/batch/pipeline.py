@@ -331,17 +331,17 @@ def work_items(plans: Sequence[catalog.FilePlan]) -> List[Dict[str, Any]]:
     return items
 
 
-def plan_sizing(job: ScoringJob, pending: Optional[Sequence[catalog.FilePlan]] = None) -> Sizing:
-    """Actors x threads for the running cluster and the ``pending`` files (default: the job's incomplete ones)
-    (:func:`numclip_mm.batch.cluster.size_pipeline`); the options the user gave are kept."""
+def plan_sizing(job: ScoringJob, resources: Dict[str, float], num_work_items: int) -> Sizing:
+    """Actors x threads for the cluster's ``resources`` (:func:`numclip_mm.batch.cluster.cluster_resources`) and the
+    job's ``num_work_items`` (row groups to score) (:func:`numclip_mm.batch.cluster.size_pipeline`); the options the
+    user gave are kept."""
     opts = job.opts
-    pending = [p for p in job.plans if not p.complete] if pending is None else pending
     checkpoint_bytes = sum(m.checkpoint_bytes for m in job.models)  # every model lives in each actor
-    return size_pipeline(cluster_resources(), num_actors=opts.num_actors, cpus_per_actor=opts.cpus_per_actor,
+    return size_pipeline(resources, num_actors=opts.num_actors, cpus_per_actor=opts.cpus_per_actor,
                          num_gpus_per_actor=opts.num_gpus_per_actor, torch_threads=opts.torch_threads,
                          decode_in_actor=opts.decode_in_actor, cpus_per_decode_task=opts.cpus_per_decode_task,
                          batch_size=opts.batch_size, actor_memory=ACTOR_BASE_MEMORY + 3 * checkpoint_bytes,
-                         work_items=len(work_items(pending)))
+                         work_items=num_work_items)
 
 
 def prediction_block_bytes(batch_size: int, intervals: Sequence[float] = (), prefixes: Sequence[str] = ('',),
@@ -354,10 +354,10 @@ def prediction_block_bytes(batch_size: int, intervals: Sequence[float] = (), pre
     return max(1024, int(0.8 * batch_size * per_row))
 
 
-def build_dataset(job: ScoringJob, plans: Sequence[catalog.FilePlan], sizing: Sizing, actor_class=None):
-    """The lazy Ray Dataset of prediction columns (numclip_mm.batch.columns.prediction_schema) for ``plans``;
-    ``actor_class``: the ``map_batches`` class that infers (default :class:`~numclip_mm.batch.actor.InferenceActor`,
-    or a subclass of it)."""
+def build_dataset(job: ScoringJob, items: Sequence[Dict[str, Any]], sizing: Sizing, actor_class=None):
+    """The lazy Ray Dataset of prediction columns (numclip_mm.batch.columns.prediction_schema) for the work
+    ``items`` (:func:`work_items` of the files to score); ``actor_class``: the ``map_batches`` class that infers
+    (default :class:`~numclip_mm.batch.actor.InferenceActor`, or a subclass of it)."""
     import ray
 
     from numclip_mm.inference import ImagePreprocessor
@@ -367,7 +367,6 @@ def build_dataset(job: ScoringJob, plans: Sequence[catalog.FilePlan], sizing: Si
     opts = job.opts
     gpu = bool(sizing.gpus_per_actor)
     batch_size, in_actor = sizing.batch_size, sizing.decode_in_actor
-    items = work_items(plans)
     preprocessors = None
     if not in_actor:  # decode tasks bring each distinct model input once (actors bring their own otherwise)
         preprocessors, _ = group_preprocessors([ImagePreprocessor(m.config, m.input_size) for m in job.models])
@@ -521,14 +520,13 @@ def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, A
     opts = job.opts
     writer = ray.remote(write_output).options(  # I/O bound: no CPU reserved (never starved by the actors),
         num_cpus=0, max_retries=opts.max_retries, scheduling_strategy='SPREAD')  # spread over the nodes
-    sizing = plan_sizing(job, pending)
-    resources = cluster_resources()
+    resources, items = cluster_resources(), work_items(pending)
+    sizing = plan_sizing(job, resources, len(items))
     logger.info('Ray: %s, %g CPUs and %g GPUs available (ready %.1f s after start); scoring with %s (%d row groups '
                 'to score)', ray_starter.describe() if ray_starter else 'the Ray instance already running in this '
-                'process', resources['CPU'], resources['GPU'], report['ray_ready_s'], sizing.describe(),
-                len(work_items(pending)))
+                'process', resources['CPU'], resources['GPU'], report['ray_ready_s'], sizing.describe(), len(items))
     report['sizing'] = dict(vars(sizing))
-    ds = build_dataset(job, pending, sizing, actor_class)
+    ds = build_dataset(job, items, sizing, actor_class)
     buffers: Dict[int, List[pa.Table]] = {i: [] for i in range(len(pending))}
     counts = {i: 0 for i in range(len(pending))}
     in_flight: Dict[Any, int] = {}
