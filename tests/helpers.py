@@ -57,13 +57,13 @@ def dying_actor(exit_at_batch: int, marker=None):
 _last_tool_end = [0.0]
 
 
-def run_tool_in_process(script, *args) -> subprocess.CompletedProcess:
+def run_tool_in_process(script, *args, env=None) -> subprocess.CompletedProcess:
     """``python <script> <args>`` from the repository root, run inside this process (``runpy`` as ``__main__``, as
     tools/benchmark/report.py runs the tools): the same argv, exit status, stdout and stderr (an uncaught exception:
     its traceback and status 1) without a new interpreter's ~5 s of imports; the environment, working directory,
-    ``sys.argv`` and ``sys.path`` are restored afterwards. For tests of what a tool does; tests
-    of a fresh interpreter (registration from a config alone, environment variables read at start, torchrun) start
-    a subprocess.
+    ``sys.argv`` and ``sys.path`` are restored afterwards (``env``: variables set for the run only). For tests of
+    what a tool does; tests of a fresh interpreter (registration from a config alone, environment variables read at
+    start, torchrun) start a subprocess.
 
     MMEngine names a run's logger and visualizer after the config and the start time in whole seconds and reuses
     an existing instance of that name, so a run here starts in a later second than the previous one ended.
@@ -77,6 +77,7 @@ def run_tool_in_process(script, *args) -> subprocess.CompletedProcess:
     status = 0
     try:
         os.chdir(ROOT)
+        os.environ.update(env or {})
         sys.argv = argv
         sys.path.insert(0, str((ROOT / script).parent))  # what `python tools/x.py` puts first: `import common`
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -5,7 +5,6 @@ two iterations and testing on a handful of fabricated images laid out exactly as
 CPU only; each config gets batch size 2, two training images per iteration, two test images, no workers. The
 archive (~300 MB) is built once per session in a temporary folder and removed afterwards.
 """
-import os
 import shutil
 import time
 from pathlib import Path
@@ -155,13 +154,7 @@ def test_paper_config_trains_and_tests_in_process(openai_archive, tmp_path, data
 def run_tool(*args, env):
     """``python tools/...`` run inside this process (:func:`helpers.run_tool_in_process`) with ``env`` added to the
     environment for the run: the loader reads ``NUMCLIP_CLIP_CACHE`` when it looks for the file, not at start."""
-    saved = dict(os.environ)
-    os.environ.update(env)
-    try:
-        proc = run_tool_in_process(*args)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    proc = run_tool_in_process(*args, env=env)
     assert proc.returncode == 0, f'{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}'
     return proc
 
