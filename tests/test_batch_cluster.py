@@ -25,7 +25,15 @@ import torch
 from helpers import write_tiny_config
 from PIL import Image
 
-from numclip_mm.batch.cluster import RayUnavailable, Sizing, cluster_resources, probe, resolve_address, size_pipeline
+from numclip_mm.batch.cluster import (
+    RayStarter,
+    RayUnavailable,
+    Sizing,
+    cluster_resources,
+    probe,
+    resolve_address,
+    size_pipeline,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -109,6 +117,23 @@ def test_sizing_waits_for_cpus_held_by_a_job_being_torn_down(monkeypatch):
     assert 0.5 <= time.monotonic() - t0 < 3 and busy['CPU'] == 0.0
     with pytest.raises(ValueError, match=r'no CPU free \(sizing waits up to 30 s for one\).*--address local'):
         size_pipeline(busy)
+
+
+def test_given_address_that_does_not_answer_ends_start_at_once(monkeypatch):
+    """--address or RAY_ADDRESS pointing where nothing listens: RayStarter.start() itself raises, naming the address
+    and where it came from, and starts no thread (the command then ends before the driver's checks)."""
+    import threading
+    dead = f'127.0.0.1:{_free_port()}'
+    monkeypatch.delenv('RAY_ADDRESS', raising=False)
+    for address, source in ((dead, '--address'), (None, 'RAY_ADDRESS')):
+        if address is None:
+            monkeypatch.setenv('RAY_ADDRESS', dead)
+        before = {t.name for t in threading.enumerate()}
+        t0 = time.monotonic()
+        with pytest.raises(RayUnavailable, match=rf'no Ray cluster answers at {dead} \(from {source}\)'):
+            RayStarter(address=address).start()
+        assert time.monotonic() - t0 < 5
+        assert 'numclip-ray' not in {t.name for t in threading.enumerate()} - before
 
 
 def test_address_resolution(monkeypatch):
