@@ -111,7 +111,7 @@ def test_killed_driver_then_one_rerun_completes(env, tmp_path):
     model = ['--config', env['cfg'], '--checkpoint', env['ckpt'], '--input', str(cat), '--output', str(out),
              '--num-cpus', '2']
     mark = uuid.uuid4().hex
-    first = subprocess.Popen([PY, '-m', 'numclip_mm.batch.score', *model, '--batch-size', '8', '--torch-threads', '1'],
+    first = subprocess.Popen([PY, '-m', 'numclip_mm.batch.score', *model, '--batch-size', '8', '--num-actors', '1'],
                              cwd=REPO, env=_env(**{RUN_MARK: mark}), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
     try:

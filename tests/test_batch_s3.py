@@ -23,7 +23,7 @@ from PIL import Image
 pytest.importorskip('moto')
 s3fs = pytest.importorskip('s3fs')
 
-TEST_TIMEOUT_S = 180  # per test (conftest's module_timeout): a hung Ray pipeline fails instead of hanging CI
+TEST_TIMEOUT_S = 300  # per test (conftest's module_timeout): a hung Ray pipeline fails instead of hanging CI
 BUCKET = 'numclip-test'
 
 
@@ -200,16 +200,17 @@ def test_s3_killed_run_then_one_rerun(s3, job, tmp_path):
     from pathlib import Path
     fs = s3['fs']
     rng = np.random.default_rng(9)
+    rows = 100  # per file, in row groups of 25 and batches of 8: the first output comes while most files wait
     for f in range(6):
-        cells = [_png(rng, 24, 24) for _ in range(300)]
+        cells = [_png(rng, 24, 24) for _ in range(rows)]
         buf = io.BytesIO()
-        pq.write_table(pa.table({'id': range(300), 'image': pa.array(cells, pa.binary())}), buf, row_group_size=50)
+        pq.write_table(pa.table({'id': range(rows), 'image': pa.array(cells, pa.binary())}), buf, row_group_size=25)
         fs.pipe_file(f'{BUCKET}/big/p{f}.parquet', buf.getvalue())
     repo = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, '-m', 'numclip_mm.batch.score', '--config', job['cfg'], '--checkpoint', job['ckpt'],
            '--input',
            f's3://{BUCKET}/big/', '--output', f's3://{BUCKET}/big-scored/', '--num-cpus', '2', '--batch-size', '8',
-           '--torch-threads', '1']
+           '--num-actors', '1']  # the local kill test runs the default sizing
     home = tmp_path / 'home'
     home.mkdir()
     env = dict(PATH=os.environ['PATH'], HOME=str(home), PYTHONPATH=str(repo), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER='0',
@@ -236,7 +237,7 @@ def test_s3_killed_run_then_one_rerun(s3, job, tmp_path):
     done = sorted(fs.ls(f'{BUCKET}/big-scored', detail=False))
     assert 0 < len(done) < 6, done
     for key in done:  # whatever the kill interrupted, no object is partial
-        assert _read(fs, key).num_rows == 300
+        assert _read(fs, key).num_rows == rows
     again = subprocess.run(cmd + ['--summary-json', str(tmp_path / 's.json')], cwd=repo, env=env,
                            capture_output=True, text=True, timeout=170, start_new_session=True)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -246,7 +247,7 @@ def test_s3_killed_run_then_one_rerun(s3, job, tmp_path):
     task = job['reference'].task
     for f in range(6):
         table = _read(fs, f'{BUCKET}/big-scored/p{f}.parquet')
-        assert table.num_rows == 300 and table.column('count_error').null_count == 300
+        assert table.num_rows == rows and table.column('count_error').null_count == rows
         value, label = table.column('count_value').to_pylist(), table.column('count_label').to_pylist()
         assert label == [task.concepts[b] for b in task.value_to_bin(value)]  # every label is its value's bin
 
