@@ -28,8 +28,10 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check .
 
+# One pytest worker per core; a test module stays on one worker, so its module fixtures (a Ray instance, catalogs,
+# a trained checkpoint) are made once.
 test: lint
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q -n auto --dist loadfile --no-loadscope-reorder
 
 clean:
 	rm -rf $(VENV) work_dirs
