@@ -28,10 +28,8 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check .
 
-# One pytest worker per core; a test module stays on one worker, so its module fixtures (a Ray instance, catalogs,
-# a trained checkpoint) are made once.
 test: lint
-	$(BIN)/python -m pytest tests -q -n auto --dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest tests -q
 
 clean:
 	rm -rf $(VENV) work_dirs

@@ -43,8 +43,8 @@ setup(
     extras_require={
         'batch': ['ray[default,data]>=2.40'],
         # datasets and polars: the catalog tests write Parquet with the writers data teams use
-        'tests': ['pytest>=8', 'pytest-xdist>=3', 'ray[default,data]>=2.40', 'moto[server]>=5', 's3fs', 'boto3',
-                  'psutil', 'ruff', 'datasets>=3', 'polars>=1'],
+        'tests': ['pytest>=8', 'ray[default,data]>=2.40', 'moto[server]>=5', 's3fs', 'boto3', 'psutil', 'ruff',
+                  'datasets>=3', 'polars>=1'],
         's3': ['s3fs'],
     },
     entry_points={'console_scripts': ['numclip-score = numclip_mm.batch.score:main']},

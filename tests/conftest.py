@@ -35,15 +35,3 @@ def module_timeout(request):
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, old)
-
-
-# Modules that start Ray, tools or other processes, slowest first. `make test` runs the suite on one worker per core
-# with whole modules as the unit (-n auto --dist loadfile --no-loadscope-reorder): each worker takes the next module
-# in this order, so that no long module is left to start last. Within a module the order is kept.
-SLOW_MODULES_FIRST = ('test_batch_scorer', 'test_batch_s3', 'test_batch_cluster', 'test_batch_cli', 'test_tools',
-                      'test_paper_rehearsal', 'test_batch_catalogs', 'test_batch_bounds', 'test_checkpoint_loading')
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(SLOW_MODULES_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))
