@@ -177,7 +177,12 @@ def test_runner_starts_process_group_with_chosen_backend(monkeypatch, cuda, expe
 
 def gloo_threads():
     """The names of this process's gloo threads (PyTorch names its worker threads pt_gloo_runloop)."""
-    names = (Path(f'/proc/self/task/{tid}/comm').read_text().strip() for tid in os.listdir('/proc/self/task'))
+    names = []
+    for tid in os.listdir('/proc/self/task'):
+        try:
+            names.append(Path(f'/proc/self/task/{tid}/comm').read_text().strip())
+        except FileNotFoundError:  # the thread ended after the listing (a gloo thread being joined, say)
+            pass
     return sorted(name for name in names if 'gloo' in name)
 
 
