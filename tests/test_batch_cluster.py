@@ -279,8 +279,8 @@ def test_signal_stops_the_job_cleanly(env, tmp_path, sig, moment):
     complete outputs (if any) are valid."""
     out = tmp_path / 'out'
     log_path = tmp_path / 'log.txt'
+    mark = uuid.uuid4().hex  # in the environment of the run and of every process it starts (Ray's too)
     with open(log_path, 'w') as log:  # one actor: a second would only add its start-up before the signal
-        mark = uuid.uuid4().hex  # in the environment of the run and of every process it starts (Ray's too)
         proc = subprocess.Popen(_score_cmd(env, out, '--num-cpus', '2', '--num-actors', '1', '--batch-size', '8'),
                                 cwd=REPO, env=_env(**{RUN_MARK: mark}), stdout=log, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)

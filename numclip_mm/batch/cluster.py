@@ -118,11 +118,10 @@ class RayStarter:
         self.started = False          # True when this process started or connected Ray (and must shut it down)
         self.private = False          # True when that is a new local instance
         self.address: Optional[str] = None
-        self.source = ''
+        self.source = ''              # where the address came from, once decided (by start() or the thread)
         self.error: Optional[BaseException] = None
         self.elapsed_s: Optional[float] = None
         self.session: Optional[str] = None  # session name of a private instance (its processes carry it)
-        self._resolved = False        # address and source decided (and an address probed) by start()
         self.on_ready: List[Callable[[], None]] = []  # run once by wait(), on its thread, when Ray is up
         self._ready, self._stop = threading.Event(), threading.Event()
         self._started_at = time.monotonic()
@@ -144,7 +143,6 @@ class RayStarter:
             self.address, self.source = given
             if self.address is not None:
                 probe(self.address, self.source)
-            self._resolved = True
         self._started_at = time.monotonic()
         add_ray_vendored_path()
         self._thread = threading.Thread(target=self._run, name='numclip-ray', daemon=True)
@@ -155,7 +153,7 @@ class RayStarter:
         t0 = time.perf_counter()
         try:
             import ray
-            if not self._resolved:  # the cluster a `ray start` recorded, if any: Ray's record tells
+            if not self.source:  # not decided by start(): Ray's record of a `ray start` cluster tells
                 self.address, self.source = resolve_address(self.requested)
                 if self.address is not None:
                     probe(self.address, self.source)
