@@ -47,6 +47,6 @@ setup(
                   'datasets>=3', 'polars>=1'],
         's3': ['s3fs'],
     },
-    entry_points={'console_scripts': ['numclip-score = numclip_mm.batch.score:main']},
+    entry_points={'console_scripts': ['numclip-score = numclip_mm.batch.score:cli']},
     license='Apache-2.0',
 )

@@ -2,9 +2,8 @@
 script, not a module). The code is :mod:`numclip_mm.batch.score` (also `numclip-score`, `python -m
 numclip_mm.batch.score`); this file only runs it, so numclip-mm must be installed where it runs (every node of
 batch/cluster.yaml is set up that way; in a checkout, `make setup` or `pip install -e .`)."""
-import sys
 
-from numclip_mm.batch.score import main
+from numclip_mm.batch.score import cli
 
 if __name__ == '__main__':
-    sys.exit(main())
+    cli()

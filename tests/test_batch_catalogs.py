@@ -10,6 +10,7 @@ one model per run; embeddings equal (cosine 1 within fp16) to the Predictor's fe
 One Ray instance (2 CPUs, loopback) for the module; every test has a SIGALRM timeout (conftest).
 """
 import contextlib
+import gc
 import io
 import json
 import logging
@@ -24,7 +25,8 @@ import torch
 from helpers import write_tiny_config
 from PIL import Image
 
-from numclip_mm.batch import catalog
+from numclip_mm.batch import catalog, pipeline
+from numclip_mm.batch import score as score_module
 from numclip_mm.batch.columns import BYTES, PATH, STRUCT, cell_crcs
 from numclip_mm.batch.decode import CellDecoder, group_preprocessors
 from numclip_mm.batch.pipeline import ModelSpec, ScoreOptions, prepare, score_catalog
@@ -124,22 +126,49 @@ def _check_predictions(table, prefix, predictor, cells, atol=1e-5):
 
 @pytest.fixture(scope='module')
 def partitioned(env, ray_session, tmp_path_factory):
-    """The Hive-partitioned catalog scored with one model from the command line, as a user would."""
+    """The Hive-partitioned catalog scored with one model from the command line, as a user would (as the console
+    command runs it: the garbage collector paused through start-up; its state is recorded on the way)."""
     out = tmp_path_factory.mktemp('partitioned') / 'out'
     summary = out.parent / 'summary.json'
-    records = []
+    records, collector = [], {}
     handler = logging.Handler()
     handler.emit = records.append
     logger = logging.getLogger('numclip_mm.batch')
     logger.addHandler(handler)
+    prepare_job, score_job = score_module.prepare, pipeline._score
+
+    def preparing(*args, **kwargs):
+        collector['planning'] = gc.isenabled()
+        return prepare_job(*args, **kwargs)
+
+    def scoring(*args, **kwargs):
+        collector['scoring'] = gc.isenabled(), gc.get_freeze_count()
+        return score_job(*args, **kwargs)
+    score_module.prepare, pipeline._score = preparing, scoring
     try:
         code = cli_main(['--config', env['models']['count']['cfg'], '--checkpoint', env['models']['count']['ckpt'],
                          '--input', str(env['hive']), '--output', str(out), '--batch-size', '3',
-                         '--summary-json', str(summary)])
+                         '--summary-json', str(summary)], pause_gc=True)
     finally:
+        collector['after'] = gc.isenabled(), gc.get_freeze_count()
+        score_module.prepare, pipeline._score = prepare_job, score_job
+        gc.unfreeze()
+        gc.enable()
         logger.removeHandler(handler)
     assert code == 0
-    return dict(out=out, summary=json.loads(summary.read_text()), lines=[r.getMessage() for r in records])
+    return dict(out=out, summary=json.loads(summary.read_text()), lines=[r.getMessage() for r in records],
+                collector=collector)
+
+
+def test_command_pauses_the_collector_through_start_up(partitioned):
+    """The console command (score.cli -> main(pause_gc=True)) collects nothing while start-up creates its
+    long-lived objects, freezes them once Ray is up and collects again while scoring; at the end everything is
+    frozen (the interpreter's exit then has nothing to walk)."""
+    assert partitioned['collector']['planning'] is False
+    enabled, frozen = partitioned['collector']['scoring']
+    assert enabled and frozen > 100_000  # torch, Ray, mmpretrain: a start-up's objects
+    enabled, frozen_at_exit = partitioned['collector']['after']
+    assert enabled and frozen_at_exit >= frozen
 
 
 def test_partitioned_catalog_in_every_binary_layout(env, partitioned):

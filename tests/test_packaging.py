@@ -39,7 +39,7 @@ def test_wheel_ships_model_configs_and_builds_the_demo_model(tmp_path):
             'numclip_mm/models/pretrained/numclip-demo-synth.safetensors'} <= set(names)
     assert {n.split('/')[0] for n in names if not n.split('/')[0].endswith(('.dist-info', '.data'))} == {'numclip_mm'}
     entry_points = next(n for n in names if n.endswith('.dist-info/entry_points.txt'))
-    assert 'numclip-score = numclip_mm.batch.score:main' in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert 'numclip-score = numclip_mm.batch.score:cli' in zipfile.ZipFile(wheel).read(entry_points).decode()
     target = tmp_path / 'site'
     subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-deps', '-q', '--target', str(target), str(wheel)],
                    check=True, timeout=300, capture_output=True)
