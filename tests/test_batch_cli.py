@@ -144,6 +144,7 @@ def test_killed_driver_then_one_rerun_completes(env, tmp_path):
     assert re.search(r'2 CPUs and 0 GPUs available .*scoring with 2 inference actor\(s\) x 1 torch thread\(s\) '
                      r'\(1 CPU each\), decoding in the actors, batches of 64', second.stderr), second.stderr[-3000:]
     assert summary['sizing']['num_actors'] == 2
+    assert summary['outputs_written_by'] == 'the driver (a private instance on this machine)'  # no task processes
     assert 0 < summary['ray_ready_s'] < summary['first_output_s']
     assert re.search(r'first predictions back [\d.]+ s after', second.stderr)
 
@@ -252,6 +253,7 @@ def test_documented_ray_job_submit_recipe(env, tmp_path):
         output = log.read_text()
         assert proc.returncode == 0, output[-4000:]
         assert 'succeeded' in output.lower()
+        assert 'outputs written by Ray tasks on the workers' in output  # a cluster's outputs never pass the driver
         assert (home / '.ray' / 'auth_token').exists()  # token auth was on, and the CLI used it
         _check(out, env['cat'])
     finally:

@@ -7,13 +7,14 @@
                      decode at the model's input size, infer; pixels never leave the actor
       GPU:           map_batches(RowGroupDecoder) CPU tasks -> map_batches(InferenceActor, num_gpus=...)
       -> small prediction columns (file, row, CRC of the cell, value/label/probability/error) to the driver
-    driver: when all rows of a file are in, one Ray task (write_output, on a worker) streams that input file,
-            checks every row's CRC, appends the columns and commits the output atomically (numclip_mm.batch.catalog).
+    driver: when all rows of a file are in, one write (a Ray task on a worker; a driver thread on a private
+            instance: numclip_mm.batch.writers) streams that input file, checks every row's CRC, appends the
+            columns and commits the output atomically (numclip_mm.batch.catalog).
 
-So the driver reads Parquet footers and prediction columns only (tens of bytes per row), never an image; a 10 TB
-catalog's bytes are read and written by the workers. Row order: every prediction carries its (file, row) index, so
-outputs have exactly the input's rows in the input's order whatever order Ray finishes the work in. Resume: each
-output records the input's identity, its row count and the model in its metadata
+So on a cluster the driver reads Parquet footers and prediction columns only (tens of bytes per row), never an
+image; a 10 TB catalog's bytes are read and written by the workers. Row order: every prediction carries its (file,
+row) index, so outputs have exactly the input's rows in the input's order whatever order Ray finishes the work in.
+Resume: each output records the input's identity, its row count and the model in its metadata
 (numclip_mm.batch.catalog.output_status); files whose output matches are not read at all; a changed input or model
 is re-scored. With several models (``--model`` repeated) every image is read and decoded once and goes through each
 model; the output records the set of models, and a changed set re-scores the file (:data:`RESUME_RULE`).
@@ -41,13 +42,13 @@ from .columns import (
     ERROR,
     FILE_INDEX,
     ROW_INDEX,
-    cell_crcs,
     output_columns,
     prediction_schema,
     prediction_types,
 )
 from .decode import CellDecoder, RowGroupDecoder, group_preprocessors
 from .errortext import error_text, redact
+from .writers import RayWriters, ThreadWriters
 
 logger = logging.getLogger('numclip_mm.batch')
 
@@ -401,23 +402,6 @@ def _absolute(path_root: Optional[str]) -> Optional[str]:
     return path_root if not path_root or '://' in path_root else os.path.abspath(path_root)
 
 
-def _check_crcs(input_column, predictions: pa.Table, first_row: int, source: str = '') -> None:
-    expected = cell_crcs(input_column)
-    got = predictions.column(CELL_CRC).to_numpy()
-    if not np.array_equal(expected, got):
-        row = first_row + int(np.flatnonzero(expected != got)[0])
-        raise RuntimeError(f'{source} changed while it was scored (row {row} differs); nothing was written for '
-                           f'this file: run the job again')
-
-
-def write_output(plan: catalog.FilePlan, predictions: pa.Table, names: Dict[str, str], column: str,
-                 metadata: Dict[str, Any], error_columns: Sequence[str] = ()) -> int:
-    """Ray task: the output file of ``plan`` (on a worker). Returns the number of rows with an error."""
-    def check(col, part, first_row):
-        _check_crcs(col, part, first_row, plan.input)
-    return catalog.write_scored_file(plan, predictions, names, column, metadata, check, error_columns)
-
-
 class Progress:
     """Rows done / total, rows/s and ETA every ``interval`` seconds, and one line per finished file."""
 
@@ -442,10 +426,7 @@ class Progress:
         elapsed = time.perf_counter() - self.start
         logger.info('[%d/%d] %s -> %s: %d rows (%d with errors); %d/%d rows in %.1f s, %.1f rows/s', self.files,
                     self.total_files, redact(plan.input), redact(plan.output), plan.num_rows, bad, self.rows,
-                    self.total_rows,
-                    elapsed, self.rows / max(elapsed, 1e-9))
-
-
+                    self.total_rows, elapsed, self.rows / max(elapsed, 1e-9))
 
 
 def run(job: ScoringJob, actor_class=None, ray_starter: Optional[RayStarter] = None,
@@ -516,16 +497,29 @@ def run(job: ScoringJob, actor_class=None, ray_starter: Optional[RayStarter] = N
 
 def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, Any], origin: float,
            ray_starter: Optional[RayStarter], actor_class=None) -> None:
-    import ray
     opts = job.opts
-    writer = ray.remote(write_output).options(  # I/O bound: no CPU reserved (never starved by the actors),
-        num_cpus=0, max_retries=opts.max_retries, scheduling_strategy='SPREAD')  # spread over the nodes
+    # a private instance runs on this machine: the driver writes (numclip_mm.batch.writers says why)
+    writers = (ThreadWriters(opts.max_writes_in_flight) if ray_starter is not None and ray_starter.private
+               else RayWriters(opts.max_writes_in_flight, opts.max_retries))
+    try:
+        _score_with(writers, job, pending, report, origin, ray_starter, actor_class)
+    except BaseException:  # a failure or a signal: writes in flight stop and remove their temporaries
+        writers.close(cancel=True)
+        raise
+    writers.close()
+
+
+def _score_with(writers, job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, Any], origin: float,
+                ray_starter: Optional[RayStarter], actor_class=None) -> None:
+    opts = job.opts
     resources, items = cluster_resources(), work_items(pending)
     sizing = plan_sizing(job, resources, len(items))
     logger.info('Ray: %s, %g CPUs and %g GPUs available (ready %.1f s after start); scoring with %s (%d row groups '
-                'to score)', ray_starter.describe() if ray_starter else 'the Ray instance already running in this '
-                'process', resources['CPU'], resources['GPU'], report['ray_ready_s'], sizing.describe(), len(items))
+                'to score); outputs written by %s', ray_starter.describe() if ray_starter else 'the Ray instance '
+                'already running in this process', resources['CPU'], resources['GPU'], report['ray_ready_s'],
+                sizing.describe(), len(items), writers.where)
     report['sizing'] = dict(vars(sizing))
+    report['outputs_written_by'] = writers.where
     ds = build_dataset(job, items, sizing, actor_class)
     buffers: Dict[int, List[pa.Table]] = {i: [] for i in range(len(pending))}
     counts = {i: 0 for i in range(len(pending))}
@@ -538,7 +532,7 @@ def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, A
             i = in_flight.pop(ref)
             p = pending[i]
             try:
-                bad = ray.get(ref)
+                bad = writers.result(ref)
             except Exception as err:  # noqa: BLE001  (one file failing does not stop the others)
                 msg = error_text(_last_error_line(str(getattr(err, 'cause', None) or err)))
                 logger.error('%s: %s', redact(p.input), msg)
@@ -560,9 +554,8 @@ def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, A
                                                                np.arange(p.num_rows)):
             raise ScoringFailed(f'{p.input}: the pipeline returned {preds.num_rows} prediction rows for '
                                 f'{p.num_rows} input rows (or duplicates); nothing was written for this file')
-        while len(in_flight) >= opts.max_writes_in_flight:
-            done, _ = ray.wait(list(in_flight), num_returns=1)
-            collect(done)
+        while len(in_flight) >= writers.max_in_flight:
+            collect(writers.done(list(in_flight), block='any'))
         for name in job.error_columns:
             errors = preds.column(name)
             if errors.null_count < len(errors):  # the log names a cause, not only a count (redacted, short texts)
@@ -570,7 +563,7 @@ def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, A
                 logger.info('%s: %d rows with an error; the first, row %d (%s): %s', redact(p.input),
                             len(errors) - errors.null_count, first, name, errors[first].as_py())
         metadata = catalog.expected_metadata(p, job.model_identity, job.names)
-        in_flight[writer.remote(p, preds, job.names, job.column, metadata, job.error_columns)] = i
+        in_flight[writers.submit(p, preds, job.names, job.column, metadata, job.error_columns)] = i
 
     for i, p in enumerate(pending):
         if p.num_rows == 0:
@@ -596,13 +589,11 @@ def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, A
                 progress.add_rows(part.num_rows)
                 if counts[i] >= pending[i].num_rows:
                     finish(i)
-            done, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0) if in_flight else ([], 0)
-            collect(done)
+            collect(writers.done(list(in_flight)))
     except ScoringFailed:
         raise
     except Exception as err:  # noqa: BLE001  (Ray's bounded retries are exhausted: end the job with a message)
-        if in_flight:
-            collect(ray.wait(list(in_flight), num_returns=len(in_flight))[0])
+        collect(writers.done(list(in_flight), block='all'))
         kept = f'{len(report["files"])} files are complete and kept; run the same command again to continue.'
         changed = _checkpoint_changed(err)
         if changed:
@@ -619,8 +610,7 @@ def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, A
         close = getattr(stream, 'close', None)
         if close is not None:
             close()
-    if in_flight:
-        collect(ray.wait(list(in_flight), num_returns=len(in_flight))[0])
+    collect(writers.done(list(in_flight), block='all'))
     if buffers:
         missing = [pending[i].input for i in buffers]
         raise ScoringFailed(f'the pipeline returned too few rows for {missing}')
