@@ -85,7 +85,7 @@ def _check(out, cat):
 
 
 def test_console_entry_point_resolves_to_main(tmp_path):
-    """The console command declared in setup.py resolves to the scorer's main (`python batch/score.py` is run by the
+    """The console command declared in setup.py resolves to the scorer's entry (`python batch/score.py` is run by the
     killed-then-rerun test below)."""
     spec = re.search(r"'numclip-score = ([\w.]+):(\w+)'", (REPO / 'setup.py').read_text())
     assert spec, 'setup.py declares no numclip-score console script'

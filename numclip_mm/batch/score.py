@@ -229,12 +229,12 @@ def _resume_gc() -> None:
     gc.enable()
 
 
-def cli() -> None:
+def cli(argv=None) -> None:
     """``numclip-score``, ``python -m numclip_mm.batch.score`` and ``batch/score.py``: :func:`main` in a process of
     its own. Start-up (torch, Ray, mmpretrain, open_clip) leaves ~500,000 long-lived objects, which the garbage
     collector would walk again and again while they arrive (~1.3 s of the driver's start here) and once more when the
     interpreter exits (~2 s): collection waits until Ray is up, and both moments freeze what exists (gc.freeze)."""
-    sys.exit(main(pause_gc=True))
+    sys.exit(main(argv, pause_gc=True))
 
 
 def _remove_partial_outputs(opts: ScoreOptions) -> None:
