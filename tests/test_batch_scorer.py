@@ -489,13 +489,13 @@ def test_trained_checkpoint_scores_without_its_clip_file(env, ray_session, tmp_p
 
 
 def test_worker_side_modules_stay_light():
-    """The write tasks and the driver import numclip_mm.batch.pipeline/catalog/columns/decode: importing them must not
-    pull in
-    torch, mmpretrain or numclip_mm's model code (each new Ray worker would pay seconds of CPU for imports)."""
+    """The write tasks and the driver import numclip_mm.batch.pipeline/writers/catalog/columns/decode: importing them
+    must not pull in torch, mmpretrain or numclip_mm's model code (each new Ray worker would pay seconds of CPU for
+    imports)."""
     import subprocess
     import sys
-    code = ('import sys, numclip_mm.batch.pipeline, numclip_mm.batch.catalog, numclip_mm.batch.columns, '
-            'numclip_mm.batch.decode, numclip_mm.batch.actor; '
+    code = ('import sys, numclip_mm.batch.pipeline, numclip_mm.batch.writers, numclip_mm.batch.catalog, '
+            'numclip_mm.batch.columns, numclip_mm.batch.decode, numclip_mm.batch.actor; '
             'print(sorted(m for m in ("torch", "numclip_mm.inference", "numclip_mm.models", "mmpretrain", "mmengine") '
             'if m in sys.modules))')
     out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, check=True,

@@ -3,7 +3,8 @@
 ``numclip-score --help`` (or ``python -m numclip_mm.batch.score``, ``python batch/score.py``) is the command line;
 :func:`numclip_mm.batch.pipeline.score_catalog` the Python entry point. One concern per module: ``columns``
 (names, types, cell CRCs), ``catalog`` (the only module touching files and URIs), ``decode``, ``actor``,
-``pipeline`` (the Ray graph and the driver), ``score`` (command line). This package depends on
+``writers`` (Ray tasks on a cluster, driver threads on a private instance), ``pipeline`` (the Ray graph and the
+driver), ``score`` (command line). This package depends on
 ``numclip_mm.inference`` only (never on training code or ``tools/``), and on the light :mod:`numclip_mm.shared`
 for what both sides use.
 """
