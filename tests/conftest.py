@@ -1,4 +1,5 @@
 """Shared fixtures. Registering numclip_mm first makes torchvision importable on CPU-only torch."""
+import gc
 import os
 import signal
 
@@ -8,6 +9,14 @@ import torch
 import numclip_mm.register  # noqa: F401  (registers components, installs the torchvision fallback)
 
 os.environ.setdefault('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER', '0')
+
+
+def pytest_collection_finish(session):
+    """Freeze what collection imported (torch, mmpretrain, Ray, ...: ~500,000 objects) so that the collector's full
+    passes during the tests skip it: measured on three model/tool modules, their GC time went from 3.8-4.3 s to
+    1.8 s and their wall time from 57-61 s to 48 s (numclip-score freezes the same objects: numclip_mm.batch.score)."""
+    gc.collect()
+    gc.freeze()
 
 
 @pytest.fixture(scope='module')
