@@ -76,7 +76,9 @@ class RayWriters:
         return self._ray.get(handle)
 
     def close(self, cancel: bool = False) -> None:
-        """Nothing to do: tasks still running when Ray shuts down die with it (temporaries are removed after)."""
+        """Nothing to wait for: tasks still running end with the job (a private instance's shutdown, or Ray stopping
+        a finished job's workers); a local temporary they leave is removed by the command or the next run, and an
+        object store never shows an unfinished upload as an object."""
 
 
 class ThreadWriters:
