@@ -50,7 +50,27 @@ def test_thread_writers_write_every_output_like_the_task(tmp_path):
         assert out.column('id').to_pylist() == list(range(plan.num_rows))  # input order, every row
         assert out.column('age_value').equals(predictions.column('value'))
         assert out.schema.metadata[catalog.METADATA_KEY] == b'{"model": "m"}'
+        codecs = {c.path_in_schema: c.compression for c in map(pq.read_metadata(plan.output).row_group(0).column,
+                                                                 range(4))}
+        assert codecs == {'id': 'SNAPPY', 'image': 'UNCOMPRESSED', 'age_value': 'SNAPPY', 'age_error': 'SNAPPY'}
     assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == ['p0.parquet', 'p1.parquet', 'p2.parquet']
+
+
+def test_output_compression_skips_only_what_did_not_compress(tmp_path):
+    """Encoded images (random bytes here) are not compressed again; a compressible binary column, nested columns and
+    the columns of an input stored uncompressed (which says nothing about its data) get the codec."""
+    rng = np.random.default_rng(0)
+    images = [rng.bytes(200) for _ in range(50)]
+    table = pa.table({'image': pa.array(images, pa.binary()), 'blank': pa.array([bytes(200)] * 50, pa.binary()),
+                      'hf': pa.array([{'bytes': b, 'path': f'/data/catalog/photos/2024/{i:04d}.jpg'}
+                                      for i, b in enumerate(images)])})
+    pq.write_table(table, tmp_path / 'snappy.parquet', compression='snappy')
+    pq.write_table(table, tmp_path / 'plain.parquet', compression='none')
+    schema = table.schema.append(pa.field('age_value', pa.float64()))
+    assert catalog.output_compression(pq.read_metadata(tmp_path / 'snappy.parquet'), schema) == {
+        'image': 'NONE', 'blank': 'snappy', 'hf.bytes': 'NONE', 'hf.path': 'snappy', 'age_value': 'snappy'}
+    assert set(catalog.output_compression(pq.read_metadata(tmp_path / 'plain.parquet'), schema).values()) == {
+        'snappy'}
 
 
 def test_thread_writers_report_a_changed_input_per_file(tmp_path):

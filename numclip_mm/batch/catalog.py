@@ -825,6 +825,35 @@ def dictionary_columns(schema: pa.Schema) -> List[str]:
     return [f.name for f in schema if not _mostly_unique(f.type)]
 
 
+INCOMPRESSIBLE = 0.95  # an input column whose codec saved less than 5 % is not compressed again in the output
+
+
+def _leaf_paths(schema: pa.Schema) -> List[str]:
+    """Parquet's leaf column paths of an Arrow schema ('image.bytes', 'emb.list.element'), as the writer names them."""
+    buf = pa.BufferOutputStream()
+    pq.write_table(schema.empty_table(), buf)
+    parquet_schema = pq.read_metadata(pa.BufferReader(buf.getvalue())).schema
+    return [parquet_schema.column(i).path for i in range(len(parquet_schema))]
+
+
+def output_compression(meta: pq.FileMetaData, schema: pa.Schema, codec: str = 'snappy') -> Dict[str, str]:
+    """The codec of each output column: none for input columns whose codec saved less than 5 % (encoded images:
+    JPEG, PNG and WebP bytes are compressed already, and compressing them again cost 0.22-0.26 CPU s per 48 MB of
+    JPEGs with snappy against 0.03 s without, for the same size), ``codec`` for every other column (an input column
+    stored uncompressed says nothing about its data, so it gets ``codec`` too)."""
+    saved: Dict[str, List[int]] = {}
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        for c in range(group.num_columns):
+            chunk = group.column(c)
+            if chunk.compression != 'UNCOMPRESSED':
+                sizes = saved.setdefault(chunk.path_in_schema, [0, 0])
+                sizes[0] += chunk.total_compressed_size
+                sizes[1] += chunk.total_uncompressed_size
+    return {path: 'NONE' if path in saved and saved[path][0] >= INCOMPRESSIBLE * saved[path][1] else codec
+            for path in _leaf_paths(schema)}
+
+
 class _Sink:
     """Where an output's bytes go until :meth:`commit` (see the module docstring for each filesystem)."""
 
@@ -903,7 +932,8 @@ def write_scored_file(plan: FilePlan, predictions: pa.Table, names: Dict[str, st
     sink = _Sink(fs_out, out_path)
     bad = seen = 0
     try:
-        with pq.ParquetWriter(sink.file, schema, use_dictionary=dictionary_columns(schema)) as writer:
+        with pq.ParquetWriter(sink.file, schema, use_dictionary=dictionary_columns(schema),
+                              compression=output_compression(src.metadata, schema)) as writer:
             for batch in src.iter_batches(batch_size=_read_batch_rows(src.metadata), use_threads=False):
                 part = predictions.slice(seen, batch.num_rows)
                 check_crcs(batch.column(column), part, seen)
