@@ -238,7 +238,8 @@ def cli(argv=None) -> None:
 
 
 def _remove_partial_outputs(opts: ScoreOptions) -> None:
-    """After Ray (and so every writer) is gone: delete the temporary files of writes that were cut short."""
+    """After every writer is gone (the driver's write threads were joined, Ray's tasks ended with it): delete the
+    temporary files of writes that were cut short."""
     try:
         fs, out_dir = catalog.url_to_fs(opts.output)
         if catalog.is_local(fs):

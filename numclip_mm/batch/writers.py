@@ -97,8 +97,8 @@ class ThreadWriters:
     def done(self, handles: Sequence[cf.Future], block: str = 'none') -> List[cf.Future]:
         if not handles:
             return []
-        when = {'none': cf.FIRST_COMPLETED, 'any': cf.FIRST_COMPLETED, 'all': cf.ALL_COMPLETED}[block]
-        return list(cf.wait(handles, timeout=0 if block == 'none' else None, return_when=when)[0])
+        return list(cf.wait(handles, timeout=0 if block == 'none' else None,
+                            return_when=cf.ALL_COMPLETED if block == 'all' else cf.FIRST_COMPLETED)[0])
 
     def result(self, handle: cf.Future) -> int:
         return handle.result()
