@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import RUN_MARK, processes_marked, wait_until_gone, write_tiny_config
+from helpers import RUN_MARK, processes_marked, run_tool_in_process, wait_until_gone, write_tiny_config
 from PIL import Image
 
 from numclip_mm.batch.cluster import (
@@ -313,12 +313,11 @@ def test_gpu_benchmark_smoke(tmp_path):
     """tools/benchmark/scorer_gpu.py --smoke: the GPU layout (decode tasks feeding an inference actor) on CPU, with
     the script's own JSON: what a GPU session will run, known to work before a GPU is lent."""
     out = tmp_path / 'gpu.json'
-    done = subprocess.run([PY, str(REPO / 'tools' / 'benchmark' / 'scorer_gpu.py'), '--smoke', '--images', '32',
-                           '--files', '2', '--precisions', 'bf16', '--workdir', str(tmp_path / 'work'),
-                           '--out', str(out)], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=280,
-                          start_new_session=True)
+    done = run_tool_in_process('tools/benchmark/scorer_gpu.py', '--smoke', '--images', '32', '--files', '2',
+                               '--precisions', 'bf16', '--workdir', tmp_path / 'work', '--out', out)
     assert done.returncode == 0, done.stderr[-3000:]
     run = json.loads(out.read_text())['runs']['bf16']
     assert run['images'] == 32 and run['images_per_s'] > 0 and run['first_prediction_s'] > 0
+    assert run['steady_images_per_s'] is None and 'n/a img/s after the first' in done.stdout  # one batch
     assert run['sizing']['decode_in_actor'] is False and run['sizing']['num_actors'] == 1
     assert 'gpu_source' in run  # None here (no GPU tools); pynvml or nvidia-smi on a GPU machine

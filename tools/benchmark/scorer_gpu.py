@@ -134,12 +134,14 @@ def main(argv=None):
             s = json.loads(summary_path.read_text())
             first_at = s['started_at'] + s['first_output_s']
             n = s['rows_scored']
-            steady = (n - s['sizing']['batch_size']) / max(t_spawn + wall - first_at, 1e-9)
+            after_first = n - s['sizing']['batch_size']  # rows after the first batch (none: a one-batch run)
+            steady = after_first / max(t_spawn + wall - first_at, 1e-9) if after_first > 0 else None
             r = dict(images=n, seconds=wall, images_per_s=n / wall, first_prediction_s=first_at - t_spawn,
                      steady_images_per_s=steady, sizing=s['sizing'], peak_rss_mb=tree.peak_rss / 2 ** 20,
                      **sampler.summary(first_at, t_spawn + wall))
             results['runs'][precision] = r
-            print(f'{precision}: {r["images_per_s"]:.1f} img/s end to end, {steady:.1f} img/s after the first '
+            steady_text = 'n/a' if steady is None else f'{steady:.1f}'
+            print(f'{precision}: {r["images_per_s"]:.1f} img/s end to end, {steady_text} img/s after the first '
                   f'prediction ({r["first_prediction_s"]:.1f} s); GPU util '
                   f'{r.get("gpu_util_mean", float("nan")):.0f} % mean, memory peak '
                   f'{r.get("gpu_memory_peak_mib", float("nan")):.0f} MiB ({r["gpu_source"]}); sizing {s["sizing"]}',
