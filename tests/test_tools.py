@@ -182,17 +182,21 @@ def test_distributed_train_and_test_with_two_processes(tmp_path):
     ckpt = work / 'epoch_1.pth'
     assert ckpt.is_file()
 
-    def metrics_of(*cmd, **kw):
-        out = tmp_path / f'metrics_{len(cmd)}.json'
-        run = subprocess.run([*cmd, 'configs/numclip_demo.py', str(ckpt), *kw.get('gpus', []),
-                              '--work-dir', str(tmp_path / 'test'), '--out', str(out), '--out-item', 'metrics',
-                              '--cfg-options', *TINY], cwd=ROOT, env=dict(env, PORT='29572'), capture_output=True,
-                             text=True, timeout=300)
-        assert run.returncode == 0, run.stderr[-5000:]
-        return json.loads(out.read_text())
+    def options(name):
+        return ['--work-dir', str(tmp_path / 'test'), '--out', str(tmp_path / f'{name}.json'), '--out-item', 'metrics',
+                '--cfg-options', *TINY]
 
-    single = metrics_of(sys.executable, 'tools/test.py')
-    double = metrics_of('bash', 'tools/dist_test.sh', gpus=['2'])
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the launcher's processes (OMP_NUM_THREADS=1)
+    try:  # the 1-process reference: tools/test.py in this process
+        run_tool('tools/test.py', 'configs/numclip_demo.py', ckpt, *options('single'))
+    finally:
+        torch.set_num_threads(threads)
+    run = subprocess.run(['bash', 'tools/dist_test.sh', 'configs/numclip_demo.py', str(ckpt), '2', *options('double')],
+                         cwd=ROOT, env=dict(env, PORT='29572'), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-5000:]
+    single, double = (json.loads((tmp_path / f'{name}.json').read_text()) for name in ('single', 'double'))
     assert single.keys() == double.keys() and 'mae' in single
     for key in single:
         assert double[key] == pytest.approx(single[key], abs=1e-6), key
