@@ -370,16 +370,16 @@ def _calibrated_checkpoint(env, folder: Path, levels=(0.5, 0.9)) -> str:
     return ckpt
 
 
-def test_interval_columns_from_the_checkpoint_calibration(env, ray_session, tmp_path):
+def test_interval_columns_from_the_checkpoint_calibration(env, scored, tmp_path):
     """--interval adds {prefix}low_<level>/{prefix}high_<level>: the Predictor's bounds on good rows, nulls on bad
-    rows; outputs scored without them are stale for a run that asks for them."""
-    ckpt = _calibrated_checkpoint(env, tmp_path / 'model')
+    rows; outputs scored without them (by the same checkpoint's bytes) are stale for a run that asks for them."""
+    ckpt = _calibrated_checkpoint(env, tmp_path / 'model')  # a copy of the checkpoint scored['out'] was scored with
     src = env['cat'] / 'part-001.parquet'
-    plain = tmp_path / 'plain'
-    score_catalog(_opts(env, checkpoint=ckpt, input=str(src), output=str(plain)))
-    assert 'count_low_0.9' not in pq.read_schema(plain / src.name).names
     out = tmp_path / 'out'
-    shutil.copytree(plain, out)  # a complete output without intervals: must be re-scored, not skipped
+    out.mkdir()
+    shutil.copy(scored['out'] / src.name, out)  # a complete output without intervals: must be re-scored, not skipped
+    assert 'count_low_0.9' not in pq.read_schema(out / src.name).names
+    assert prepare(_opts(env, checkpoint=ckpt, input=str(src), output=str(out))).plans[0].complete
     report = score_catalog(_opts(env, checkpoint=ckpt, input=str(src), output=str(out), intervals=(0.9, 0.5)))
     assert report['files_written'] == 1
     table = pq.read_table(out / src.name)
