@@ -1,6 +1,6 @@
 """The scorer's entry points as a data team runs them: `python batch/score.py` (what `ray submit` runs), the
 `numclip-score` console command, the `ray job submit` recipe of docs/batch_scoring.md as written, the example
-cluster file, and a driver killed mid-run (one re-run completes every file).
+cluster file, and a driver stopped mid-run (one re-run completes every file).
 
 Each test starts its own Ray (in a subprocess) in its own process group and ends exactly that group.
 """
@@ -99,34 +99,50 @@ def test_console_entry_point_resolves_to_main(tmp_path):
         assert again.returncode == 0 and 'usage: numclip-score' in again.stdout
 
 
-def test_killed_driver_then_one_rerun_completes(env, tmp_path):
-    """SIGKILL the driver (and the local Ray it started) as soon as its first output is committed; one re-run writes
-    the rest and skips what was done: every output complete, rows out == rows in. The re-run is `python batch/score.py`
-    (what `ray submit` runs; no package context: it used to fail with "attempted relative import") with the default
-    sizing, which is said in the first lines (a private 2-CPU instance: two 1-thread actors); resume depends on the
-    model only, not on the entry point or the sizing."""
+def test_stopped_driver_then_one_rerun_completes(env, tmp_path):
+    """SIGTERM to the driver (as `kill` does) as soon as its first output is committed: it stops promptly with exit
+    143 and one line (no traceback, no C++ stack dump), removes its temporaries and leaves no process of the private
+    Ray instance it started; every committed output is complete. One re-run writes the rest and skips what was done:
+    rows out == rows in. The re-run is `python batch/score.py` (what `ray submit` runs; no package context: it used to
+    fail with "attempted relative import") with the default sizing, which is said in the first lines (a private
+    2-CPU instance: two 1-thread actors); resume depends on the model only, not on the entry point or the sizing.
+    (A SIGKILLed driver, which can clean nothing up, is the S3 test's: test_batch_s3; SIGINT while the actors start:
+    test_batch_cluster.)"""
     rng = np.random.default_rng(1)
     cat = _write_catalog(tmp_path / 'cat', rng, files=6, rows=300, row_group_size=50)
     out = tmp_path / 'out'
     model = ['--config', env['cfg'], '--checkpoint', env['ckpt'], '--input', str(cat), '--output', str(out),
              '--num-cpus', '2']
-    mark = uuid.uuid4().hex
-    first = subprocess.Popen([PY, '-m', 'numclip_mm.batch.score', *model, '--batch-size', '8', '--num-actors', '1'],
-                             cwd=REPO, env=_env(**{RUN_MARK: mark}), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
+    mark = uuid.uuid4().hex  # in the environment of the run and of every process it starts (Ray's too)
+    log_path = tmp_path / 'first.log'
+    with open(log_path, 'w') as log:
+        first = subprocess.Popen([PY, '-m', 'numclip_mm.batch.score', *model, '--batch-size', '8', '--num-actors', '1'],
+                                 cwd=REPO, env=_env(**{RUN_MARK: mark}), stdout=log, stderr=subprocess.STDOUT,
+                                 text=True, start_new_session=True)
     try:
         deadline = time.time() + 180
         while not list(out.glob('p*.parquet')):
-            assert first.poll() is None, 'the run ended before it could be killed'
+            assert first.poll() is None, 'the run ended before it could be stopped: ' + log_path.read_text()[-3000:]
             assert time.time() < deadline, 'no output appeared'
             time.sleep(0.05)
+        first.send_signal(signal.SIGTERM)  # to the driver only
+        t0 = time.monotonic()
+        first.wait(timeout=90)
+        took = time.monotonic() - t0
+        wait_until_gone(mark, timeout=5)  # nothing the run started outlives it
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray it started (its process group)
+            os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=30)
-    # Ray workers run in their own process groups: one already writing may still commit its (complete) output
-    # before it notices its raylet is gone. Once every process of the run is gone the folder is final
-    wait_until_gone(mark)
+    text = log_path.read_text()
+    assert first.returncode == 128 + signal.SIGTERM, text[-3000:]
+    tail = text[text.index('scoring with'):]
+    assert 'Traceback' not in tail and 'Stack trace' not in tail and '*** ' not in tail, tail[-3000:]
+    assert re.findall(r'numclip-score: stopped by (\w+)', tail) == ['SIGTERM']
+    assert took < 60, took
+    assert not list(out.glob('.numclip-tmp-*'))
+    for f in out.glob('p*.parquet'):  # committed outputs are complete
+        assert pq.read_metadata(f).num_rows == 300
     done_before = sorted(p.name for p in out.glob('p*.parquet'))
     assert 0 < len(done_before) < 6, done_before
     script_env = _env()

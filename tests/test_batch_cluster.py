@@ -1,6 +1,7 @@
 """How the scorer meets Ray: the default sizing from a cluster's resources (hand-checked cases and the no-deadlock
 invariant), a real run with the defaults, an address where the cluster is gone (a head started then killed), and
-SIGTERM/SIGINT on a real `numclip-score` run (exit code, one line, no partial output, no process left).
+SIGINT on a real `numclip-score` run while its actors start (exit code, one line, no partial output, no process
+left; SIGTERM while scoring is test_batch_cli's).
 
 Every command runs in its own session (start_new_session) and only that group is ever signalled or killed.
 """
@@ -271,12 +272,11 @@ def test_dead_cluster_address_fails_fast(env, tmp_path):
         assert not (tmp_path / 'out').exists()
 
 
-@pytest.mark.parametrize('sig, moment', [(signal.SIGTERM, 'first predictions back'), (signal.SIGINT, 'scoring with')],
-                         ids=['SIGTERM-while-scoring', 'SIGINT-while-actors-start'])
-def test_signal_stops_the_job_cleanly(env, tmp_path, sig, moment):
-    """SIGTERM while scoring, SIGINT while the actors start (once Ray is up and the sizing is said): exit 128+N with
-    one line (no traceback, no C++ stack dump), no temporary output, no process of the private Ray instance left;
-    complete outputs (if any) are valid."""
+def test_sigint_while_the_actors_start_stops_the_job_cleanly(env, tmp_path):
+    """SIGINT (Ctrl-C) while the actors start, once Ray is up and the sizing is said: exit 130 with one line (no
+    traceback, no C++ stack dump), no temporary output, no process of the private Ray instance left; complete
+    outputs (if any) are valid. (SIGTERM while scoring, then a re-run: test_batch_cli.)"""
+    sig, moment = signal.SIGINT, 'scoring with'
     out = tmp_path / 'out'
     log_path = tmp_path / 'log.txt'
     mark = uuid.uuid4().hex  # in the environment of the run and of every process it starts (Ray's too)
