@@ -19,6 +19,55 @@ def pytest_collection_finish(session):
     gc.freeze()
 
 
+# ---------------------------------------------------------------- the in-process Ray, shared
+RAY_FIXTURE = 'ray_session'
+
+
+def _uses_ray(item) -> bool:
+    return RAY_FIXTURE in getattr(item, 'fixturenames', ())
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Modules whose tests use the in-process Ray (:func:`ray_session`) run back to back, from where the first of
+    them is, so that one instance serves them all: each Ray start and Ray Data's first job cost ~8 s here. Other
+    modules keep their order (the S3 module starts its own Ray, with its server's address in the environment)."""
+    modules = {}
+    for item in items:
+        modules.setdefault(item.module, []).append(item)
+    shared = [m for m, its in modules.items() if any(_uses_ray(i) for i in its)]
+    ordered = []
+    for module, its in modules.items():
+        if module in shared:
+            if module is shared[0]:
+                ordered += [i for m in shared for i in modules[m]]
+        else:
+            ordered += its
+    items[:] = ordered
+
+
+@pytest.fixture(scope='session')
+def ray_session():
+    """A 2-CPU Ray in this process on loopback, started by its first user and shut down after its last one (see
+    :func:`pytest_runtest_teardown`), not at the end of the session."""
+    import ray
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address='127.0.0.1', log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.hookimpl(trylast=True)  # after the test's own fixtures are torn down
+def pytest_runtest_teardown(item, nextitem):
+    """Shut the shared Ray down once no test left uses it: an idle instance costs CPU, and the S3 module starts its
+    own. (The fixture's cached value is never requested again; its finalizer's ``ray.shutdown`` is then a no-op.)"""
+    if not _uses_ray(item):
+        return
+    items = item.session.items
+    rest = items[items.index(nextitem):] if nextitem is not None else []
+    if not any(_uses_ray(i) for i in rest):
+        import ray
+        ray.shutdown()
+
+
 @pytest.fixture(scope='module')
 def one_torch_thread():
     """Tiny models run fastest on one thread; on a busy 2-core machine two threads can be 10x slower."""

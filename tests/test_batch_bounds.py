@@ -340,16 +340,6 @@ def env(tmp_path_factory):
     return dict(root=root, cfg=cfg, ckpt=str(ckpt), cat=cat)
 
 
-@pytest.fixture(scope='module')
-def ray_session():
-    import ray
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address='127.0.0.1', log_to_driver=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
 def test_hostile_path_cells_end_in_time_redacted_in_output_and_log(env, server, ray_session, tmp_path):
     srv, url = server
     port = srv.server_address[1]

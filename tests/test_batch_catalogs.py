@@ -14,7 +14,6 @@ import gc
 import io
 import json
 import logging
-import os
 import shutil
 
 import numpy as np
@@ -35,17 +34,6 @@ from numclip_mm.inference import ImagePreprocessor, Predictor
 
 TEST_TIMEOUT_S = 240  # per test (conftest's module_timeout)
 PREDICTIONS = ('value', 'label', 'probability', 'bin_argmax', 'bin_argmax_probability', 'error')
-
-
-@pytest.fixture(scope='module')
-def ray_session():
-    os.environ['RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'] = '0'
-    import ray
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address='127.0.0.1', log_to_driver=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
 
 
 def _png(rng, h, w):

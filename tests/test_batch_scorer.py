@@ -34,18 +34,6 @@ NEW_COLUMNS = {'count_value': pa.float64(), 'count_label': pa.string(), 'count_p
                'count_error': pa.string()}
 
 
-
-@pytest.fixture(scope='module')
-def ray_session():
-    os.environ['RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'] = '0'
-    import ray
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address='127.0.0.1', log_to_driver=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
 def _png(rng, h, w):
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format='PNG')
@@ -601,7 +589,6 @@ def test_cli_reports_setup_errors_with_exit_code_2(env, tmp_path, capsys, monkey
     code = cli_main(['--config', env['cfg'], '--checkpoint', str(evil), '--input', str(env['cat']),
                      '--output', str(tmp_path / 'o')])
     assert code == 2 and 'refusing to load checkpoint' in capsys.readouterr().err and not marker.exists()
-
 
 
 def test_input_resolution(env):
