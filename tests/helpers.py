@@ -3,6 +3,8 @@ import contextlib
 import io
 import os
 import runpy
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -127,3 +129,31 @@ def wait_until_gone(mark: str, timeout: float = 60.0) -> None:
     while processes_marked(mark):
         assert time.monotonic() < deadline, f'processes of the killed run still alive after {timeout:.0f} s'
         time.sleep(0.2)
+
+
+# ---------------------------------------------------------------- commands with their own Ray
+def free_port() -> int:
+    """A free TCP port on the loopback address."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def scorer_env(**extra) -> dict:
+    """The environment of a scorer command or `ray` CLI call under test: this one without any ``RAY_*`` variable (an
+    address or setting of the caller's must not leak in), Ray kept on loopback, no usage stats, the checkout on
+    ``PYTHONPATH``; ``extra`` on top."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith('RAY_')}
+    env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER='0', RAY_USAGE_STATS_ENABLED='0', PYTHONPATH=str(ROOT), **extra)
+    return env
+
+
+def kill_group(proc) -> None:
+    """SIGTERM, then SIGKILL, the process group of a command started with ``start_new_session=True``: that command
+    and everything it started in its group (a `ray start` head's daemons, a private Ray instance), nothing else."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        time.sleep(1)

@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import RUN_MARK, wait_until_gone, write_tiny_config
+from helpers import RUN_MARK, free_port, kill_group, scorer_env, wait_until_gone, write_tiny_config
 from PIL import Image
 
 from numclip_mm.inference import Predictor
@@ -61,21 +60,6 @@ def env(tmp_path_factory):
     return dict(root=root, cfg=cfg, ckpt=str(ckpt), cat=cat)
 
 
-def _env(**extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith('RAY_')}
-    env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER='0', RAY_USAGE_STATS_ENABLED='0', PYTHONPATH=str(REPO), **extra)
-    return env
-
-
-def _kill_group(proc):
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)  # our own process group only: this command and the Ray it started
-        except ProcessLookupError:
-            return
-        time.sleep(1)
-
-
 def _check(out, cat):
     for f in sorted(cat.glob('*.parquet')):
         table = pq.read_table(out / f.name)
@@ -91,11 +75,11 @@ def test_console_entry_point_resolves_to_main(tmp_path):
     assert spec, 'setup.py declares no numclip-score console script'
     module, attr = spec.groups()
     helped = subprocess.run([PY, '-c', f'import sys; from {module} import {attr}; sys.exit({attr}(["--help"]))'],
-                            cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+                            cwd=tmp_path, env=scorer_env(), capture_output=True, text=True, timeout=120)
     assert helped.returncode == 0 and 'usage: numclip-score' in helped.stdout
     installed = shutil.which('numclip-score', path=str(Path(PY).parent))
     if installed:  # an install made after setup.py gained the entry point
-        again = subprocess.run([installed, '--help'], env=_env(), capture_output=True, text=True, timeout=120)
+        again = subprocess.run([installed, '--help'], env=scorer_env(), capture_output=True, text=True, timeout=120)
         assert again.returncode == 0 and 'usage: numclip-score' in again.stdout
 
 
@@ -117,7 +101,7 @@ def test_stopped_driver_then_one_rerun_completes(env, tmp_path):
     log_path = tmp_path / 'first.log'
     with open(log_path, 'w') as log:
         first = subprocess.Popen([PY, '-m', 'numclip_mm.batch.score', *model, '--batch-size', '8', '--num-actors', '1'],
-                                 cwd=REPO, env=_env(**{RUN_MARK: mark}), stdout=log, stderr=subprocess.STDOUT,
+                                 cwd=REPO, env=scorer_env(**{RUN_MARK: mark}), stdout=log, stderr=subprocess.STDOUT,
                                  text=True, start_new_session=True)
     try:
         deadline = time.time() + 180
@@ -145,7 +129,7 @@ def test_stopped_driver_then_one_rerun_completes(env, tmp_path):
         assert pq.read_metadata(f).num_rows == 300
     done_before = sorted(p.name for p in out.glob('p*.parquet'))
     assert 0 < len(done_before) < 6, done_before
-    script_env = _env()
+    script_env = scorer_env()
     script_env.pop('PYTHONPATH')  # as on a head node: only the script's path, no package context
     second = subprocess.run([PY, str(REPO / 'batch' / 'score.py'), *model, '--summary-json',
                              str(tmp_path / 'summary.json')], cwd=tmp_path, env=script_env, capture_output=True,
@@ -186,7 +170,7 @@ def test_cluster_file_is_safe_on_a_shared_host(tmp_path):
     config = yaml.safe_load((REPO / 'batch' / 'cluster.yaml').read_text())
     commands = config['setup_commands'] + config['head_start_ray_commands'] + config['worker_start_ray_commands']
     assert not any(re.search(r'(^|[;&|]\s*)ray stop', c) for c in commands)
-    port = str(_free_port())  # not 6379: another Ray on this machine must not count as this cluster's
+    port = str(free_port())  # not 6379: another Ray on this machine must not count as this cluster's
     home, bin_dir = tmp_path / 'home', tmp_path / 'bin'
     (home / 'numclip-mm').mkdir(parents=True)
     bin_dir.mkdir()
@@ -221,12 +205,6 @@ def test_cluster_file_is_safe_on_a_shared_host(tmp_path):
 # --------------------------------------------------------------------------------------------------------------
 # docs/batch_scoring.md's `ray job submit` recipe, as written
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def documented_recipe() -> str:
     text = (REPO / 'docs' / 'batch_scoring.md').read_text()
     found = re.search(r'<!-- recipe: ray job submit[^>]*-->\s*```bash\n(.*?)```', text, re.S)
@@ -239,7 +217,7 @@ def test_documented_ray_job_submit_recipe(env, tmp_path):
     only the ports (free ones, so another Ray on this machine cannot clash), Ray's temp dir and the demo's file
     names."""
     recipe = documented_recipe()
-    port, dash, agent, agent_grpc, runtime_env, metrics, client = (_free_port() for _ in range(7))
+    port, dash, agent, agent_grpc, runtime_env, metrics, client = (free_port() for _ in range(7))
     temp_dir = tempfile.mkdtemp(prefix='rayt', dir='/tmp')  # short: Ray's unix socket paths must stay < 108 chars
     start = 'ray start --head --dashboard-host 127.0.0.1'
     assert start in recipe and 'http://127.0.0.1:8265' in recipe
@@ -258,7 +236,7 @@ def test_documented_ray_job_submit_recipe(env, tmp_path):
               .replace('"$PWD/scored/"', str(out)))
     home = tmp_path / 'home'
     home.mkdir()
-    shell_env = _env(HOME=str(home), PATH=f'{Path(PY).parent}:{os.environ.get("PATH", "")}')
+    shell_env = scorer_env(HOME=str(home), PATH=f'{Path(PY).parent}:{os.environ.get("PATH", "")}')
     shell_env.pop('PYTHONPATH')  # the job must find the package in the environment
     log = tmp_path / 'recipe.log'  # a file, not a pipe: the daemons `ray start` leaves behind inherit it
     with open(log, 'w') as sink:
@@ -273,5 +251,5 @@ def test_documented_ray_job_submit_recipe(env, tmp_path):
         assert (home / '.ray' / 'auth_token').exists()  # token auth was on, and the CLI used it
         _check(out, env['cat'])
     finally:
-        _kill_group(proc)
+        kill_group(proc)
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -7,7 +7,6 @@ Every command runs in its own session (start_new_session) and only that group is
 """
 import io
 import json
-import os
 import re
 import shutil
 import signal
@@ -24,7 +23,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import RUN_MARK, processes_marked, run_tool_in_process, wait_until_gone, write_tiny_config
+from helpers import (
+    RUN_MARK,
+    free_port,
+    kill_group,
+    processes_marked,
+    run_tool_in_process,
+    scorer_env,
+    wait_until_gone,
+    write_tiny_config,
+)
 from PIL import Image
 
 from numclip_mm.batch.cluster import (
@@ -125,7 +133,7 @@ def test_given_address_that_does_not_answer_ends_start_at_once(monkeypatch):
     """--address or RAY_ADDRESS pointing where nothing listens: RayStarter.start() itself raises, naming the address
     and where it came from, and starts no thread (the command then ends before the driver's checks)."""
     import threading
-    dead = f'127.0.0.1:{_free_port()}'
+    dead = f'127.0.0.1:{free_port()}'
     monkeypatch.delenv('RAY_ADDRESS', raising=False)
     for address, source in ((dead, '--address'), (None, 'RAY_ADDRESS')):
         if address is None:
@@ -145,7 +153,7 @@ def test_address_resolution(monkeypatch):
     monkeypatch.setenv('RAY_ADDRESS', '127.0.0.1:1')
     assert resolve_address(None) == ('127.0.0.1:1', 'RAY_ADDRESS')
     assert resolve_address('local')[0] is None  # an explicit private instance wins over the environment
-    port = _free_port()
+    port = free_port()
     with pytest.raises(RayUnavailable, match=rf'127\.0\.0\.1:{port}.*--address local'):
         probe(f'127.0.0.1:{port}', 'RAY_ADDRESS', timeout=5)
 
@@ -184,7 +192,7 @@ finally:
 def test_ray_starts_beside_an_import_that_restores_sys_path():
     """`import ray` in RayStarter's thread while the main thread imports OpenCV, which saves ``sys.path`` and
     assigns the copy back: Ray's vendored colorama stays importable (CI failed with "No module named 'colorama'")."""
-    proc = subprocess.run([PY, '-c', _RAY_BESIDE_CV2], cwd=REPO, env=_env(), capture_output=True, text=True,
+    proc = subprocess.run([PY, '-c', _RAY_BESIDE_CV2], cwd=REPO, env=scorer_env(), capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and 'ray up' in proc.stdout, proc.stderr[-3000:]
 
@@ -213,56 +221,35 @@ def env(tmp_path_factory):
     return dict(root=root, cfg=cfg, ckpt=str(ckpt), cat=cat)
 
 
-def _env(**extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith('RAY_')}
-    env.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER='0', RAY_USAGE_STATS_ENABLED='0', PYTHONPATH=str(REPO), **extra)
-    return env
-
-
 def _score_cmd(env, out, *extra):
     return [PY, '-m', 'numclip_mm.batch.score', '--config', env['cfg'], '--checkpoint', env['ckpt'],
             '--input', str(env['cat']), '--output', str(out), *extra]
 
 
-def _kill_group(proc):
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)  # our own process group only
-        except ProcessLookupError:
-            return
-        time.sleep(1)
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def test_dead_cluster_address_fails_fast(env, tmp_path):
     """A head started with `ray start` whose processes were then killed: --address and RAY_ADDRESS pointing at it
     end within 30 s, exit 2, with a message naming the address and how to score on a private instance."""
-    port = _free_port()
+    port = free_port()
     temp_dir = tempfile.mkdtemp(prefix='rayd', dir='/tmp')  # short: Ray's unix socket paths must stay < 108 chars
-    ports = [f'--{name}={_free_port()}' for name in (
+    ports = [f'--{name}={free_port()}' for name in (
         'dashboard-port', 'dashboard-agent-listen-port', 'dashboard-agent-grpc-port', 'runtime-env-agent-port',
         'metrics-export-port', 'ray-client-server-port', 'node-manager-port', 'object-manager-port')]
     head = subprocess.Popen([str(Path(PY).parent / 'ray'), 'start', '--head', f'--port={port}', '--num-cpus=1',
                              '--node-ip-address=127.0.0.1', '--include-dashboard=false', '--disable-usage-stats',
                              f'--temp-dir={temp_dir}', *ports],
-                            env=_env(HOME=str(tmp_path)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            env=scorer_env(HOME=str(tmp_path)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
     try:
         log = head.communicate(timeout=180)[0]
         assert head.returncode == 0, log[-3000:]
         socket.create_connection(('127.0.0.1', port), timeout=5).close()  # it did answer
     finally:
-        _kill_group(head)  # the daemons `ray start` left run in its process group: gone now
+        kill_group(head)  # the daemons `ray start` left run in its process group: gone now
         shutil.rmtree(temp_dir, ignore_errors=True)
     address = f'127.0.0.1:{port}'
     for extra, environ in (((f'--address={address}',), {}), ((), dict(RAY_ADDRESS=address))):
         t0 = time.monotonic()
-        done = subprocess.run(_score_cmd(env, tmp_path / 'out', *extra), cwd=REPO, env=_env(**environ),
+        done = subprocess.run(_score_cmd(env, tmp_path / 'out', *extra), cwd=REPO, env=scorer_env(**environ),
                               capture_output=True, text=True, timeout=120, start_new_session=True)
         took = time.monotonic() - t0
         assert done.returncode == 2, done.stderr[-3000:]
@@ -282,8 +269,8 @@ def test_sigint_while_the_actors_start_stops_the_job_cleanly(env, tmp_path):
     mark = uuid.uuid4().hex  # in the environment of the run and of every process it starts (Ray's too)
     with open(log_path, 'w') as log:  # one actor: a second would only add its start-up before the signal
         proc = subprocess.Popen(_score_cmd(env, out, '--num-cpus', '2', '--num-actors', '1', '--batch-size', '8'),
-                                cwd=REPO, env=_env(**{RUN_MARK: mark}), stdout=log, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+                                cwd=REPO, env=scorer_env(**{RUN_MARK: mark}), stdout=log, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
     try:
         deadline = time.time() + 200
         while moment not in log_path.read_text():
@@ -297,7 +284,7 @@ def test_sigint_while_the_actors_start_stops_the_job_cleanly(env, tmp_path):
         took = time.monotonic() - t0
         wait_until_gone(mark, timeout=5)  # nothing the run started outlives it
     finally:
-        _kill_group(proc)
+        kill_group(proc)
     text = log_path.read_text()
     assert proc.returncode == 128 + sig, text[-3000:]
     tail = text[text.index('scoring with'):]

@@ -9,7 +9,6 @@ import contextlib
 import io
 import os
 import signal
-import socket
 import uuid
 
 import numpy as np
@@ -17,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import RUN_MARK, wait_until_gone, write_tiny_config
+from helpers import RUN_MARK, free_port, wait_until_gone, write_tiny_config
 from PIL import Image
 
 pytest.importorskip('moto')
@@ -25,13 +24,6 @@ s3fs = pytest.importorskip('s3fs')
 
 TEST_TIMEOUT_S = 300  # per test (conftest's module_timeout): a hung Ray pipeline fails instead of hanging CI
 BUCKET = 'numclip-test'
-
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def _png(rng, h, w):
@@ -44,7 +36,7 @@ def _png(rng, h, w):
 def s3(tmp_path_factory):
     """moto's server on 127.0.0.1, the environment pointing at it, a bucket, and this module's Ray."""
     from moto.server import ThreadedMotoServer
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address='127.0.0.1', port=port, verbose=False)
     server.start()
     endpoint = f'http://127.0.0.1:{port}'
