@@ -9,7 +9,6 @@ import io
 import logging
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import Payload, dying_actor, write_tiny_config
+from helpers import Payload, dying_actor, free_port, write_tiny_config
 from PIL import Image
 
 from numclip_mm.batch import catalog
@@ -56,12 +55,6 @@ def _flat_png(h, w, level=128):
     buf = io.BytesIO()
     Image.fromarray(np.full((h, w, 3), level, dtype=np.uint8)).save(buf, format='PNG')
     return buf.getvalue()
-
-
-def _closed_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]  # closed again when the block ends: nothing listens there
 
 
 # expected error substrings per kind of bad cell ('odd': another size than the model's input: a prediction)
@@ -124,7 +117,7 @@ def env(tmp_path_factory):
     path_layout = [(str(images / 'img0.png'), 'ok'), ('img1.png', 'ok'), (str(images / 'gone.png'), 'missing'),
                    (None, 'null'), (str(images / 'broken.png'), 'corrupt'), (str(images / 'img2.png'), 'ok'),
                    (str(images / 'big.png'), 'big'), ('file://' + str(images / 'img3.png'), 'ok'),
-                   (f'http://127.0.0.1:{_closed_port()}/img.png', 'unreachable')]
+                   (f'http://127.0.0.1:{free_port()}/img.png', 'unreachable')]  # a free port: nothing listens
     pcat = root / 'paths'
     pcat.mkdir()
     pq.write_table(pa.table({'key': pa.array([f'k{i}' for i in range(len(path_layout))]),
