@@ -34,17 +34,30 @@ class Payload:
         return (Path.touch, (Path(self.marker),))
 
 
-def dying_actor(exit_at_batch: int, marker=None):
+def dying_actor(exit_at_batch: int, marker=None, load_models: bool = True):
     """A scorer actor class (:class:`numclip_mm.batch.actor.InferenceActor` subclass) whose process exits, as a crash
     would, when it reaches its ``exit_at_batch``-th batch: with a ``marker`` path only while that file does not exist
-    yet (it is created first: one death), without one at that batch of every incarnation. Defined in a function so
-    that Ray pickles it by value (the workers need not import this test module)."""
+    yet (it is created first: one death), without one at that batch of every incarnation. ``load_models=False``
+    (only with ``exit_at_batch=1`` and no marker) skips the models' load, seconds per incarnation, and exits as soon
+    as its first batch arrives.
+    Defined in a function so that Ray pickles it by value (the workers need not import this test module)."""
     import os
 
     from numclip_mm.batch.actor import InferenceActor
+    if not load_models and (exit_at_batch != 1 or marker is not None):
+        raise ValueError('an actor without models must die at its first batch, every time')
 
     class DyingActor(InferenceActor):
         batches = 0
+
+        def __init__(self, *args, **kwargs):
+            if load_models:
+                super().__init__(*args, **kwargs)
+
+        def __call__(self, batch):
+            if not load_models:
+                os._exit(1)  # at its first batch, before decoding (it has no model to decode for)
+            yield from super().__call__(batch)
 
         def predict_rows(self, *args, **kwargs):
             self.batches += 1
@@ -54,6 +67,21 @@ def dying_actor(exit_at_batch: int, marker=None):
                 os._exit(1)
             return super().predict_rows(*args, **kwargs)
     return DyingActor
+
+
+def raising_actor(message: str):
+    """A scorer actor class that loads nothing and raises ``RuntimeError(message)`` at every batch: a task error,
+    not a death (Ray keeps the actor). Defined in a function for the same reason as :func:`dying_actor`."""
+    from numclip_mm.batch.actor import InferenceActor
+
+    class RaisingActor(InferenceActor):
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __call__(self, batch):
+            raise RuntimeError(message)
+            yield  # a generator, as InferenceActor.__call__
+    return RaisingActor
 
 
 _last_tool_end = [0.0]

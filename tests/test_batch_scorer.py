@@ -9,6 +9,7 @@ import io
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import Payload, dying_actor, free_port, write_tiny_config
+from helpers import Payload, dying_actor, free_port, raising_actor, write_tiny_config
 from PIL import Image
 
 from numclip_mm.batch import catalog
@@ -419,7 +420,35 @@ def test_worker_dying_again_and_again_ends_the_job(env, ray_session, tmp_path):
     from numclip_mm.batch.pipeline import ScoringFailed
     with pytest.raises(ScoringFailed, match='retries'):
         score_catalog(_opts(env, input=str(env['cat'] / 'part-001.parquet'), output=str(tmp_path / 'out'),
-                            max_retries=1), actor_class=dying_actor(exit_at_batch=1))
+                            max_retries=1), actor_class=dying_actor(exit_at_batch=1, load_models=False))
+    assert not (tmp_path / 'out' / 'part-001.parquet').exists()
+
+
+def test_failed_job_releases_its_actors_while_its_error_is_held(env, ray_session, tmp_path):
+    """A job whose actors raise at every batch ends with ScoringFailed naming the error; its actors (and the CPUs
+    they hold) are released at once although the caller still holds the exception and the collector is off: Ray
+    Data releases actors by reference count, and the chained exceptions' frames used to hold them (the next job in
+    the same process then found no CPU free)."""
+    import gc
+
+    import ray
+
+    from numclip_mm.batch.pipeline import ScoringFailed
+    total = ray.cluster_resources()['CPU']
+    gc.disable()
+    logging.disable(logging.CRITICAL)  # pytest keeps every log record, and Ray Data's failure records hold frames
+    try:
+        with pytest.raises(ScoringFailed, match='RuntimeError: broken actor') as failed:
+            score_catalog(_opts(env, input=str(env['cat'] / 'part-001.parquet'), output=str(tmp_path / 'out'),
+                                max_retries=0), actor_class=raising_actor('broken actor'))
+        deadline = time.monotonic() + 10
+        while ray.available_resources().get('CPU', 0) < total:
+            assert time.monotonic() < deadline, f'CPUs still held: {ray.available_resources()}'
+            time.sleep(0.1)
+        assert 'broken actor' in str(failed.value.__cause__)  # the cause is kept, without its frames
+    finally:
+        logging.disable(logging.NOTSET)
+        gc.enable()
     assert not (tmp_path / 'out' / 'part-001.parquet').exists()
 
 

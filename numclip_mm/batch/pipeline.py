@@ -19,8 +19,10 @@ Resume: each output records the input's identity, its row count and the model in
 is re-scored. With several models (``--model`` repeated) every image is read and decoded once and goes through each
 model; the output records the set of models, and a changed set re-scores the file (:data:`RESUME_RULE`).
 Failures: a worker that dies (out of memory, crash) is retried at most ``max_retries`` times, then the job ends
-with a message; the files already committed stay committed and the next run continues from them.
+with a message; the files already committed stay committed and the next run continues from them. A job that ends,
+failed or not, releases its actors before it returns, also while its caller keeps the exception.
 """
+import gc
 import hashlib
 import json
 import logging
@@ -594,6 +596,7 @@ def _score_with(writers, job: ScoringJob, pending: List[catalog.FilePlan], repor
         raise
     except Exception as err:  # noqa: BLE001  (Ray's bounded retries are exhausted: end the job with a message)
         collect(writers.done(list(in_flight), block='all'))
+        _drop_frames(err)
         kept = f'{len(report["files"])} files are complete and kept; run the same command again to continue.'
         changed = _checkpoint_changed(err)
         if changed:
@@ -610,10 +613,28 @@ def _score_with(writers, job: ScoringJob, pending: List[catalog.FilePlan], repor
         close = getattr(stream, 'close', None)
         if close is not None:
             close()
+        released = time.perf_counter()
+        gc.collect()  # the executor lives in reference cycles, and Ray Data releases actors by reference count
+        logger.debug('job objects collected in %.2f s', time.perf_counter() - released)
     collect(writers.done(list(in_flight), block='all'))
     if buffers:
         missing = [pending[i].input for i in buffers]
         raise ScoringFailed(f'the pipeline returned too few rows for {missing}')
+
+
+def _drop_frames(err: BaseException) -> None:
+    """Detach the tracebacks of a Ray Data failure and of the exceptions it chains: their frames (the executor's
+    scheduling loop, its task callbacks) hold this job's actor handles, and Ray Data releases actors by reference
+    count, so a caller keeping the exception (``except ScoringFailed as e``, a notebook's last error) would keep
+    the job's actors, and every CPU they hold, alive. Messages (with the remote traceback text) are kept."""
+    todo, seen = [err], set()
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        err.__traceback__ = None
+        todo += [err.__cause__, err.__context__]
 
 
 def _name(config) -> str:
