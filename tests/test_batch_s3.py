@@ -1,9 +1,9 @@
 """The scorer on an object store, for real: catalogs, path-column images and outputs on ``s3://`` through
-fsspec/s3fs against moto's S3 server on loopback (started here), resume after a killed writer, and the commit
+fsspec/s3fs against moto's S3 server on loopback, resume after a killed writer, and the commit
 (no rename on S3: an output appears only when its upload completes).
 
-The endpoint and fake credentials are set in the environment before this module's Ray starts, so every worker
-sees the same server.
+The server is the session's (conftest's ``s3_server``): its endpoint and fake credentials are in the environment
+before the shared Ray starts, so every worker sees it.
 """
 import contextlib
 import io
@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import RUN_MARK, free_port, wait_until_gone, write_tiny_config
+from helpers import RUN_MARK, wait_until_gone, write_tiny_config
 from PIL import Image
 
 pytest.importorskip('moto')
@@ -33,34 +33,14 @@ def _png(rng, h, w):
 
 
 @pytest.fixture(scope='module')
-def s3(tmp_path_factory):
-    """moto's server on 127.0.0.1, the environment pointing at it, a bucket, and this module's Ray."""
-    from moto.server import ThreadedMotoServer
-    port = free_port()
-    server = ThreadedMotoServer(ip_address='127.0.0.1', port=port, verbose=False)
-    server.start()
-    endpoint = f'http://127.0.0.1:{port}'
-    saved = {k: os.environ.get(k) for k in ('AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_DEFAULT_REGION',
-                                            'AWS_ENDPOINT_URL', 'FSSPEC_S3_ENDPOINT_URL')}
-    os.environ.update(AWS_ACCESS_KEY_ID='testing', AWS_SECRET_ACCESS_KEY='testing', AWS_DEFAULT_REGION='us-east-1',
-                      AWS_ENDPOINT_URL=endpoint, FSSPEC_S3_ENDPOINT_URL=endpoint)
-    os.environ['RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'] = '0'
-    import fsspec.config
-    fsspec.config.set_conf_env(fsspec.config.conf)  # pick up FSSPEC_S3_* in this process too
+def s3(s3_server, ray_session, tmp_path_factory):
+    """A bucket on the session's moto server (conftest's ``s3_server``: the endpoint and fake credentials are in the
+    environment of this process and of the shared Ray's workers)."""
+    if s3_server is None:
+        pytest.skip('moto is not installed')
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     fs.mkdir(BUCKET)
-    import ray
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address='127.0.0.1', log_to_driver=False)
-    try:
-        yield dict(fs=fs, endpoint=endpoint, root=tmp_path_factory.mktemp('s3'))
-    finally:
-        ray.shutdown()
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    return dict(fs=fs, endpoint=s3_server, root=tmp_path_factory.mktemp('s3'))
 
 
 @pytest.fixture(scope='module')
