@@ -573,6 +573,7 @@ def _score_with(writers, job: ScoringJob, pending: List[catalog.FilePlan], repor
     # an explicit iterator, closed in every case: its executor (actors, threads) stops while Ray is still up, also
     # when a signal unwinds this frame (an abandoned one would call into Ray after shutdown: abort at exit)
     stream = iter(ds.iter_batches(batch_format='pyarrow', batch_size=None, prefetch_batches=2))
+    streamed = False
     try:
         for table in stream:
             if not table.num_rows:
@@ -592,6 +593,7 @@ def _score_with(writers, job: ScoringJob, pending: List[catalog.FilePlan], repor
                 if counts[i] >= pending[i].num_rows:
                     finish(i)
             collect(writers.done(list(in_flight)))
+        streamed = True
     except ScoringFailed:
         raise
     except Exception as err:  # noqa: BLE001  (Ray's bounded retries are exhausted: end the job with a message)
@@ -613,9 +615,8 @@ def _score_with(writers, job: ScoringJob, pending: List[catalog.FilePlan], repor
         close = getattr(stream, 'close', None)
         if close is not None:
             close()
-        released = time.perf_counter()
-        gc.collect()  # the executor lives in reference cycles, and Ray Data releases actors by reference count
-        logger.debug('job objects collected in %.2f s', time.perf_counter() - released)
+        if not streamed:  # a failed or interrupted execution's objects hold its actors in reference cycles (a
+            gc.collect()  # finished one releases them itself), and Ray Data releases actors by reference count
     collect(writers.done(list(in_flight), block='all'))
     if buffers:
         missing = [pending[i].input for i in buffers]
