@@ -39,8 +39,8 @@ def dying_actor(exit_at_batch: int, marker=None, load_models: bool = True):
     would, when it reaches its ``exit_at_batch``-th batch: with a ``marker`` path only while that file does not exist
     yet (it is created first: one death), without one at that batch of every incarnation. ``load_models=False``
     (only with ``exit_at_batch=1`` and no marker) skips the models' load, seconds per incarnation, and exits as soon
-    as its first batch arrives.
-    Defined in a function so that Ray pickles it by value (the workers need not import this test module)."""
+    as its first batch arrives. Defined in a function so that Ray pickles it by value (the workers need not import
+    this test module)."""
     import os
 
     from numclip_mm.batch.actor import InferenceActor

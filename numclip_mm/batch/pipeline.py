@@ -615,8 +615,10 @@ def _score_with(writers, job: ScoringJob, pending: List[catalog.FilePlan], repor
         close = getattr(stream, 'close', None)
         if close is not None:
             close()
-        if not streamed:  # a failed or interrupted execution's objects hold its actors in reference cycles (a
-            gc.collect()  # finished one releases them itself), and Ray Data releases actors by reference count
+        # Ray Data releases actors by reference count; a failed or interrupted execution's objects hold them in
+        # reference cycles until the collector runs (a finished one releases them itself)
+        if not streamed:
+            gc.collect()
     collect(writers.done(list(in_flight), block='all'))
     if buffers:
         missing = [pending[i].input for i in buffers]
