@@ -1,4 +1,5 @@
 """Shared fixtures. Registering numclip_mm first makes torchvision importable on CPU-only torch."""
+import contextlib
 import gc
 import os
 import signal
@@ -45,14 +46,7 @@ def pytest_collection_modifyitems(session, config, items):
     items[:] = ordered
 
 
-S3_ENVIRONMENT = ('AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_DEFAULT_REGION', 'AWS_ENDPOINT_URL',
-                  'FSSPEC_S3_ENDPOINT_URL')
-_undo_after_shared_ray = []  # what ray_session and s3_server set up, undone (last first) after their last user
-
-
-def _end_shared_ray() -> None:
-    while _undo_after_shared_ray:
-        _undo_after_shared_ray.pop()()
+_shared_ray = contextlib.ExitStack()  # what ray_session and s3_server set up, undone after their last user
 
 
 @pytest.fixture(scope='session')
@@ -71,24 +65,18 @@ def s3_server():
     port = free_port()
     server = ThreadedMotoServer(ip_address='127.0.0.1', port=port, verbose=False)
     server.start()
+    _shared_ray.callback(server.stop)
     endpoint = f'http://127.0.0.1:{port}'
-    saved = {k: os.environ.get(k) for k in S3_ENVIRONMENT}
-    saved_conf = dict(fsspec.config.conf.get('s3', {}))
-
-    def undo():
-        server.stop()
-        fsspec.config.conf['s3'] = saved_conf
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    _undo_after_shared_ray.append(undo)
-    os.environ.update(AWS_ACCESS_KEY_ID='testing', AWS_SECRET_ACCESS_KEY='testing', AWS_DEFAULT_REGION='us-east-1',
-                      AWS_ENDPOINT_URL=endpoint, FSSPEC_S3_ENDPOINT_URL=endpoint)
+    patch = pytest.MonkeyPatch()
+    _shared_ray.callback(patch.undo)
+    for name, value in dict(AWS_ACCESS_KEY_ID='testing', AWS_SECRET_ACCESS_KEY='testing',
+                            AWS_DEFAULT_REGION='us-east-1', AWS_ENDPOINT_URL=endpoint,
+                            FSSPEC_S3_ENDPOINT_URL=endpoint).items():
+        patch.setenv(name, value)
+    patch.setitem(fsspec.config.conf, 's3', dict(fsspec.config.conf.get('s3', {})))
     fsspec.config.set_conf_env(fsspec.config.conf)  # FSSPEC_S3_* are read at fsspec's import: applied here too
     yield endpoint
-    _end_shared_ray()
+    _shared_ray.close()
 
 
 @pytest.fixture(scope='session')
@@ -97,9 +85,9 @@ def ray_session(s3_server):
     :func:`pytest_runtest_teardown`), not at the end of the session. Its workers see :func:`s3_server`."""
     import ray
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address='127.0.0.1', log_to_driver=False)
-    _undo_after_shared_ray.append(ray.shutdown)
+    _shared_ray.callback(ray.shutdown)
     yield ray
-    _end_shared_ray()
+    _shared_ray.close()
 
 
 @pytest.hookimpl(trylast=True)  # after the test's own fixtures are torn down
@@ -112,7 +100,7 @@ def pytest_runtest_teardown(item, nextitem):
     items = item.session.items
     rest = items[items.index(nextitem):] if nextitem is not None else []
     if not any(_uses_ray(i) for i in rest):
-        _end_shared_ray()
+        _shared_ray.close()
 
 
 @pytest.fixture(scope='module')

@@ -35,9 +35,7 @@ def _png(rng, h, w):
 @pytest.fixture(scope='module')
 def s3(s3_server, ray_session, tmp_path_factory):
     """A bucket on the session's moto server (conftest's ``s3_server``: the endpoint and fake credentials are in the
-    environment of this process and of the shared Ray's workers)."""
-    if s3_server is None:
-        pytest.skip('moto is not installed')
+    environment of this process and of the shared Ray's workers; the module is skipped without moto)."""
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     fs.mkdir(BUCKET)
     return dict(fs=fs, endpoint=s3_server, root=tmp_path_factory.mktemp('s3'))
