@@ -30,6 +30,8 @@ from .conformal import (
     sidecar_path,
 )
 from .image_decode import decode_bgr
+from .light_pipeline import light_pipeline
+from .prediction_graph import GraphTraceError, PredictionGraph, load_graph, trace_graph, tuples
 from .shared import DEFAULT_MAX_PIXELS, PRECISION_DTYPES, bytes_digest, level_key
 from .tasks import OrdinalTask, apply_config_task
 from .utils.checkpoint import CheckpointLoadError, CheckpointMismatchError, check_state_dict, load_weights_only
@@ -185,12 +187,20 @@ class ImagePreprocessor:
     """
 
     def __init__(self, config: ConfigLike, input_size: Optional[Sequence[int]] = None):
-        from mmengine.dataset import Compose
         cfg = load_config(config)
-        steps = [t for t in cfg.test_dataloader.dataset.pipeline if t['type'] not in _LOADERS]
-        self.pipeline_cfg = steps
+        self._set([t for t in cfg.test_dataloader.dataset.pipeline if t['type'] not in _LOADERS], input_size)
+
+    @classmethod
+    def from_steps(cls, steps: Sequence[dict], input_size: Optional[Sequence[int]] = None) -> 'ImagePreprocessor':
+        """The preprocessor of a test pipeline's steps (its loading step excluded), without a config."""
+        self = cls.__new__(cls)
+        self._set(steps, input_size)
+        return self
+
+    def _set(self, steps: Sequence[dict], input_size: Optional[Sequence[int]]) -> None:
+        self.pipeline_cfg = list(steps)
         self.input_size = tuple(int(x) for x in input_size) if input_size is not None else None
-        self._pipeline = Compose(steps)
+        self._pipeline = _build_pipeline(self.pipeline_cfg)
         self._resize_first = None  # decided on the first call: does the pipeline leave the image size alone?
 
     def _run(self, bgr: np.ndarray) -> torch.Tensor:
@@ -238,14 +248,21 @@ class ImagePreprocessor:
         return dict(pipeline_cfg=self.pipeline_cfg, input_size=self.input_size)
 
     def __setstate__(self, state):
-        from mmengine.dataset import Compose
-        from mmengine.registry import init_default_scope
-        register_inference_components()
+        self._set(state['pipeline_cfg'], state.get('input_size'))
+
+
+def _build_pipeline(steps: Sequence[dict]):
+    """The test pipeline of ``steps``: mmcv's classes when every step is a usual one (no mmpretrain import, see
+    :mod:`numclip_mm.light_pipeline`), else through mmpretrain's registry."""
+    pipeline = light_pipeline(steps)
+    if pipeline is not None:
+        return pipeline
+    from mmengine.dataset import Compose
+    from mmengine.registry import DefaultScope, init_default_scope
+    register_inference_components()
+    if DefaultScope.get_current_instance() is None:
         init_default_scope('mmpretrain')
-        self.pipeline_cfg = state['pipeline_cfg']
-        self.input_size = state.get('input_size')
-        self._pipeline = Compose(self.pipeline_cfg)
-        self._resize_first = None
+    return Compose(steps)
 
 
 class Predictor:
@@ -264,37 +281,67 @@ class Predictor:
         checkpoint_sha256: the digest the checkpoint must have (the scorer's, taken once while planning): its bytes
             are read once, checked and loaded from memory, so the model is exactly that file;
             :class:`CheckpointChangedError` when the file was replaced since.
+        checkpoint_data: the checkpoint file's bytes, already read by the caller, whose sha256 is
+            ``checkpoint_sha256``: loaded without reading or hashing the file again.
+
+    :meth:`trace` records the model's prediction as a TorchScript archive and :meth:`from_graph` makes a predictor
+    of one with torch alone (no config, no model build): what the scorer's actors do.
     """
 
     def __init__(self, config: ConfigLike, checkpoint: Optional[str] = None, device: str = 'cpu',
                  precision: Optional[str] = None, calibration: Optional[CalibrationLike] = None,
-                 checkpoint_sha256: Optional[str] = None):
-        precision = precision or default_precision(device)
-        if precision not in PRECISIONS:
-            raise ValueError(f'precision must be one of {sorted(PRECISIONS)}, got {precision!r}')
+                 checkpoint_sha256: Optional[str] = None, checkpoint_data: Optional[bytes] = None):
+        precision = _check_precision(precision, device)
         cfg = load_config(config)
         from mmpretrain.registry import MODELS
 
         from .models.heads import OrdinalHead
         self.model = MODELS.build(cfg.model)  # the architecture only: no CLIP file is read
         if checkpoint is not None:
-            load_model_checkpoint(self.model, checkpoint, checkpoint_sha256)
+            load_model_checkpoint(self.model, checkpoint, checkpoint_sha256, checkpoint_data)
         else:  # zero-shot: the config's own weights (pretrained CLIP)
             apply_config_weights(self.model)
         self.model.to(device).eval()
-        self.device = torch.device(device)
         if not isinstance(self.model.head, OrdinalHead):
             raise TypeError(f'{type(self.model.head).__name__} is not an OrdinalHead: the predictor needs its task '
                             f'and predict_arrays')
-        self.precision = precision
-        self.task: OrdinalTask = self.model.head.task
-        self.concepts = np.asarray(self.task.concepts, dtype=object)
-        self.input_size = _input_size(self.model)
-        self.preprocessor = ImagePreprocessor(cfg, self.input_size)
+        input_size = _input_size(self.model)
         found = None if calibration is not None or '://' in str(checkpoint) else find_calibration(checkpoint)
-        self.calibration = get_calibration(calibration or found)
+        self._set(PredictionGraph(self.model), self.model.head.task, input_size,
+                  ImagePreprocessor(cfg, input_size), device, precision, get_calibration(calibration or found))
         if self.calibration is not None and (found is not None or checkpoint_sha256 is not None):
             check_checkpoint(self.calibration, checkpoint, checkpoint_sha256)
+
+    @classmethod
+    def from_graph(cls, archive: bytes, device: str = 'cpu', precision: Optional[str] = None,
+                   calibration: Optional[CalibrationLike] = None) -> 'Predictor':
+        """A predictor of an archive of :meth:`trace` (bytes), loaded onto ``device``, with ``calibration`` (the
+        archive holds none: give the one checked for its checkpoint). Imports torch and mmcv's transforms only."""
+        precision = _check_precision(precision, device)
+        graph, meta = load_graph(archive, device)
+        self = cls.__new__(cls)
+        self.model = None
+        input_size = tuple(meta['input_size'])
+        self._set(graph, OrdinalTask(**tuples(meta['task'])), input_size,
+                  ImagePreprocessor.from_steps(tuples(meta['pipeline']), input_size), device, precision,
+                  get_calibration(calibration))
+        return self
+
+    def _set(self, graph, task: OrdinalTask, input_size, preprocessor, device, precision, calibration) -> None:
+        self.graph, self.task, self.input_size, self.preprocessor = graph, task, input_size, preprocessor
+        self.device, self.precision, self.calibration = torch.device(device), precision, calibration
+        self.concepts = np.asarray(self.task.concepts, dtype=object)
+
+    def trace(self) -> bytes:
+        """The model's prediction as a TorchScript archive (:func:`numclip_mm.prediction_graph.trace_graph`: traced on
+        the CPU in fp32, checked against the model) with the task, input size and test pipeline, for
+        :meth:`from_graph`. Raises GraphTraceError when the model cannot be traced faithfully."""
+        if self.model is None:
+            raise GraphTraceError('this predictor is already a graph')
+        if self.device.type != 'cpu':
+            raise GraphTraceError('trace a predictor on the CPU (its archive is loaded onto any device)')
+        return trace_graph(self.model, self.input_size,
+                           dict(task=self.task, pipeline=self.preprocessor.pipeline_cfg))
 
     def check_intervals(self, levels: Sequence[float]) -> None:
         """Raise a clear error now (not mid-pipeline) if intervals at ``levels`` cannot be produced."""
@@ -320,15 +367,13 @@ class Predictor:
         self.check_intervals(intervals)
         if len(inputs) == 0:
             return self._empty_columns(intervals)
+        if self.model is None and not isinstance(inputs, torch.Tensor):  # a graph takes one stacked batch
+            inputs = torch.stack(list(inputs))
         if self.device.type == 'cuda' and isinstance(inputs, torch.Tensor):
             inputs = inputs.pin_memory().to(self.device, non_blocking=True)
-        head = self.model.head  # an OrdinalHead
         with torch.autocast(self.device.type, dtype=PRECISIONS[self.precision],
                             enabled=self.precision != 'fp32'):
-            data = self.model.data_preprocessor(dict(inputs=inputs), False)
-            feats = self.model.extract_feat(data['inputs'])
-            probs, raw = head.predict_arrays(feats)
-        values = head.to_task_range(raw.float())
+            probs, raw, values, feats = self.graph(inputs)
         probs, values, raw = (t.float().cpu().numpy() for t in (probs, values, raw))
         rows = np.arange(len(values))
         index, top = self.task.nearest_bin(values), probs.argmax(axis=1)
@@ -339,7 +384,7 @@ class Predictor:
             for key, (low, high) in self.calibration.intervals(values, probs, intervals).items():
                 out[f'low_{key}'], out[f'high_{key}'] = low, high
         if embeddings:
-            out['embedding'] = torch.nn.functional.normalize(feats[-1].float(), dim=-1).cpu().numpy()
+            out['embedding'] = feats.float().cpu().numpy()
         return out
 
     def _empty_columns(self, intervals: Sequence[float]) -> Dict[str, np.ndarray]:
@@ -386,6 +431,13 @@ class Predictor:
     def _model_input(self, image, float_scale: Optional[float]) -> torch.Tensor:
         image = image_to_model_input(image, float_scale)
         return self.preprocessor.from_bytes(image) if isinstance(image, bytes) else self.preprocessor(image)
+
+
+def _check_precision(precision: Optional[str], device: str) -> str:
+    precision = precision or default_precision(device)
+    if precision not in PRECISIONS:
+        raise ValueError(f'precision must be one of {sorted(PRECISIONS)}, got {precision!r}')
+    return precision
 
 
 def apply_config_weights(model: torch.nn.Module) -> None:
@@ -455,13 +507,17 @@ def read_checkpoint_bytes(checkpoint: str) -> bytes:
         raise FileNotFoundError(f'checkpoint not found: {checkpoint}') from None
 
 
-def load_model_checkpoint(model: torch.nn.Module, checkpoint: str, sha256: Optional[str] = None) -> None:
+def load_model_checkpoint(model: torch.nn.Module, checkpoint: str, sha256: Optional[str] = None,
+                          data: Optional[bytes] = None) -> None:
     """Strictly load a Runner checkpoint (``state_dict`` inside) or a bare state dict, weights-only.
 
     With ``sha256``, the file is read once into memory, its digest checked (:class:`CheckpointChangedError` when
-    it differs) and those very bytes loaded: what is loaded is exactly what was checked.
+    it differs) and those very bytes loaded: what is loaded is exactly what was checked. ``data``: those bytes,
+    already read and hashed by the caller (``sha256`` their digest): loaded as they are.
     """
-    if sha256 is not None:
+    if data is not None:
+        state = load_weights_only(io.BytesIO(data), name=str(checkpoint))
+    elif sha256 is not None:
         data = read_checkpoint_bytes(checkpoint)
         got = bytes_digest(data)
         if got != sha256:

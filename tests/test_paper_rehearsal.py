@@ -19,6 +19,8 @@ from mmengine.config import Config
 from open_clip.transformer import QuickGELU
 
 from numclip_mm.engine import StrictLoadRunner, fall_back_from_amp
+from numclip_mm.inference import Predictor
+from numclip_mm.light_pipeline import LightPipeline
 from numclip_mm.models.clip_loader import build_open_clip, checkpoint_format
 from numclip_mm.utils import CheckpointMismatchError
 
@@ -188,6 +190,19 @@ def test_morph_through_the_tools_with_the_readme_cache(openai_archive, tmp_path)
     table = pd.read_csv(out)
     assert len(table) == 2 and table['gt_value'].tolist() == [19.0, 61.0]
     assert table['pred_value'].notna().all()
+    # the scorer's driver traces this trained full-size model; the trace predicts what the model predicts
+    traced_at = time.perf_counter()
+    predictor = Predictor(str(ROOT / 'configs/numclip_morph.py'), str(ckpt))
+    graph = Predictor.from_graph(predictor.trace())
+    assert isinstance(graph.preprocessor._pipeline, LightPipeline)  # Resize + CenterCrop without mmpretrain
+    rng = np.random.default_rng(7)
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((300, 200, 3), (181, 263, 3), (224, 224, 3))]
+    a, b = predictor.predict(images, embeddings=True), graph.predict(images, embeddings=True)
+    np.testing.assert_allclose(b['value'], a['value'], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(b['embedding'], a['embedding'], atol=1e-5, rtol=0)
+    assert list(b['label']) == list(a['label'])
+    print(f'\nViT-B-16 NumCLIP traced and checked in {time.perf_counter() - traced_at:.1f} s')
+    del predictor, graph
     ckpt.unlink()
     print(f'\nmorph through tools/train.py + tools/test.py: {time.perf_counter() - start:.1f} s')
 
