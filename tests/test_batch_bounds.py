@@ -383,11 +383,12 @@ def test_hostile_path_cells_end_in_time_redacted_in_output_and_log(env, server, 
 
 
 def test_missing_checkpoint_is_reported_as_such(env, ray_session, tmp_path):
-    """A checkpoint deleted between planning and the actors' start: the job names it, not 'out of memory'."""
+    """A checkpoint deleted between planning and the start of actors that build the model themselves (``graph=False``;
+    actors that load the driver's graph never read it): the job names it, not 'out of memory'."""
     ckpt = tmp_path / 'model.pth'
     ckpt.write_bytes(Path(env['ckpt']).read_bytes())
     job = prepare(ScoreOptions(config=env['cfg'], checkpoint=str(ckpt), input=str(env['cat']),
-                               output=str(tmp_path / 'out'), max_retries=0))
+                               output=str(tmp_path / 'out'), max_retries=0, graph=False))
     ckpt.unlink()
     with pytest.raises(ScoringFailed) as err:
         run(job)

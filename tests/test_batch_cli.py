@@ -145,6 +145,7 @@ def test_stopped_driver_then_one_rerun_completes(env, tmp_path):
                      r'\(1 CPU each\), decoding in the actors, batches of 64', second.stderr), second.stderr[-3000:]
     assert summary['sizing']['num_actors'] == 2
     assert summary['outputs_written_by'] == 'the driver (a private instance on this machine)'  # no task processes
+    assert summary['models_loaded_as'] == "the driver's TorchScript trace of the model"
     assert 0 < summary['ray_ready_s'] < summary['first_output_s']
     assert re.search(r'first predictions back [\d.]+ s after', second.stderr)
 
@@ -248,6 +249,7 @@ def test_documented_ray_job_submit_recipe(env, tmp_path):
         assert proc.returncode == 0, output[-4000:]
         assert 'succeeded' in output.lower()
         assert 'outputs written by Ray tasks on the workers' in output  # a cluster's outputs never pass the driver
+        assert "actors load the driver's TorchScript trace of the model" in output  # through the object store
         assert (home / '.ray' / 'auth_token').exists()  # token auth was on, and the CLI used it
         _check(out, env['cat'])
     finally:

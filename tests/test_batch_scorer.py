@@ -6,6 +6,7 @@ a SIGALRM timeout so that a hung pipeline fails instead of blocking the suite. T
 and a killed driver are in test_batch_cli.py; object stores in test_batch_s3.py.
 """
 import io
+import json
 import logging
 import os
 import shutil
@@ -452,20 +453,66 @@ def test_failed_job_releases_its_actors_while_its_error_is_held(env, ray_session
     assert not (tmp_path / 'out' / 'part-001.parquet').exists()
 
 
-def test_checkpoint_replaced_after_planning_fails_the_job(env, ray_session, tmp_path):
-    """The outputs record the checkpoint digest taken while planning; a checkpoint file replaced after that (a
-    finished copy moved over it) is refused by the actors, which load exactly the bytes they checked: the job fails
-    naming the file, and no output is written (none labelled with the planned digest but another model's values)."""
+def test_driver_traces_each_model_unless_switched_off_or_on_gpus(env, tmp_path, monkeypatch, caplog):
+    """The driver reads the checkpoint once (the digest the outputs record is of those bytes), builds the model from
+    them and traces it; actors get the trace and nothing to build from. Switched off, on GPUs, or for a model that
+    cannot be traced, actors get config and checkpoint, and the first log line says why."""
+    from numclip_mm.batch.cluster import Sizing
+    from numclip_mm.batch.pipeline import _models_loaded_as
+    from numclip_mm.prediction_graph import GraphTraceError
+    from numclip_mm.shared import file_digest
+    src, out = env['cat'] / 'part-001.parquet', str(tmp_path / 'out')
+    cpu = Sizing(2, 1.0, 0.0, 1, True, 1.0, 64)
+    job = prepare(_opts(env, input=str(src), output=out))
+    model = job.models[0]
+    assert model.graph is not None and model.graph_note == ''
+    assert model.identity['checkpoint'] == model.checkpoint_sha256 == file_digest(env['ckpt'])
+    assert model.actor_spec('ref') == dict(prefix='count_', calibration=None, graph='ref')  # no config to unpickle
+    assert Predictor.from_graph(model.graph).task == env['reference'].task
+    assert _models_loaded_as(job, cpu) == "the driver's TorchScript trace of the model"
+    assert _models_loaded_as(job, Sizing(1, 1.0, 1.0, 1, False, 1.0, 256)) == (
+        'config and checkpoint, building the model (inference on GPUs)')
+    for options, note in ((dict(graph=False), 'switched off (--no-graph)'),
+                          (dict(num_gpus_per_actor=1), 'inference on GPUs')):
+        model = prepare(_opts(env, input=str(src), output=out, **options)).models[0]
+        assert model.graph is None and model.graph_note == note
+        assert model.checkpoint_sha256 == file_digest(env['ckpt'])
+        assert model.actor_spec()['checkpoint_sha256'] == model.checkpoint_sha256
+    monkeypatch.setattr(Predictor, 'trace', lambda self: (_ for _ in ()).throw(GraphTraceError('it branches')))
+    with caplog.at_level(logging.WARNING, logger='numclip_mm.batch'):
+        job = prepare(_opts(env, input=str(src), output=out))
+    assert job.models[0].graph is None and job.models[0].graph_note == 'cannot be traced: it branches'
+    assert 'actors build the model themselves (it cannot be traced: it branches)' in caplog.text
+    assert _models_loaded_as(job, cpu) == (
+        'config and checkpoint, building the model (count_*: cannot be traced: it branches)')
+
+
+@pytest.mark.parametrize('graph', [True, False], ids=['graph', 'actors-build'])
+def test_checkpoint_replaced_after_planning(env, ray_session, tmp_path, graph):
+    """The outputs record the checkpoint digest taken while planning, and a checkpoint file replaced after that (a
+    finished copy moved over it) never scores under it. With the driver's graph (the default) the actors never read
+    the file: the job scores with the bytes the driver hashed and traced. Actors that build the model themselves
+    refuse the replaced file (they load exactly the bytes they checked): the job fails naming the file, and no
+    output is written (none labelled with the planned digest but another model's values)."""
     from numclip_mm.batch.pipeline import ScoringFailed
     ckpt = tmp_path / 'ck.pth'
     shutil.copy(env['ckpt'], ckpt)
     out = tmp_path / 'out'
-    job = prepare(_opts(env, checkpoint=str(ckpt), input=str(env['cat'] / 'part-001.parquet'), output=str(out)))
+    src = env['cat'] / 'part-001.parquet'
+    job = prepare(_opts(env, checkpoint=str(ckpt), input=str(src), output=str(out), graph=graph))
     planned = job.models[0].identity['checkpoint']
+    assert (job.models[0].graph is not None) == graph
     other = torch.load(env['ckpt'], weights_only=True)
     other['state_dict'] = {k: v + 1 if v.is_floating_point() else v for k, v in other['state_dict'].items()}
     torch.save(other, tmp_path / 'epoch_29.pth')
     os.replace(tmp_path / 'epoch_29.pth', ckpt)  # as `mv` of a finished copy
+    if graph:
+        run(job)
+        _check_output(out / 'part-001.parquet', src, env['kinds']['part-001.parquet'], env['reference'],
+                      lambda i: pq.read_table(src).column('image')[i].as_py())
+        recorded = json.loads(pq.read_metadata(out / 'part-001.parquet').metadata[catalog.METADATA_KEY])
+        assert recorded['model']['count_']['checkpoint'] == planned
+        return
     with pytest.raises(ScoringFailed) as err:
         run(job)
     msg = str(err.value)

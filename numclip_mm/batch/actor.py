@@ -17,13 +17,26 @@ import pyarrow as pa
 
 from .columns import CELL_CRC, FILE_INDEX, IMAGE_TENSOR, ROW_ERROR, ROW_INDEX, interval_types, prediction_schema
 
+GRAPH_FETCH_TIMEOUT_S = 600.0  # a model's graph from Ray's object store (hundreds of MB across a cluster)
+
 
 def load_predictor(config, checkpoint: Optional[str], device: str = 'cpu', precision: Optional[str] = None,
-                   checkpoint_sha256: Optional[str] = None, calibration=None):
-    """A Predictor of exactly the checkpoint the job planned with: a local path or URI whose bytes are read once and
-    must have ``checkpoint_sha256`` (else :class:`numclip_mm.inference.CheckpointChangedError`), with the
-    calibration the driver already checked (the sidecar is not read again)."""
+                   checkpoint_sha256: Optional[str] = None, calibration=None, graph=None):
+    """A Predictor of exactly the checkpoint the job planned with, with the calibration the driver already checked
+    (the sidecar is not read again): ``graph``, the driver's trace of it (archive bytes or a Ray object reference
+    to them), loaded with torch alone; else built from ``config`` and ``checkpoint`` (a local path or URI whose
+    bytes are read once and must have ``checkpoint_sha256``, else
+    :class:`numclip_mm.inference.CheckpointChangedError`)."""
     from numclip_mm.inference import Predictor
+    if graph is not None:
+        import ray
+        if isinstance(graph, ray.ObjectRef):
+            try:
+                graph = ray.get(graph, timeout=GRAPH_FETCH_TIMEOUT_S)
+            except ray.exceptions.GetTimeoutError:
+                raise TimeoutError(f'the model\'s graph did not arrive from the object store within '
+                                   f'{GRAPH_FETCH_TIMEOUT_S:.0f} s') from None
+        return Predictor.from_graph(graph, device=device, precision=precision, calibration=calibration)
     return Predictor(config, checkpoint, device=device, precision=precision, calibration=calibration,
                      checkpoint_sha256=checkpoint_sha256)
 
@@ -32,11 +45,12 @@ class InferenceActor:
     """``map_batches`` callable class (``ActorPoolStrategy``): one or several models over one decode.
 
     Args:
-        models: one ``dict(config=..., checkpoint=..., prefix=..., checkpoint_sha256=..., calibration=...)`` per
-            model: config and checkpoint as for :class:`numclip_mm.inference.Predictor`; ``checkpoint_sha256`` the
-            digest the job's outputs record (the actor loads exactly the bytes that have it); ``calibration`` the
-            conformal calibration the driver checked (a :class:`numclip_mm.conformal.Calibration`); each model's
-            columns are named ``f'{prefix}{suffix}'``.
+        models: one ``dict(config=..., checkpoint=..., prefix=..., checkpoint_sha256=..., calibration=...,
+            graph=...)`` per model: ``graph`` the driver's trace of the model (:meth:`Predictor.trace`; its archive
+            or a Ray object reference), else config and checkpoint as for :class:`numclip_mm.inference.Predictor`
+            with ``checkpoint_sha256`` the digest the job's outputs record (the actor loads exactly the bytes that
+            have it); ``calibration`` the conformal calibration the driver checked (a
+            :class:`numclip_mm.conformal.Calibration`); each model's columns are named ``f'{prefix}{suffix}'``.
         device, precision: 'cpu'/'cuda'; 'fp32'/'fp16'/'bf16' (None: the device's default).
         torch_threads: ``torch.set_num_threads`` in the actor (None: Ray's OMP setting).
         row_decoder: a :class:`numclip_mm.batch.decode.RowGroupDecoder` whose preprocessors this actor replaces by
@@ -50,8 +64,9 @@ class InferenceActor:
         import torch
         if torch_threads:
             torch.set_num_threads(int(torch_threads))
-        predictors = [load_predictor(m['config'], m['checkpoint'], device, precision, m.get('checkpoint_sha256'),
-                                     m.get('calibration')) for m in models]
+        predictors = [load_predictor(m.get('config'), m.get('checkpoint'), device, precision,
+                                     m.get('checkpoint_sha256'), m.get('calibration'), m.get('graph'))
+                      for m in models]
         self.attach(predictors, [m['prefix'] for m in models], row_decoder, intervals, embedding)
 
     def attach(self, predictors, prefixes=('',), row_decoder=None, intervals=(), embedding=False) -> None:

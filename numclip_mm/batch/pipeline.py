@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pyarrow as pa
 
-from ..shared import DEFAULT_MAX_PIXELS, PRECISION_DTYPES, file_digest
+from ..shared import DEFAULT_MAX_PIXELS, PRECISION_DTYPES, bytes_digest, file_digest
 from . import catalog
 from .cluster import ACTOR_BASE_MEMORY, RayStarter, Sizing, cluster_resources, size_pipeline
 from .columns import (
@@ -97,6 +97,8 @@ class ScoreOptions:
     batch_size: Optional[int] = None       # default: 64 on CPU, 256 per GPU actor
     num_actors: Optional[int] = None       # default: one per GPU, else one per CPU (fewer when memory is short)
     num_gpus_per_actor: Optional[float] = None  # default: 1 when the cluster has GPUs, else 0
+    graph: bool = True                     # CPU actors load the driver's TorchScript trace of each model (torch
+    #                                        only); False: every actor builds each model from config and checkpoint
     cpus_per_actor: Optional[float] = None
     cpus_per_decode_task: Optional[float] = None
     decode_in_actor: Optional[bool] = None  # default: True on CPU, False with GPUs (decode in CPU tasks)
@@ -139,8 +141,14 @@ class JobModel:
     checkpoint_sha256: Optional[str] = None  # what every actor must load (None: zero-shot, no checkpoint)
     calibration: Any = None                  # the checked numclip_mm.conformal.Calibration when intervals are asked
     checkpoint_bytes: int = 0                # its size (local or remote), measured when the driver checked it
+    graph: Optional[bytes] = None            # the model's TorchScript archive (Predictor.trace), None: not traced
+    graph_note: str = ''                     # why there is no graph
 
-    def actor_spec(self) -> Dict[str, Any]:
+    def actor_spec(self, graph=None) -> Dict[str, Any]:
+        """What an actor loads: the model's graph (``graph``: the archive or its Ray object reference) or, without
+        one, its config and the checkpoint with the digest the driver checked."""
+        if graph is not None:  # (the config object would make the actor import mmengine to unpickle it)
+            return dict(prefix=self.prefix, calibration=self.calibration, graph=graph)
         return dict(config=self.config, checkpoint=self.checkpoint, prefix=self.prefix,
                     checkpoint_sha256=self.checkpoint_sha256, calibration=self.calibration)
 
@@ -261,12 +269,19 @@ def _prepare_model(spec: ModelSpec, opts: ScoreOptions, config) -> JobModel:
     elif spec.zero_shot:
         raise Err('--zero-shot and --checkpoint exclude each other')
     # the checkpoint travels once here: a local copy (URIs), its digest, the key/shape check and the calibration;
-    # actors get the digest and the checked calibration, and load exactly the bytes that have that digest
+    # actors get the model's graph (or the digest: they then load exactly the bytes that have it) and the
+    # checked calibration
     checkpoint_sha256, calibration, calibration_digest, checkpoint_bytes = None, None, None, 0
+    graph, graph_note = None, _graph_unwanted(opts)
     with catalog.local_copy(spec.checkpoint, companions=(SIDECAR_SUFFIX,) if opts.intervals else ()) as local:
-        model = describe_model(config, local)  # exact key/shape check
+        if graph_note:
+            model = describe_model(config, local)  # exact key/shape check on a skeleton
+            if spec.checkpoint is not None:
+                checkpoint_sha256 = file_digest(local)
+        else:  # the model itself, from one read of the checkpoint (exact key/shape check), then its trace
+            graph, graph_note, model, checkpoint_sha256 = _trace_model(config, local)
         if spec.checkpoint is not None:
-            checkpoint_digest = checkpoint_sha256 = file_digest(local)
+            checkpoint_digest = checkpoint_sha256
             checkpoint_bytes = os.path.getsize(local)
         if opts.intervals:
             calibration, calibration_digest = _check_calibration(opts, spec.checkpoint, local, checkpoint_sha256)
@@ -277,7 +292,37 @@ def _prepare_model(spec: ModelSpec, opts: ScoreOptions, config) -> JobModel:
     if calibration_digest is not None:  # new thresholds give other bounds: outputs of the old ones are stale
         identity['calibration'] = calibration_digest
     return JobModel(config, spec.checkpoint, prefix, task.name, model['input_size'], identity, names,
-                    checkpoint_sha256, calibration, checkpoint_bytes)
+                    checkpoint_sha256, calibration, checkpoint_bytes, graph, graph_note)
+
+
+def _graph_unwanted(opts: ScoreOptions) -> str:
+    """Why the driver does not trace the models ('' when it does): switched off, or inference on GPUs, where
+    actors build the models (their autocast is what the GPU path measures; a trace made in fp32 keeps its
+    dtype casts at fp32)."""
+    import torch
+    if not opts.graph:
+        return 'switched off (--no-graph)'
+    if (opts.num_gpus_per_actor or 0) > 0 or (opts.num_gpus_per_actor is None and torch.cuda.is_available()):
+        return 'inference on GPUs'
+    return ''
+
+
+def _trace_model(config, checkpoint: Optional[str]):
+    """(graph or None, why none, dict(task, input_size), the checkpoint's sha256): the model loaded from one read of
+    the checkpoint (the read that is hashed) and traced (:meth:`numclip_mm.inference.Predictor.trace`)."""
+    from numclip_mm.inference import GraphTraceError, Predictor, read_checkpoint_bytes
+    data = sha256 = None
+    if checkpoint is not None:
+        data = read_checkpoint_bytes(checkpoint)
+        sha256 = bytes_digest(data)
+    predictor = Predictor(config, checkpoint, checkpoint_sha256=sha256, checkpoint_data=data)
+    del data
+    model = dict(task=predictor.task, input_size=predictor.input_size)
+    try:
+        return predictor.trace(), '', model, sha256
+    except GraphTraceError as err:
+        logger.warning('%s: actors build the model themselves (it cannot be traced: %s)', _name(config), err)
+        return None, f'cannot be traced: {err}', model, sha256
 
 
 def _check_calibration(opts: ScoreOptions, checkpoint: Optional[str], local_checkpoint: Optional[str],
@@ -386,7 +431,8 @@ def build_dataset(job: ScoringJob, items: Sequence[Dict[str, Any]], sizing: Sizi
     ds = ds.map_batches(
         actor_class, batch_format='numpy', batch_size=1 if in_actor else batch_size,
         compute=ray.data.ActorPoolStrategy(size=sizing.num_actors),
-        fn_constructor_kwargs=dict(models=[m.actor_spec() for m in job.models], device='cuda' if gpu else 'cpu',
+        fn_constructor_kwargs=dict(models=[m.actor_spec(None if gpu or m.graph is None else ray.put(m.graph))
+                                           for m in job.models], device='cuda' if gpu else 'cpu',
                                    precision=opts.precision, torch_threads=sizing.torch_threads,
                                    row_decoder=row_decoder if in_actor else None, intervals=opts.intervals,
                                    embedding=opts.embedding),
@@ -397,6 +443,15 @@ def build_dataset(job: ScoringJob, items: Sequence[Dict[str, Any]], sizing: Sizi
                                                     opts.embedding)
     ctx.enable_progress_bars = False  # the driver logs its own progress (rows/s, ETA, files)
     return ds
+
+
+def _models_loaded_as(job: ScoringJob, sizing: Sizing) -> str:
+    """What the actors load, for the first log lines: the driver's traces, or each model built from its files."""
+    if not sizing.gpus_per_actor and all(m.graph is not None for m in job.models):
+        return 'the driver\'s TorchScript trace of the model' + ('s' if len(job.models) > 1 else '')
+    why = 'inference on GPUs' if sizing.gpus_per_actor else '; '.join(
+        f'{m.prefix}*: {m.graph_note}' for m in job.models if m.graph is None)
+    return f'config and checkpoint, building the model ({why})'
 
 
 def _absolute(path_root: Optional[str]) -> Optional[str]:
@@ -516,11 +571,13 @@ def _score_with(writers, job: ScoringJob, pending: List[catalog.FilePlan], repor
     opts = job.opts
     resources, items = cluster_resources(), work_items(pending)
     sizing = plan_sizing(job, resources, len(items))
+    models = _models_loaded_as(job, sizing)
     logger.info('Ray: %s, %g CPUs and %g GPUs available (ready %.1f s after start); scoring with %s (%d row groups '
-                'to score); outputs written by %s', ray_starter.describe() if ray_starter else 'the Ray instance '
-                'already running in this process', resources['CPU'], resources['GPU'], report['ray_ready_s'],
-                sizing.describe(), len(items), writers.where)
+                'to score); actors load %s; outputs written by %s', ray_starter.describe() if ray_starter else 'the '
+                'Ray instance already running in this process', resources['CPU'], resources['GPU'],
+                report['ray_ready_s'], sizing.describe(), len(items), models, writers.where)
     report['sizing'] = dict(vars(sizing))
+    report['models_loaded_as'] = models
     report['outputs_written_by'] = writers.where
     ds = build_dataset(job, items, sizing, actor_class)
     buffers: Dict[int, List[pa.Table]] = {i: [] for i in range(len(pending))}

@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument('--num-actors', type=int, default=None, help='inference actors (model replicas)')
     size.add_argument('--num-gpus-per-actor', type=float, default=None,
                       help='default: 1 when the cluster has GPUs, else 0 (CPU inference)')
+    p.add_argument('--no-graph', dest='graph', action='store_false',
+                   help='CPU actors build every model from its config and checkpoint instead of loading the '
+                        'driver\'s TorchScript trace of it (the trace saves each actor ~3 s of imports and model '
+                        'build; GPU actors always build the model)')
     p.add_argument('--precision', choices=sorted(PRECISION_DTYPES), default=None,
                    help='inference precision (autocast); default bf16 (fp16 on older GPUs) on CUDA, fp32 on CPU')
     size.add_argument('--cpus-per-actor', type=float, default=None)
@@ -143,6 +147,7 @@ def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser 
         image_column=args.image_column, path_column=args.path_column, prefix=args.prefix, zero_shot=args.zero_shot,
         keep_raw_value=args.keep_raw_value, intervals=tuple(args.interval), embedding=args.embedding,
         batch_size=args.batch_size, num_actors=args.num_actors, num_gpus_per_actor=args.num_gpus_per_actor,
+        graph=args.graph,
         precision=args.precision, cpus_per_actor=args.cpus_per_actor,
         cpus_per_decode_task=args.cpus_per_decode_task,
         decode_in_actor=None if args.decode_in is None else args.decode_in == 'actor',
