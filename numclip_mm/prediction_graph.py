@@ -50,8 +50,17 @@ class PredictionGraph(torch.nn.Module):
 
 def trace_graph(model: torch.nn.Module, input_size: Sequence[int], metadata: Dict[str, Any],
                 atol: float = 1e-4) -> bytes:
-    """The archive (bytes) of ``model``'s :class:`PredictionGraph` traced on CPU in fp32, with ``metadata``
-    (JSON-serialisable; dataclasses allowed) stored beside it.
+    """The archive (bytes) of :func:`trace_module`'s graph of ``model``, with ``metadata`` (JSON-serialisable;
+    dataclasses allowed) stored beside it."""
+    meta = dict(format=GRAPH_FORMAT, input_size=list(input_size or ()), **_plain(metadata))
+    traced = trace_module(model, input_size, atol)
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer, _extra_files={_METADATA: json.dumps(meta)})
+    return buffer.getvalue()
+
+
+def trace_module(model: torch.nn.Module, input_size: Sequence[int], atol: float = 1e-4) -> torch.jit.ScriptModule:
+    """``model``'s :class:`PredictionGraph` traced on CPU in fp32 and frozen.
 
     The trace is checked before it is returned: on a batch of another size it must give the model's own outputs
     (within ``atol``), and it must hold no device constant (a trace made on CPU must run on a GPU). Raises
@@ -91,10 +100,7 @@ def trace_graph(model: torch.nn.Module, input_size: Sequence[int], metadata: Dic
     if devices:
         raise GraphTraceError(f'the trace holds device constants {devices} (tensors made with device=...): it '
                               'would not run on another device')
-    meta = dict(format=GRAPH_FORMAT, input_size=list(input_size), **_plain(metadata))
-    buffer = io.BytesIO()
-    torch.jit.save(traced, buffer, _extra_files={_METADATA: json.dumps(meta)})
-    return buffer.getvalue()
+    return traced
 
 
 def load_graph(archive: bytes, device='cpu') -> Tuple[torch.jit.ScriptModule, Dict[str, Any]]:
