@@ -487,6 +487,14 @@ def test_driver_traces_each_model_unless_switched_off_or_on_gpus(env, tmp_path, 
         'config and checkpoint, building the model (count_*: cannot be traced: it branches)')
 
 
+def test_no_graph_flag_reaches_the_options(env):
+    from numclip_mm.batch.score import build_parser, options_from_args
+    parser = build_parser()
+    base = ['--config', env['cfg'], '--checkpoint', env['ckpt'], '--input', 'in', '--output', 'out']
+    assert options_from_args(parser.parse_args(base), parser).graph is True
+    assert options_from_args(parser.parse_args([*base, '--no-graph']), parser).graph is False
+
+
 @pytest.mark.parametrize('graph', [True, False], ids=['graph', 'actors-build'])
 def test_checkpoint_replaced_after_planning(env, ray_session, tmp_path, graph):
     """The outputs record the checkpoint digest taken while planning, and a checkpoint file replaced after that (a
