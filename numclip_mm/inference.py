@@ -6,8 +6,9 @@ The work is split in two picklable halves so a pipeline can run them in differen
 with text prototypes cached after the first batch).
 
 Importing this module is light (torch, OpenCV, PIL): the model stack (mmpretrain, open_clip and
-numclip_mm's models) is imported when a model or a pipeline is first built (:func:`register_inference_components`),
-and numclip_mm's datasets, metrics and runner never are.
+numclip_mm's models) is imported when a model is first built, or a pipeline with other steps than the usual test
+steps (:func:`register_inference_components`), and numclip_mm's datasets, metrics and runner never are. A predictor
+made from a traced graph (:meth:`Predictor.from_graph`) builds no model and imports none of the stack.
 """
 import copy
 import importlib
@@ -277,7 +278,8 @@ class Predictor:
         device: 'cpu', 'cuda', 'cuda:1', ...
         precision: 'fp32', 'fp16' or 'bf16' (autocast; weights stay fp32); default :func:`default_precision`.
         calibration: conformal calibration for prediction intervals (docs/intervals.md); by default the
-            ``<checkpoint>.calibration.json`` sidecar written by tools/calibrate.py when it exists, else none.
+            ``<checkpoint>.calibration.json`` sidecar written by tools/calibrate.py when it exists, else none;
+            ``False``: none, the sidecar is not looked for.
         checkpoint_sha256: the digest the checkpoint must have (the scorer's, taken once while planning): its bytes
             are read once, checked and loaded from memory, so the model is exactly that file;
             :class:`CheckpointChangedError` when the file was replaced since.
@@ -307,8 +309,8 @@ class Predictor:
                             f'and predict_arrays')
         input_size = _input_size(self.model)
         found = None if calibration is not None or '://' in str(checkpoint) else find_calibration(checkpoint)
-        self._set(PredictionGraph(self.model), self.model.head.task, input_size,
-                  ImagePreprocessor(cfg, input_size), device, precision, get_calibration(calibration or found))
+        self._set(PredictionGraph(self.model), self.model.head.task, input_size, ImagePreprocessor(cfg, input_size),
+                  device, precision, None if calibration is False else get_calibration(calibration or found))
         if self.calibration is not None and (found is not None or checkpoint_sha256 is not None):
             check_checkpoint(self.calibration, checkpoint, checkpoint_sha256)
 
@@ -316,7 +318,8 @@ class Predictor:
     def from_graph(cls, archive: bytes, device: str = 'cpu', precision: Optional[str] = None,
                    calibration: Optional[CalibrationLike] = None) -> 'Predictor':
         """A predictor of an archive of :meth:`trace` (bytes), loaded onto ``device``, with ``calibration`` (the
-        archive holds none: give the one checked for its checkpoint). Imports torch and mmcv's transforms only."""
+        archive holds none: give the one checked for its checkpoint). Imports torch and, for a pipeline of the usual
+        test steps, mmcv's transforms only."""
         precision = _check_precision(precision, device)
         graph, meta = load_graph(archive, device)
         self = cls.__new__(cls)

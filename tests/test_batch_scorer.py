@@ -487,6 +487,26 @@ def test_driver_traces_each_model_unless_switched_off_or_on_gpus(env, tmp_path, 
         'config and checkpoint, building the model (count_*: cannot be traced: it branches)')
 
 
+def test_stale_sidecar_matters_only_with_intervals(env, tmp_path):
+    """A calibration sidecar fitted for another checkpoint: a plain Predictor refuses it (it would give wrong
+    intervals), ``calibration=False`` does not look for it, and the scorer's driver, which checks a calibration only
+    for --interval, plans the job."""
+    from numclip_mm.conformal import fit_calibration, sidecar_path
+    ckpt = tmp_path / 'model.pth'
+    shutil.copy(env['ckpt'], ckpt)
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0, 9, 100)
+    stale = fit_calibration(truth + rng.normal(0, 0.5, 100), rng.dirichlet(np.ones(5), 100), truth, 'count', [0.9],
+                            source=dict(checkpoint_sha256='0' * 64))
+    stale.save(sidecar_path(str(ckpt)))
+    with pytest.raises(ValueError, match='fitted for another checkpoint'):
+        Predictor(env['cfg'], str(ckpt))
+    assert Predictor(env['cfg'], str(ckpt), calibration=False).calibration is None
+    job = prepare(_opts(env, checkpoint=str(ckpt), input=str(env['cat'] / 'part-001.parquet'),
+                        output=str(tmp_path / 'out')))
+    assert job.models[0].graph is not None and job.models[0].calibration is None
+
+
 def test_no_graph_flag_reaches_the_options(env):
     from numclip_mm.batch.score import build_parser, options_from_args
     parser = build_parser()

@@ -23,7 +23,7 @@ GRAPH_FETCH_TIMEOUT_S = 600.0  # a model's graph from Ray's object store (hundre
 def load_predictor(config, checkpoint: Optional[str], device: str = 'cpu', precision: Optional[str] = None,
                    checkpoint_sha256: Optional[str] = None, calibration=None, graph=None):
     """A Predictor of exactly the checkpoint the job planned with, with the calibration the driver already checked
-    (the sidecar is not read again): ``graph``, the driver's trace of it (archive bytes or a Ray object reference
+    (or none: the sidecar is not read): ``graph``, the driver's trace of it (archive bytes or a Ray object reference
     to them), loaded with torch alone; else built from ``config`` and ``checkpoint`` (a local path or URI whose
     bytes are read once and must have ``checkpoint_sha256``, else
     :class:`numclip_mm.inference.CheckpointChangedError`)."""
@@ -37,8 +37,8 @@ def load_predictor(config, checkpoint: Optional[str], device: str = 'cpu', preci
                 raise TimeoutError(f'the model\'s graph did not arrive from the object store within '
                                    f'{GRAPH_FETCH_TIMEOUT_S:.0f} s') from None
         return Predictor.from_graph(graph, device=device, precision=precision, calibration=calibration)
-    return Predictor(config, checkpoint, device=device, precision=precision, calibration=calibration,
-                     checkpoint_sha256=checkpoint_sha256)
+    return Predictor(config, checkpoint, device=device, precision=precision,  # (no calibration: no sidecar look-up)
+                     calibration=False if calibration is None else calibration, checkpoint_sha256=checkpoint_sha256)
 
 
 class InferenceActor:

@@ -315,7 +315,8 @@ def _trace_model(config, checkpoint: Optional[str]):
     if checkpoint is not None:
         data = read_checkpoint_bytes(checkpoint)
         sha256 = bytes_digest(data)
-    predictor = Predictor(config, checkpoint, checkpoint_sha256=sha256, checkpoint_data=data)
+    # the calibration is the scorer's own check (with --interval); a sidecar is not looked for here
+    predictor = Predictor(config, checkpoint, calibration=False, checkpoint_sha256=sha256, checkpoint_data=data)
     del data
     model = dict(task=predictor.task, input_size=predictor.input_size)
     try:
@@ -446,12 +447,16 @@ def build_dataset(job: ScoringJob, items: Sequence[Dict[str, Any]], sizing: Sizi
 
 
 def _models_loaded_as(job: ScoringJob, sizing: Sizing) -> str:
-    """What the actors load, for the first log lines: the driver's traces, or each model built from its files."""
-    if not sizing.gpus_per_actor and all(m.graph is not None for m in job.models):
+    """What the actors load, for the first log lines: the driver's traces, or models built from their files."""
+    if sizing.gpus_per_actor:
+        return 'config and checkpoint, building the model (inference on GPUs)'
+    traced = [m.prefix + '*' for m in job.models if m.graph is not None]
+    built = '; '.join(f'{m.prefix}*: {m.graph_note}' for m in job.models if m.graph is None)
+    if not built:
         return 'the driver\'s TorchScript trace of the model' + ('s' if len(job.models) > 1 else '')
-    why = 'inference on GPUs' if sizing.gpus_per_actor else '; '.join(
-        f'{m.prefix}*: {m.graph_note}' for m in job.models if m.graph is None)
-    return f'config and checkpoint, building the model ({why})'
+    if not traced:
+        return f'config and checkpoint, building the model ({built})'
+    return f'the driver\'s TorchScript traces of {", ".join(traced)}; config and checkpoint for the others ({built})'
 
 
 def _absolute(path_root: Optional[str]) -> Optional[str]:
