@@ -1,4 +1,7 @@
-"""The inference actor: one Predictor per model, built once per actor; batches in, small prediction columns out.
+"""The inference actor: one Predictor per model, made once per actor; batches in, small prediction columns out.
+
+A CPU actor makes its Predictor of the driver's traced graph of the model (torch alone: no mmpretrain, open_clip or
+model build); a GPU actor, or any actor when the job has no graph of a model, builds it from config and checkpoint.
 
 It runs in one of two modes (see :mod:`numclip_mm.batch.pipeline`):
 

@@ -2,6 +2,8 @@
 
 ::
 
+    driver: reads and hashes each checkpoint once, builds the model from those bytes and traces it (a frozen
+            TorchScript graph, put in Ray's object store; CPU actors load it with torch alone)
     from_items(one work item per (input file, row group))                                    driver: footers only
       CPU (default): map_batches(InferenceActor, ActorPoolStrategy)   read the row group's image/path column,
                      decode at the model's input size, infer; pixels never leave the actor
