@@ -24,6 +24,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -238,6 +239,7 @@ def run_column(column: str, spec: dict, work: Path) -> dict:
     """One timed child process of ``column``; its wall, first prediction and steady CPU from the process tree."""
     marks = work / f'marks-{column}-{time.time_ns()}'
     spec = dict(spec, marks=str(marks))
+    shutil.rmtree(spec['output'], ignore_errors=True)  # a reused --workdir: an earlier run's files must not count
     if column == 'scorer':
         summary_path = marks.with_suffix('.json')
         cmd = [sys.executable, '-m', 'numclip_mm.batch.score', '--config', spec['config'], '--checkpoint',
@@ -259,6 +261,8 @@ def run_column(column: str, spec: dict, work: Path) -> dict:
         images = result.pop('images')
         first_at = min(float(f.read_text()) for f in marks.glob('*.t'))
         extra = result
+    if images != spec['images']:
+        raise RuntimeError(f'{column} reported {images} images, the catalog holds {spec["images"]}')
     steady_n = images - spec['batch_size']  # the images after the first batch
     steady_s = t_end - first_at
     steady_cpu = sampler.cpu_at(t_end + 1) - sampler.cpu_at(first_at)
@@ -292,7 +296,7 @@ def main():
             print(f'{name}: wrote {n} images in {time.perf_counter() - t:.0f} s', flush=True)
         size = sum(p.stat().st_size for p in cat.glob('*.parquet'))
         print(f'{name}: {n} {kind.upper()}s of {lo}-{hi} px, {size / 1e6:.0f} MB in {files} files', flush=True)
-        spec = dict(config=args.config, checkpoint=checkpoint, input=str(cat), batch_size=args.batch_size)
+        spec = dict(config=args.config, checkpoint=checkpoint, input=str(cat), batch_size=args.batch_size, images=n)
         runs = {c: [] for c in args.columns}
         for rep in range(args.repeats):
             for column in args.columns:  # interleaved: a change of load hits every column alike
