@@ -507,6 +507,20 @@ def test_stale_sidecar_matters_only_with_intervals(env, tmp_path):
     assert job.models[0].graph is not None and job.models[0].calibration is None
 
 
+def test_actors_may_run_a_row_group_ahead_of_the_driver(env, ray_session, tmp_path):
+    """Decoding in the actors, an actor may yield a whole row group's blocks before the driver takes them (Ray
+    Data's default of 2 kept actors waiting); decode tasks feeding actors keep the default."""
+    from numclip_mm.batch.cluster import Sizing
+    from numclip_mm.batch.pipeline import build_dataset, stream_buffer_blocks, work_items
+    assert [stream_buffer_blocks(n, 64) for n in (0, 10, 1000, 1025, 10 ** 6)] == [2, 2, 16, 17, 64]
+    job = prepare(_opts(env, input=str(env['cat']), output=str(tmp_path / 'out')))  # row groups of 4 rows
+    items = work_items(job.plans)
+    in_actor = build_dataset(job, items, Sizing(1, 1.0, 0.0, 1, True, 1.0, 1))
+    assert in_actor.context._max_num_blocks_in_streaming_gen_buffer == 4
+    in_tasks = build_dataset(job, items, Sizing(1, 1.0, 0.0, 1, False, 1.0, 1))
+    assert in_tasks.context._max_num_blocks_in_streaming_gen_buffer == 2
+
+
 def test_no_graph_flag_reaches_the_options(env):
     from numclip_mm.batch.score import build_parser, options_from_args
     parser = build_parser()
