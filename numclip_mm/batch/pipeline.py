@@ -408,8 +408,8 @@ def prediction_block_bytes(batch_size: int, intervals: Sequence[float] = (), pre
 def stream_buffer_blocks(largest_row_group: int, batch_size: int, cap: int = 64) -> int:
     """Blocks an actor may yield before the driver has taken them (Ray Data's streaming-generator buffer): a whole
     row group's (one per batch), at most ``cap``. Each block is one batch's prediction columns, a few KB. Ray Data's
-    default, 2, paused each actor whenever the driver's collection lagged: the actors of a 2-core machine were busy
-    0.77 of the time on 64 px PNGs, 0.90 with 32 (20,000 images: 787-827 -> 927-975 images/s once scoring)."""
+    default, 2, paused each actor whenever the driver's collection lagged: on a 2-core machine the actors were busy
+    0.77 of the time on 64 px PNGs, 0.90 with 32 (docs/benchmarks.md has the rates)."""
     return max(2, min(cap, -(-largest_row_group // batch_size)))
 
 
