@@ -189,19 +189,23 @@ class ImagePreprocessor:
 
     def __init__(self, config: ConfigLike, input_size: Optional[Sequence[int]] = None):
         cfg = load_config(config)
-        self._set([t for t in cfg.test_dataloader.dataset.pipeline if t['type'] not in _LOADERS], input_size)
+        self._set([t for t in cfg.test_dataloader.dataset.pipeline if t['type'] not in _LOADERS], input_size,
+                  ((cfg.get('custom_imports') or {}).get('imports') or ()))
 
     @classmethod
-    def from_steps(cls, steps: Sequence[dict], input_size: Optional[Sequence[int]] = None) -> 'ImagePreprocessor':
-        """The preprocessor of a test pipeline's steps (its loading step excluded), without a config."""
+    def from_steps(cls, steps: Sequence[dict], input_size: Optional[Sequence[int]] = None,
+                   imports: Sequence[str] = ()) -> 'ImagePreprocessor':
+        """The preprocessor of a test pipeline's steps (its loading step excluded), without a config; ``imports``:
+        the config's ``custom_imports`` (modules registering custom steps), imported only if a step needs the
+        registry."""
         self = cls.__new__(cls)
-        self._set(steps, input_size)
+        self._set(steps, input_size, imports)
         return self
 
-    def _set(self, steps: Sequence[dict], input_size: Optional[Sequence[int]]) -> None:
-        self.pipeline_cfg = list(steps)
+    def _set(self, steps: Sequence[dict], input_size: Optional[Sequence[int]], imports: Sequence[str] = ()) -> None:
+        self.pipeline_cfg, self.imports = list(steps), list(imports)
         self.input_size = tuple(int(x) for x in input_size) if input_size is not None else None
-        self._pipeline = _build_pipeline(self.pipeline_cfg)
+        self._pipeline = _build_pipeline(self.pipeline_cfg, self.imports)
         self._resize_first = None  # decided on the first call: does the pipeline leave the image size alone?
 
     def _run(self, bgr: np.ndarray) -> torch.Tensor:
@@ -246,21 +250,21 @@ class ImagePreprocessor:
         return inputs
 
     def __getstate__(self):
-        return dict(pipeline_cfg=self.pipeline_cfg, input_size=self.input_size)
+        return dict(pipeline_cfg=self.pipeline_cfg, input_size=self.input_size, imports=self.imports)
 
     def __setstate__(self, state):
-        self._set(state['pipeline_cfg'], state.get('input_size'))
+        self._set(state['pipeline_cfg'], state.get('input_size'), state.get('imports', ()))
 
 
-def _build_pipeline(steps: Sequence[dict]):
+def _build_pipeline(steps: Sequence[dict], imports: Sequence[str] = ()):
     """The test pipeline of ``steps``: mmcv's classes when every step is a usual one (no mmpretrain import, see
-    :mod:`numclip_mm.light_pipeline`), else through mmpretrain's registry."""
+    :mod:`numclip_mm.light_pipeline`), else through mmpretrain's registry, with the config's ``imports``."""
     pipeline = light_pipeline(steps)
     if pipeline is not None:
         return pipeline
     from mmengine.dataset import Compose
     from mmengine.registry import DefaultScope, init_default_scope
-    register_inference_components()
+    register_inference_components(dict(custom_imports=dict(imports=list(imports))))
     if DefaultScope.get_current_instance() is None:
         init_default_scope('mmpretrain')
     return Compose(steps)
@@ -326,7 +330,8 @@ class Predictor:
         self.model = None
         input_size = tuple(meta['input_size'])
         self._set(graph, OrdinalTask(**tuples(meta['task'])), input_size,
-                  ImagePreprocessor.from_steps(tuples(meta['pipeline']), input_size), device, precision,
+                  ImagePreprocessor.from_steps(tuples(meta['pipeline']), input_size, meta.get('imports', ())),
+                  device, precision,
                   get_calibration(calibration))
         return self
 
@@ -344,7 +349,8 @@ class Predictor:
         if self.device.type != 'cpu':
             raise GraphTraceError('trace a predictor on the CPU (its archive is loaded onto any device)')
         return trace_graph(self.model, self.input_size,
-                           dict(task=self.task, pipeline=self.preprocessor.pipeline_cfg))
+                           dict(task=self.task, pipeline=self.preprocessor.pipeline_cfg,
+                                imports=self.preprocessor.imports))
 
     def check_intervals(self, levels: Sequence[float]) -> None:
         """Raise a clear error now (not mid-pipeline) if intervals at ``levels`` cannot be produced."""

@@ -3,6 +3,7 @@ autocast, refuses what it cannot reproduce, and loads in a process that imports 
 pipeline (numclip_mm.light_pipeline) equals the one mmpretrain's registry builds."""
 import io
 import json
+import os
 import subprocess
 import sys
 
@@ -196,3 +197,37 @@ def test_light_pipeline_leaves_other_steps_to_the_registry(tiny):
     assert tuple(preprocessor(tiny['images'][0]).shape) == (3, 32, 32)
     assert isinstance(ImagePreprocessor(tiny['cfg'])._pipeline, LightPipeline)  # Resize + PackInputs: light
     assert isinstance(PackImage()(dict(img=np.zeros((2, 3), np.uint8)))['inputs'], torch.Tensor)
+
+
+def test_graph_of_a_config_with_a_custom_step_imports_its_module(tiny, tmp_path, monkeypatch):
+    """A test step from the config's own ``custom_imports``: a process that only has the graph imports that module
+    (the registry builds the step) and preprocesses as the model's own predictor does."""
+    (tmp_path / 'numclip_test_steps.py').write_text(
+        'from mmcv.transforms import BaseTransform\n'
+        'from mmpretrain.registry import TRANSFORMS\n\n\n'
+        '@TRANSFORMS.register_module()\n'
+        'class NumclipTestInvert(BaseTransform):\n'
+        '    def transform(self, results):\n'
+        "        results['img'] = 255 - results['img']\n"
+        '        return results\n')
+    cfg = tmp_path / 'custom.py'
+    cfg.write_text(f"_base_ = [{tiny['cfg']!r}]\n"
+                   "custom_imports = dict(imports=['numclip_mm.register', 'numclip_test_steps'])\n"
+                   "test_dataloader = dict(dataset=dict(pipeline=[dict(type='Resize', scale=(32, 32)),\n"
+                   "    dict(type='NumclipTestInvert'), dict(type='PackInputs')]))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    predictor = Predictor(str(cfg))
+    predictor.model.load_state_dict(tiny['predictor'].model.state_dict())
+    archive = tmp_path / 'graph.pt'
+    archive.write_bytes(predictor.trace())
+    image = tmp_path / 'image.npy'
+    np.save(image, tiny['images'][1])
+    code = (f"import json, numpy as np\nfrom numclip_mm.inference import Predictor\n"
+            f"p = Predictor.from_graph(open({str(archive)!r}, 'rb').read())\n"
+            f"print(json.dumps(p.predict(np.load({str(image)!r}))['value'].tolist()))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get('PYTHONPATH', '')]))
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = predictor.predict(tiny['images'][1])['value']
+    assert not np.allclose(expected, tiny['predictor'].predict(tiny['images'][1])['value'])  # the step ran
+    np.testing.assert_allclose(json.loads(proc.stdout.strip().splitlines()[-1]), expected, atol=1e-6)
