@@ -8,8 +8,9 @@ tensors, not the text tower that made them.
 :func:`trace_graph` records it once (the scorer's driver does, from the checkpoint it checked) into an archive whose
 metadata carries what a predictor needs besides the graph (task, input size, test pipeline); :func:`load_graph`
 loads it with every tensor on the target device. An inference process then imports torch, not mmpretrain, open_clip
-or the config's modules, and builds no model: ~3 s less per scorer actor on a 2-core machine
-(docs/batch_scoring.md). The archive is made and read by the same job: it is not a distribution format.
+or (for a pipeline of the usual test steps) the config's modules, and builds no model: ~3 s less per scorer actor on
+a 2-core machine (docs/batch_scoring.md). The archive is made and read by the same job: it is not a distribution
+format. Loading it unpickles no Python objects: TorchScript's loader reads tensors and TorchScript code only.
 """
 import contextlib
 import dataclasses
