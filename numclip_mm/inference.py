@@ -329,7 +329,7 @@ class Predictor:
         self = cls.__new__(cls)
         self.model = None
         input_size = tuple(meta['input_size'])
-        self._set(graph, OrdinalTask(**tuples(meta['task'])), input_size,
+        self._set(graph, OrdinalTask(**meta['task']), input_size,
                   ImagePreprocessor.from_steps(tuples(meta['pipeline']), input_size, meta.get('imports', ())),
                   device, precision,
                   get_calibration(calibration))
@@ -346,8 +346,6 @@ class Predictor:
         :meth:`from_graph`. Raises GraphTraceError when the model cannot be traced faithfully."""
         if self.model is None:
             raise GraphTraceError('this predictor is already a graph')
-        if self.device.type != 'cpu':
-            raise GraphTraceError('trace a predictor on the CPU (its archive is loaded onto any device)')
         return trace_graph(self.model, self.input_size,
                            dict(task=self.task, pipeline=self.preprocessor.pipeline_cfg,
                                 imports=self.preprocessor.imports))
@@ -524,9 +522,7 @@ def load_model_checkpoint(model: torch.nn.Module, checkpoint: str, sha256: Optio
     it differs) and those very bytes loaded: what is loaded is exactly what was checked. ``data``: those bytes,
     already read and hashed by the caller (``sha256`` their digest): loaded as they are.
     """
-    if data is not None:
-        state = load_weights_only(io.BytesIO(data), name=str(checkpoint))
-    elif sha256 is not None:
+    if data is None and sha256 is not None:
         data = read_checkpoint_bytes(checkpoint)
         got = bytes_digest(data)
         if got != sha256:
@@ -534,10 +530,11 @@ def load_model_checkpoint(model: torch.nn.Module, checkpoint: str, sha256: Optio
                 f'checkpoint {checkpoint} changed since the job was planned: its sha256 is {got}, the job (and the '
                 f'outputs it labels) expects {sha256}; nothing was scored with it. Keep the checkpoint unchanged '
                 f'while a job runs, then run the command again')
+    elif data is None and '://' in str(checkpoint):
+        data = read_checkpoint_bytes(checkpoint)
+    if data is not None:
         state = load_weights_only(io.BytesIO(data), name=str(checkpoint))
         del data
-    elif '://' in str(checkpoint):
-        state = load_weights_only(io.BytesIO(read_checkpoint_bytes(checkpoint)), name=str(checkpoint))
     else:
         try:
             state = load_weights_only(checkpoint)

@@ -34,7 +34,7 @@ class LightPipeline:
     def __init__(self, steps: Sequence[Callable]):
         self.steps = list(steps)
 
-    def __call__(self, results: Dict) -> Optional[Dict]:
+    def __call__(self, results: Dict) -> Dict:
         for step in self.steps:
             results = step(results)
         return results

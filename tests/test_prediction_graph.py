@@ -1,6 +1,7 @@
 """numclip_mm.prediction_graph and Predictor.trace/from_graph: the traced prediction equals the model's, runs under
 autocast, refuses what it cannot reproduce, and loads in a process that imports torch alone; and the light test
 pipeline (numclip_mm.light_pipeline) equals the one mmpretrain's registry builds."""
+import copy
 import io
 import json
 import os
@@ -15,7 +16,7 @@ from helpers import write_tiny_config
 from numclip_mm.conformal import fit_calibration
 from numclip_mm.inference import ImagePreprocessor, Predictor
 from numclip_mm.light_pipeline import LightPipeline, PackImage, light_pipeline
-from numclip_mm.prediction_graph import GRAPH_FORMAT, GraphTraceError, load_graph
+from numclip_mm.prediction_graph import GRAPH_FORMAT, GraphTraceError, load_graph, trace_module
 
 COLUMNS = ('value', 'value_raw', 'label', 'label_index', 'probability', 'bin_argmax', 'bin_argmax_index',
            'bin_argmax_probability', 'embedding')
@@ -113,6 +114,8 @@ def test_trace_refuses_device_constants_and_data_dependent_code(tiny, monkeypatc
     assert 'cast_data' not in vars(predictor.model.data_preprocessor)
     with pytest.raises(GraphTraceError, match='already a graph'):
         Predictor.from_graph(tiny['archive']).trace()
+    with pytest.raises(GraphTraceError, match='trace the model on the CPU'):
+        trace_module(copy.deepcopy(tiny['predictor'].model).to('meta'), (32, 32))
 
 
 def test_load_graph_refuses_other_files(tiny, tmp_path):
