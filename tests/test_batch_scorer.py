@@ -183,7 +183,9 @@ def _driver_io():
 def scored(env, ray_session, tmp_path_factory):
     """One pipeline run over the whole catalog folder, shared by the tests below. While it runs, every way pyarrow
     reads data pages is replaced in this (the driver's) process by a function that records the call and raises,
-    so the run only succeeds if the driver reads footers and prediction columns only."""
+    so the run only succeeds if the driver reads footers and prediction columns only: the job runs as on a cluster,
+    without the head start (the driver scoring items itself while the actors start, on a private instance only;
+    test_head_start_* below)."""
     out = tmp_path_factory.mktemp('scored') / 'out'
     records, data_reads = [], []
     handler = logging.Handler()
@@ -206,7 +208,7 @@ def scored(env, ray_session, tmp_path_factory):
         for obj, n in patches:
             setattr(obj, n, forbidden(n))
         report = score_catalog(_opts(env, input=str(env['cat']), output=str(out), progress_interval_s=0,
-                                     num_actors=None))
+                                     num_actors=None, head_start=False))
     finally:
         for obj, n, f in saved:
             setattr(obj, n, f)
@@ -414,6 +416,73 @@ def test_actor_dying_mid_run_is_retried(env, scored, tmp_path):
             want.drop_columns(['count_value', 'count_probability']))
         np.testing.assert_allclose(np.asarray(got.column('count_value').to_pylist(), dtype=float),
                                    np.asarray(want.column('count_value').to_pylist(), dtype=float), atol=1e-6)
+
+
+def _same_outputs(env, out, want_dir):
+    for name in env['kinds']:
+        got, want = pq.read_table(out / name), pq.read_table(want_dir / name)
+        assert got.num_rows == pq.read_metadata(env['cat'] / name).num_rows
+        assert got.drop_columns(['count_value', 'count_probability']).equals(
+            want.drop_columns(['count_value', 'count_probability']))
+        np.testing.assert_allclose(np.asarray(got.column('count_value').to_pylist(), dtype=float),
+                                   np.asarray(want.column('count_value').to_pylist(), dtype=float), atol=1e-6)
+
+
+def test_head_start_outputs_equal_the_actors_alone(env, scored, tmp_path, monkeypatch):
+    """On this process's own Ray instance the driver scores items from the back while the actors start (the
+    default): whoever scored a row, the outputs equal the run without the head start (``scored``), every row once
+    (the collector refuses duplicates), and the summary counts the driver's share."""
+    from numclip_mm.batch import pipeline
+    taken = []
+    real = pipeline._driver_actor
+
+    def recording(job, claims):
+        actor = real(job, claims)
+
+        def call(batch):
+            taken.append((int(batch['file'][0]), int(batch['row_group'][0])))
+            return actor(batch)
+        return call
+    monkeypatch.setattr(pipeline, '_driver_actor', recording)
+    out = tmp_path / 'out'
+    report = score_catalog(_opts(env, input=str(env['cat']), output=str(out), num_actors=None))
+    head = report['head_start']
+    assert head['used'] and head['row_groups'] == len(taken)
+    rows = {(f, g): n for f, p in enumerate(sorted(env['cat'].glob('*.parquet')))
+            for g, n in enumerate(pq.ParquetFile(p).metadata.row_group(i).num_rows
+                                  for i in range(pq.ParquetFile(p).num_row_groups))}
+    assert head['rows'] == sum(rows[t] for t in taken)
+    items = sorted(rows)
+    assert taken == items[::-1][:len(taken)]  # from the back
+    _same_outputs(env, out, scored['out'])
+    assert report['files_written'] == 2 and report['rows_scored'] == 20
+    assert report['first_output_s'] <= report.get('actors_first_output_s', float('inf'))  # (none: the driver did all)
+
+
+def test_head_start_failure_fails_only_its_file(env, scored, tmp_path, monkeypatch):
+    """The driver fails on the item it claimed (the actors skipped it): that file fails with the message, the other
+    is written, the job ends with ScoringFailed; the next run scores the failed file (and nothing else)."""
+    from numclip_mm.batch import pipeline
+    from numclip_mm.batch.pipeline import ScoringFailed
+
+    def failing(job, claims):
+        def call(batch):
+            raise OSError('the disk went away')
+            yield  # (a generator, like the actor's)
+        return call
+    monkeypatch.setattr(pipeline, '_driver_actor', failing)
+    out = tmp_path / 'out'
+    with pytest.raises(ScoringFailed, match='part-001.parquet: OSError: the disk went away') as failed:
+        score_catalog(_opts(env, input=str(env['cat']), output=str(out)))
+    report = failed.value.report
+    assert report['head_start']['used'] and report['head_start']['row_groups'] == 0
+    assert [(f['input'].rsplit('/', 1)[-1], f['status']) for f in report['files']] == [
+        ('part-000.parquet', 'written'), ('part-001.parquet', 'failed')]
+    assert sorted(p.name for p in out.iterdir()) == ['part-000.parquet']
+    monkeypatch.undo()
+    again = score_catalog(_opts(env, input=str(env['cat']), output=str(out), head_start=False))
+    assert again['files_written'] == 1 and again['files_skipped'] == 1
+    _same_outputs(env, out, scored['out'])
 
 
 def test_worker_dying_again_and_again_ends_the_job(env, ray_session, tmp_path):

@@ -18,6 +18,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import pyarrow as pa
 
+from .claims import POOL, WorkClaims, item_key
 from .columns import CELL_CRC, FILE_INDEX, IMAGE_TENSOR, ROW_ERROR, ROW_INDEX, interval_types, prediction_schema
 
 GRAPH_FETCH_TIMEOUT_S = 600.0  # a model's graph from Ray's object store (hundreds of MB across a cluster)
@@ -60,21 +61,26 @@ class InferenceActor:
             its own models' (one per distinct input): set in ``decode_in_actor`` mode.
         intervals: conformal coverage levels whose interval bounds are added (``low_<level>``/``high_<level>``).
         embedding: also return each model's L2-normalised image embedding (fp16 list column ``{prefix}embedding``).
+        claims, claim_as: the folder of the job's :class:`~numclip_mm.batch.claims.WorkClaims` (the driver scores
+            items too: see :mod:`numclip_mm.batch.head_start`) and this actor's side ('pool' or 'driver'); a work
+            item the other side claimed is skipped (``decode_in_actor`` mode).
     """
 
     def __init__(self, models, device='cpu', precision=None, torch_threads=None, row_decoder=None, intervals=(),
-                 embedding=False):
+                 embedding=False, claims=None, claim_as=POOL):
         import torch
         if torch_threads:
             torch.set_num_threads(int(torch_threads))
         predictors = [load_predictor(m.get('config'), m.get('checkpoint'), device, precision,
                                      m.get('checkpoint_sha256'), m.get('calibration'), m.get('graph'))
                       for m in models]
-        self.attach(predictors, [m['prefix'] for m in models], row_decoder, intervals, embedding)
+        self.attach(predictors, [m['prefix'] for m in models], row_decoder, intervals, embedding, claims, claim_as)
 
-    def attach(self, predictors, prefixes=('',), row_decoder=None, intervals=(), embedding=False) -> None:
+    def attach(self, predictors, prefixes=('',), row_decoder=None, intervals=(), embedding=False, claims=None,
+               claim_as=POOL) -> None:
         """Everything the constructor does besides loading the models (tests attach stand-in predictors)."""
         from .decode import group_preprocessors
+        self.claims, self.claim_as = (WorkClaims(claims) if claims is not None else None), claim_as
         self.predictors, self.prefixes = list(predictors), list(prefixes)
         if len(self.predictors) != len(self.prefixes):
             raise ValueError(f'{len(self.predictors)} models but {len(self.prefixes)} prefixes')
@@ -160,6 +166,8 @@ class InferenceActor:
             return
         for file_index, uri, group, offset in zip(batch['file'], batch['path'], batch['row_group'],
                                                   batch['offset']):
+            if self.claims is not None and not self.claims.claim(item_key(file_index, group), self.claim_as):
+                continue  # the other side scores this item
             for rows, crcs, errors, tensors in self.row_decoder.slices(int(file_index), str(uri), int(group),
                                                                          int(offset)):
                 yield self.predict_rows(rows, crcs, errors, tensors, int(file_index))

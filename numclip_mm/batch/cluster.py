@@ -23,6 +23,7 @@ logger = logging.getLogger('numclip_mm.batch')
 
 PROBE_TIMEOUT_S = 10.0      # one TCP connect to the cluster's address
 CONNECT_TIMEOUT_S = 30.0    # the whole connection (probe + ray.init) to an existing cluster
+CPU_BATCH_SIZE = 64        # images per forward pass of a CPU actor (GPU actors: 256)
 MIB = 2 ** 20
 ACTOR_BASE_MEMORY = 600 * MIB  # torch + mmpretrain + open_clip imported in one worker process (RSS, measured ~550 MiB)
 
@@ -123,7 +124,7 @@ class RayStarter:
         self.elapsed_s: Optional[float] = None
         self.session: Optional[str] = None  # session name of a private instance (its processes carry it)
         self.on_ready: List[Callable[[], None]] = []  # run once by wait(), on its thread, when Ray is up
-        self._ready, self._stop = threading.Event(), threading.Event()
+        self._ready, self._stop, self._decided = threading.Event(), threading.Event(), threading.Event()
         self._started_at = time.monotonic()
         self._thread: Optional[threading.Thread] = None
 
@@ -143,6 +144,7 @@ class RayStarter:
             self.address, self.source = given
             if self.address is not None:
                 probe(self.address, self.source)
+            self._decided.set()
         self._started_at = time.monotonic()
         add_ray_vendored_path()
         self._thread = threading.Thread(target=self._run, name='numclip-ray', daemon=True)
@@ -157,6 +159,7 @@ class RayStarter:
                 self.address, self.source = resolve_address(self.requested)
                 if self.address is not None:
                     probe(self.address, self.source)
+            self._decided.set()
             if self.address is None:
                 self.private = True
                 ray.init(address='local', num_cpus=self.num_cpus, include_dashboard=False,
@@ -169,6 +172,7 @@ class RayStarter:
             self.error = err
         finally:
             self.elapsed_s = time.perf_counter() - t0
+            self._decided.set()
             self._ready.set()
         if self.started:
             self._stop.wait()
@@ -191,6 +195,15 @@ class RayStarter:
         callbacks, self.on_ready = self.on_ready, []
         for callback in callbacks:
             callback()
+
+    def starts_private_instance(self) -> bool:
+        """Whether this starter runs (or will run) a new Ray instance on this machine, as soon as that is decided
+        (before Ray is up); False for a cluster, or when connecting failed."""
+        if self._thread is None:
+            return False
+        while not self._decided.wait(0.2):  # short waits: signals reach the main thread promptly
+            pass
+        return self.address is None and self.error is None
 
     def describe(self) -> str:
         if self._thread is None and not self.started:
@@ -331,7 +344,7 @@ def size_pipeline(resources: Dict[str, float], num_actors: Optional[int] = None,
             actors = min(by_memory, by_work)
             threads = torch_threads or max(1, int(min(budget / actors, node_cpus)))
     actor_cpus = cpus_per_actor or min(budget / actors, node_cpus, float(threads) if not num_actors else budget)
-    return Sizing(actors, _floor(actor_cpus), 0.0, threads, in_actor, decode_cpus or 1.0, batch_size or 64)
+    return Sizing(actors, _floor(actor_cpus), 0.0, threads, in_actor, decode_cpus or 1.0, batch_size or CPU_BATCH_SIZE)
 
 
 def _floor(cpus: float) -> float:

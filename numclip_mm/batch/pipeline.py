@@ -3,7 +3,9 @@
 ::
 
     driver: reads and hashes each checkpoint once, builds the model from those bytes and traces it (a frozen
-            TorchScript graph, put in Ray's object store; CPU actors load it with torch alone)
+            TorchScript graph, put in Ray's object store; CPU actors load it with torch alone); on a private
+            instance it scores row groups from the back of the list itself until the actors' first predictions
+            arrive (numclip_mm.batch.head_start)
     from_items(one work item per (input file, row group))                                    driver: footers only
       CPU (default): map_batches(InferenceActor, ActorPoolStrategy)   read the row group's image/path column,
                      decode at the model's input size, infer; pixels never leave the actor
@@ -30,6 +32,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -39,7 +42,8 @@ import pyarrow as pa
 
 from ..shared import DEFAULT_MAX_PIXELS, PRECISION_DTYPES, bytes_digest, file_digest
 from . import catalog
-from .cluster import ACTOR_BASE_MEMORY, RayStarter, Sizing, cluster_resources, size_pipeline
+from .claims import DRIVER, WorkClaims
+from .cluster import ACTOR_BASE_MEMORY, CPU_BATCH_SIZE, RayStarter, Sizing, cluster_resources, size_pipeline
 from .columns import (
     CELL_CRC,
     EMBEDDING_TYPE,
@@ -52,6 +56,7 @@ from .columns import (
 )
 from .decode import CellDecoder, RowGroupDecoder, group_preprocessors
 from .errortext import error_text, redact
+from .head_start import HeadStart
 from .writers import RayWriters, ThreadWriters
 
 logger = logging.getLogger('numclip_mm.batch')
@@ -101,6 +106,7 @@ class ScoreOptions:
     num_gpus_per_actor: Optional[float] = None  # default: 1 when the cluster has GPUs, else 0
     graph: bool = True                     # CPU actors load the driver's TorchScript trace of each model (torch
     #                                        only); False: every actor builds each model from config and checkpoint
+    head_start: bool = True                # on a private instance the driver scores while the actors start
     cpus_per_actor: Optional[float] = None
     cpus_per_decode_task: Optional[float] = None
     decode_in_actor: Optional[bool] = None  # default: True on CPU, False with GPUs (decode in CPU tasks)
@@ -413,10 +419,19 @@ def stream_buffer_blocks(largest_row_group: int, batch_size: int, cap: int = 64)
     return max(2, min(cap, -(-largest_row_group // batch_size)))
 
 
-def build_dataset(job: ScoringJob, items: Sequence[Dict[str, Any]], sizing: Sizing, actor_class=None):
+def _row_decoder(job: ScoringJob, preprocessors, batch_size: int) -> RowGroupDecoder:
+    opts = job.opts
+    return RowGroupDecoder(CellDecoder(preprocessors, job.source.kind, opts.max_image_bytes, opts.max_image_pixels,
+                                       _absolute(opts.path_root), os.getcwd(), opts.read_timeout),
+                           job.column, batch_size)
+
+
+def build_dataset(job: ScoringJob, items: Sequence[Dict[str, Any]], sizing: Sizing, actor_class=None,
+                  claims: Optional[str] = None):
     """The lazy Ray Dataset of prediction columns (numclip_mm.batch.columns.prediction_schema) for the work
     ``items`` (:func:`work_items` of the files to score); ``actor_class``: the ``map_batches`` class that infers
-    (default :class:`~numclip_mm.batch.actor.InferenceActor`, or a subclass of it)."""
+    (default :class:`~numclip_mm.batch.actor.InferenceActor`, or a subclass of it); ``claims``: the folder of the
+    job's :class:`~numclip_mm.batch.claims.WorkClaims` when the driver scores items too (the actors skip those)."""
     import ray
 
     from numclip_mm.inference import ImagePreprocessor
@@ -429,9 +444,7 @@ def build_dataset(job: ScoringJob, items: Sequence[Dict[str, Any]], sizing: Sizi
     preprocessors = None
     if not in_actor:  # decode tasks bring each distinct model input once (actors bring their own otherwise)
         preprocessors, _ = group_preprocessors([ImagePreprocessor(m.config, m.input_size) for m in job.models])
-    row_decoder = RowGroupDecoder(
-        CellDecoder(preprocessors, job.source.kind, opts.max_image_bytes, opts.max_image_pixels,
-                    _absolute(opts.path_root), os.getcwd(), opts.read_timeout), job.column, batch_size)
+    row_decoder = _row_decoder(job, preprocessors, batch_size)
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     if not in_actor:
         ds = ds.map_batches(row_decoder, batch_size=1, batch_format='numpy', num_cpus=sizing.cpus_per_decode_task,
@@ -446,7 +459,7 @@ def build_dataset(job: ScoringJob, items: Sequence[Dict[str, Any]], sizing: Sizi
                                            for m in job.models], device='cuda' if gpu else 'cpu',
                                    precision=opts.precision, torch_threads=sizing.torch_threads,
                                    row_decoder=row_decoder if in_actor else None, intervals=opts.intervals,
-                                   embedding=opts.embedding),
+                                   embedding=opts.embedding, **(dict(claims=claims) if claims else {})),
         **remote)
     ctx = ds.context  # this dataset's own context (a copy): nothing leaks into the caller's other datasets
     ctx.execution_options.preserve_order = True  # not needed for correctness (rows are tagged); bounds buffering
@@ -543,15 +556,21 @@ def run(job: ScoringJob, actor_class=None, ray_starter: Optional[RayStarter] = N
     start = time.perf_counter()
     origin = start - (time.time() - started_at) if started_at is not None else start
     report['started_at'] = started_at if started_at is not None else time.time()
+    head = None
     try:
         if pending:
+            head = _start_head_start(job, pending, ray_starter, actor_class, report)
             if ray_starter is not None:
                 ray_starter.wait()
             else:
                 ray_starter = ensure_ray(opts)
             report['ray_ready_s'] = time.perf_counter() - origin
-            _score(job, pending, report, origin, ray_starter, actor_class)
+            _score(job, pending, report, origin, ray_starter, actor_class, head)
     finally:
+        if head is not None:
+            head.abort()  # (already finished on success)
+            head.join(HEAD_START_JOIN_S)
+            head.claims.remove()
         if ray_starter is not None:
             ray_starter.close()
     elapsed = time.perf_counter() - start
@@ -570,22 +589,74 @@ def run(job: ScoringJob, actor_class=None, ray_starter: Optional[RayStarter] = N
     return report
 
 
+HEAD_START_JOIN_S = 60.0  # a job that ends waits this long for the driver's scoring thread to let go
+
+
+def _head_start_unwanted(job: ScoringJob, ray_starter: Optional[RayStarter], actor_class) -> str:
+    """Why the driver does not score while the actors start ('' when it does): it needs every model's graph
+    (CPU inference), actors that decode their own row groups and accept claims (the stock InferenceActor), and
+    actors on this machine (a private instance: the claims are files, and a cluster's driver may be a small
+    machine that is not one of its nodes)."""
+    from .actor import InferenceActor
+    opts = job.opts
+    if not opts.head_start:
+        return 'switched off (--no-head-start)'
+    if actor_class not in (None, InferenceActor):
+        return 'a custom actor class'
+    if any(m.graph is None for m in job.models):
+        return 'the actors build the models (no graph)'
+    if opts.decode_in_actor is False or opts.num_gpus_per_actor:
+        return 'decode tasks feed the actors'
+    if ray_starter is not None:
+        private = ray_starter.starts_private_instance()
+    else:
+        import ray
+        private = ray.is_initialized() and ray._private.worker._global_node is not None  # this process's instance
+    return '' if private else 'the actors run on a Ray cluster'
+
+
+def _start_head_start(job: ScoringJob, pending: List[catalog.FilePlan], ray_starter: Optional[RayStarter],
+                      actor_class, report: Dict[str, Any]) -> Optional[HeadStart]:
+    """The driver's scoring thread (:mod:`numclip_mm.batch.head_start`), started; None when unwanted."""
+    why_not = _head_start_unwanted(job, ray_starter, actor_class)
+    report['head_start'] = dict(used=not why_not, **({'why_not': why_not} if why_not else {}))
+    if why_not:
+        return None
+    claims = WorkClaims.create()
+    logger.info('the driver scores row groups from the back of the list until the actors\' first predictions '
+                'arrive (--no-head-start: only the actors score)')
+    return HeadStart(lambda: _driver_actor(job, claims), work_items(pending), claims).start()
+
+
+def _driver_actor(job: ScoringJob, claims: WorkClaims):
+    """The driver's own InferenceActor: the actors' graphs and decoding, one torch thread (Ray's daemons and the
+    actors' imports need the other cores meanwhile)."""
+    from .actor import InferenceActor
+    opts = job.opts
+    return InferenceActor([m.actor_spec(m.graph) for m in job.models], precision=opts.precision, torch_threads=1,
+                          row_decoder=_row_decoder(job, None, opts.batch_size or CPU_BATCH_SIZE),
+                          intervals=opts.intervals, embedding=opts.embedding, claims=claims.root, claim_as=DRIVER)
+
+
 def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, Any], origin: float,
-           ray_starter: Optional[RayStarter], actor_class=None) -> None:
+           ray_starter: Optional[RayStarter], actor_class=None, head: Optional[HeadStart] = None) -> None:
     opts = job.opts
     # a private instance runs on this machine: the driver writes (numclip_mm.batch.writers says why)
     writers = (ThreadWriters(opts.max_writes_in_flight) if ray_starter is not None and ray_starter.private
                else RayWriters(opts.max_writes_in_flight, opts.max_retries))
     try:
-        _score_with(writers, job, pending, report, origin, ray_starter, actor_class)
+        _score_with(writers, job, pending, report, origin, ray_starter, actor_class, head)
     except BaseException:  # a failure or a signal: writes in flight stop and remove their temporaries
+        if head is not None:  # (its deliveries submit writes: it lets go first)
+            head.abort()
+            head.join(HEAD_START_JOIN_S)
         writers.close(cancel=True)
         raise
     writers.close()
 
 
 def _score_with(writers, job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, Any], origin: float,
-                ray_starter: Optional[RayStarter], actor_class=None) -> None:
+                ray_starter: Optional[RayStarter], actor_class=None, head: Optional[HeadStart] = None) -> None:
     opts = job.opts
     resources, items = cluster_resources(), work_items(pending)
     sizing = plan_sizing(job, resources, len(items))
@@ -597,7 +668,7 @@ def _score_with(writers, job: ScoringJob, pending: List[catalog.FilePlan], repor
     report['sizing'] = dict(vars(sizing))
     report['models_loaded_as'] = models
     report['outputs_written_by'] = writers.where
-    ds = build_dataset(job, items, sizing, actor_class)
+    ds = build_dataset(job, items, sizing, actor_class, claims=head.claims.root if head is not None else None)
     buffers: Dict[int, List[pa.Table]] = {i: [] for i in range(len(pending))}
     counts = {i: 0 for i in range(len(pending))}
     in_flight: Dict[Any, int] = {}
@@ -642,21 +713,14 @@ def _score_with(writers, job: ScoringJob, pending: List[catalog.FilePlan], repor
         metadata = catalog.expected_metadata(p, job.model_identity, job.names)
         in_flight[writers.submit(p, preds, job.names, job.column, metadata, job.error_columns)] = i
 
-    for i, p in enumerate(pending):
-        if p.num_rows == 0:
-            finish(i)
-    # an explicit iterator, closed in every case: its executor (actors, threads) stops while Ray is still up, also
-    # when a signal unwinds this frame (an abandoned one would call into Ray after shutdown: abort at exit)
-    stream = iter(ds.iter_batches(batch_format='pyarrow', batch_size=None, prefetch_batches=2))
-    streamed = False
-    try:
-        for table in stream:
-            if not table.num_rows:
-                continue
+    lock = threading.Lock()  # the driver's head start delivers from its own thread
+
+    def deliver(table: pa.Table, at: float, source: str) -> None:
+        with lock:
             if 'first_output_s' not in report:
-                report['first_output_s'] = time.perf_counter() - origin
-                logger.info('first predictions back %.1f s after the start (Ray ready after %.1f s)',
-                            report['first_output_s'], report['ray_ready_s'])
+                report['first_output_s'] = at - origin
+                logger.info('first predictions back %.1f s after the start (%s; Ray ready after %.1f s)',
+                            report['first_output_s'], source, report['ray_ready_s'])
             files = table.column(FILE_INDEX).to_numpy()
             for i in np.unique(files).tolist():
                 part = table if files[0] == files[-1] == i else table.filter(pa.array(files == i))
@@ -668,10 +732,35 @@ def _score_with(writers, job: ScoringJob, pending: List[catalog.FilePlan], repor
                 if counts[i] >= pending[i].num_rows:
                     finish(i)
             collect(writers.done(list(in_flight)))
+
+    for i, p in enumerate(pending):
+        if p.num_rows == 0:
+            finish(i)
+    if head is not None:
+        head.attach(lambda table: deliver(table, head.first_output if 'first_output_s' not in report
+                                          else time.perf_counter(), 'the driver\'s, while the actors start'))
+    # an explicit iterator, closed in every case: its executor (actors, threads) stops while Ray is still up, also
+    # when a signal unwinds this frame (an abandoned one would call into Ray after shutdown: abort at exit)
+    stream = iter(ds.iter_batches(batch_format='pyarrow', batch_size=None, prefetch_batches=2))
+    streamed = False
+    try:
+        for table in stream:
+            if not table.num_rows:
+                continue
+            if 'actors_first_output_s' not in report:
+                report['actors_first_output_s'] = time.perf_counter() - origin
+                if head is not None:  # the actors now use every CPU: the driver finishes its item and stops
+                    head.stop()
+                    logger.info('the actors\' first predictions back %.1f s after the start; the driver scored %d '
+                                'row groups until then', report['actors_first_output_s'], head.row_groups)
+            deliver(table, time.perf_counter(), 'the actors\'')
         streamed = True
     except ScoringFailed:
         raise
     except Exception as err:  # noqa: BLE001  (Ray's bounded retries are exhausted: end the job with a message)
+        if head is not None:  # (it delivers under the lock; what it has delivered is written)
+            head.abort()
+            head.join(HEAD_START_JOIN_S)
         collect(writers.done(list(in_flight), block='all'))
         _drop_frames(err)
         kept = f'{len(report["files"])} files are complete and kept; run the same command again to continue.'
@@ -694,10 +783,32 @@ def _score_with(writers, job: ScoringJob, pending: List[catalog.FilePlan], repor
         # reference cycles until the collector runs (a finished one releases them itself)
         if not streamed:
             gc.collect()
+    if head is not None:
+        head.stop()
+        head.join()  # its last item (nobody else scores it)
+        report['head_start'].update(row_groups=head.row_groups, rows=head.rows)
+        if head.error is not None:
+            _head_start_failed(head, pending, buffers, report)
     collect(writers.done(list(in_flight), block='all'))
     if buffers:
         missing = [pending[i].input for i in buffers]
         raise ScoringFailed(f'the pipeline returned too few rows for {missing}')
+
+
+def _head_start_failed(head: HeadStart, pending: List[catalog.FilePlan], buffers: Dict[int, List[pa.Table]],
+                       report: Dict[str, Any]) -> None:
+    """The driver's scoring thread failed on an item it had claimed (the actors skipped it): that file fails
+    like a failed write (the others are written; the next run scores it again)."""
+    err = head.error
+    msg = error_text(_last_error_line(f'{type(err).__name__}: {err}'))
+    if head.failed_file is None or head.failed_file not in buffers:  # before any item: the actors scored them all
+        logger.warning('the driver\'s head start stopped: %s', msg)
+        return
+    p = pending[head.failed_file]
+    buffers.pop(head.failed_file)
+    logger.error('%s: %s (while the driver scored it)', redact(p.input), msg)
+    report['failed'].append(dict(input=p.input, error=f'{redact(p.input)}: {msg}'))
+    report['files'].append(dict(input=p.input, output=p.output, rows=p.num_rows, status='failed'))
 
 
 def _drop_frames(err: BaseException) -> None:

@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help='CPU actors build every model from its config and checkpoint instead of loading the '
                         'driver\'s TorchScript trace of it (the trace saves each actor ~3 s of imports and model '
                         'build; GPU actors always build the model)')
+    p.add_argument('--no-head-start', dest='head_start', action='store_false',
+                   help='the driver does not score row groups itself while the actors start (it does by default on '
+                        'a private Ray instance, from the back of the list, until the actors\' first predictions '
+                        'arrive)')
     p.add_argument('--precision', choices=sorted(PRECISION_DTYPES), default=None,
                    help='inference precision (autocast); default bf16 (fp16 on older GPUs) on CUDA, fp32 on CPU')
     size.add_argument('--cpus-per-actor', type=float, default=None)
@@ -147,7 +151,7 @@ def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser 
         image_column=args.image_column, path_column=args.path_column, prefix=args.prefix, zero_shot=args.zero_shot,
         keep_raw_value=args.keep_raw_value, intervals=tuple(args.interval), embedding=args.embedding,
         batch_size=args.batch_size, num_actors=args.num_actors, num_gpus_per_actor=args.num_gpus_per_actor,
-        graph=args.graph,
+        graph=args.graph, head_start=args.head_start,
         precision=args.precision, cpus_per_actor=args.cpus_per_actor,
         cpus_per_decode_task=args.cpus_per_decode_task,
         decode_in_actor=None if args.decode_in is None else args.decode_in == 'actor',
