@@ -9,7 +9,8 @@ tensors, not the text tower that made them.
 metadata carries what a predictor needs besides the graph (task, input size, test pipeline); :func:`load_graph`
 loads it with every tensor on the target device. An inference process then imports torch, not mmpretrain, open_clip
 or (for a pipeline of the usual test steps) the config's modules, and builds no model: ~3 s less per scorer actor on
-a 2-core machine (docs/batch_scoring.md). The archive is made and read by the same job: it is not a distribution
+a 2-core machine (docs/batch_scoring.md). The archive is made and read on one machine (the scorer's job, and its
+local cache of traces keyed by checkpoint, config and code: numclip_mm.batch.graph_cache): it is not a distribution
 format. Loading it unpickles no Python objects: TorchScript's loader reads tensors and TorchScript code only.
 """
 import contextlib
@@ -17,6 +18,7 @@ import dataclasses
 import io
 import json
 import warnings
+import zipfile
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -117,6 +119,21 @@ def load_graph(archive: bytes, device='cpu') -> Tuple[torch.jit.ScriptModule, Di
         raise ValueError(f'not a prediction graph archive of this version ({GRAPH_FORMAT}): its format is '
                          f'{meta.get("format")!r}')
     return graph.eval(), meta
+
+
+def graph_metadata(archive: bytes) -> Dict[str, Any]:
+    """The metadata of an archive of :func:`trace_graph` (task, input size, pipeline, imports), read from the archive
+    (a zip) without loading the graph. Raises ValueError for bytes that are not such an archive."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+            name = next(n for n in zf.namelist() if n.endswith(f'/extra/{_METADATA}'))
+            meta = json.loads(zf.read(name))
+    except (zipfile.BadZipFile, StopIteration, ValueError) as err:
+        raise ValueError(f'not a prediction graph archive: {type(err).__name__}: {err}') from None
+    if meta.get('format') != GRAPH_FORMAT:
+        raise ValueError(f'not a prediction graph archive of this version ({GRAPH_FORMAT}): its format is '
+                         f'{meta.get("format")!r}')
+    return meta
 
 
 @contextlib.contextmanager

@@ -107,6 +107,8 @@ class ScoreOptions:
     graph: bool = True                     # CPU actors load the driver's TorchScript trace of each model (torch
     #                                        only); False: every actor builds each model from config and checkpoint
     head_start: bool = True                # on a private instance the driver scores while the actors start
+    graph_cache: Optional[str] = 'auto'    # folder of traces kept between jobs ('auto': $NUMCLIP_MM_GRAPH_CACHE,
+    #                                        else ~/.cache/numclip_mm/graphs; 'off': trace every job)
     cpus_per_actor: Optional[float] = None
     cpus_per_decode_task: Optional[float] = None
     decode_in_actor: Optional[bool] = None  # default: True on CPU, False with GPUs (decode in CPU tasks)
@@ -151,6 +153,7 @@ class JobModel:
     checkpoint_bytes: int = 0                # its size (local or remote), measured when the driver checked it
     graph: Optional[bytes] = None            # the model's TorchScript archive (Predictor.trace), None: not traced
     graph_note: str = ''                     # why there is no graph
+    graph_source: str = ''                   # where the graph came from: traced now, or the graph cache
 
     def actor_spec(self, graph=None) -> Dict[str, Any]:
         """What an actor loads: the model's graph (``graph``: the archive or its Ray object reference) or, without
@@ -260,12 +263,14 @@ def prepare(opts: ScoreOptions, configs: Optional[Sequence[Any]] = None) -> Scor
 
 def _prepare_model(spec: ModelSpec, opts: ScoreOptions, config) -> JobModel:
     """One model's up-front checks (``config``: the spec's config as :func:`preflight` loaded it): task, checkpoint
-    (exact key/shape check, digest), calibration, prefix."""
+    (exact key/shape check, digest), calibration, prefix. A trace of the same checkpoint, config and code in the
+    graph cache (:mod:`numclip_mm.batch.graph_cache`) is used as it is: the model is neither built nor traced."""
     from numclip_mm.conformal import SIDECAR_SUFFIX
     from numclip_mm.inference import describe_model, load_config
     Err = catalog.ScoringSetupError
-    config = load_config(config)  # task applied, inference components registered (file and checkpoint: preflight)
+    raw_config = config
     if spec.checkpoint is None:
+        config = load_config(config)  # task applied, inference components registered
         pretrained = (config.model.get('clip') or {}).get('pretrained')
         if not spec.zero_shot:
             raise Err('no --checkpoint: scoring needs the trained checkpoint; to score zero-shot with the config\'s '
@@ -280,14 +285,28 @@ def _prepare_model(spec: ModelSpec, opts: ScoreOptions, config) -> JobModel:
     # actors get the model's graph (or the digest: they then load exactly the bytes that have it) and the
     # checked calibration
     checkpoint_sha256, calibration, calibration_digest, checkpoint_bytes = None, None, None, 0
-    graph, graph_note = None, _graph_unwanted(opts)
+    graph, graph_note, graph_source = None, _graph_unwanted(opts), ''
+    cache = _graph_cache(opts) if spec.checkpoint is not None and not graph_note else None
     with catalog.local_copy(spec.checkpoint, companions=(SIDECAR_SUFFIX,) if opts.intervals else ()) as local:
-        if graph_note:
-            model = describe_model(config, local)  # exact key/shape check on a skeleton
+        cached = _cached_graph(cache, raw_config, local) if cache is not None else None
+        if cached is not None:  # built, checked and traced by an earlier job from these very bytes and this config
+            key, graph, model, checkpoint_sha256 = cached
+            config = _task_applied(raw_config)
+            graph_source = f'the graph cache ({cache.root})'
+        else:
             if spec.checkpoint is not None:
-                checkpoint_sha256 = file_digest(local)
-        else:  # the model itself, from one read of the checkpoint (exact key/shape check), then its trace
-            graph, graph_note, model, checkpoint_sha256 = _trace_model(config, local)
+                config = load_config(config)
+            if graph_note:
+                model = describe_model(config, local)  # exact key/shape check on a skeleton
+                if spec.checkpoint is not None:
+                    checkpoint_sha256 = file_digest(local)
+            else:  # the model itself, from one read of the checkpoint (exact key/shape check), then its trace
+                graph, graph_note, model, checkpoint_sha256 = _trace_model(config, local)
+                if graph is not None and cache is not None:
+                    key = cache.key(_config_digest(raw_config), checkpoint_sha256, _custom_imports(raw_config))
+                    if key is not None:
+                        cache.put(key, graph)
+                        graph_source = f'traced now, kept in the graph cache ({cache.root})'
         if spec.checkpoint is not None:
             checkpoint_digest = checkpoint_sha256
             checkpoint_bytes = os.path.getsize(local)
@@ -300,7 +319,43 @@ def _prepare_model(spec: ModelSpec, opts: ScoreOptions, config) -> JobModel:
     if calibration_digest is not None:  # new thresholds give other bounds: outputs of the old ones are stale
         identity['calibration'] = calibration_digest
     return JobModel(config, spec.checkpoint, prefix, task.name, model['input_size'], identity, names,
-                    checkpoint_sha256, calibration, checkpoint_bytes, graph, graph_note)
+                    checkpoint_sha256, calibration, checkpoint_bytes, graph, graph_note,
+                    graph_source or ('traced now' if graph is not None else ''))
+
+
+def _graph_cache(opts: ScoreOptions):
+    from .graph_cache import GraphCache, cache_root
+    root = cache_root(opts.graph_cache)
+    return GraphCache(root) if root else None
+
+
+def _custom_imports(config) -> List[str]:
+    return list((config.get('custom_imports') or {}).get('imports', []))
+
+
+def _task_applied(config):
+    """The config as :func:`numclip_mm.inference.load_config` returns it, without registering (importing) the
+    model stack: what the job's identity digests."""
+    import copy
+
+    from numclip_mm.tasks import apply_config_task
+    cfg = copy.deepcopy(config)
+    apply_config_task(cfg)
+    return cfg
+
+
+def _cached_graph(cache, raw_config, checkpoint: str):
+    """(key, archive, dict(task, input_size), checkpoint sha256) of the cached trace of this checkpoint's bytes and
+    this config, else None."""
+    from numclip_mm.prediction_graph import graph_metadata
+    from numclip_mm.tasks import OrdinalTask
+    sha256 = file_digest(checkpoint)
+    key = cache.key(_config_digest(raw_config), sha256, _custom_imports(raw_config))
+    archive = cache.get(key) if key is not None else None
+    if archive is None:
+        return None
+    meta = graph_metadata(archive)
+    return key, archive, dict(task=OrdinalTask(**meta['task']), input_size=tuple(meta['input_size'])), sha256
 
 
 def _graph_unwanted(opts: ScoreOptions) -> str:
@@ -529,10 +584,13 @@ def run(job: ScoringJob, actor_class=None, ray_starter: Optional[RayStarter] = N
     report: Dict[str, Any] = dict(
         image_column=dict(column=job.source.column, kind=job.source.kind, reason=job.source.reason),
         models=[dict(prefix=m.prefix, task=m.task_name, config=_name(m.config), checkpoint=m.checkpoint,
-                     columns=list(m.names.values())) for m in job.models],
+                     columns=list(m.names.values()), graph=m.graph_source or m.graph_note) for m in job.models],
         columns=list(job.names), files=[], failed=[], unscored_files=job.unscored, ignored_files=job.ignored,
         resume=RESUME_RULE)
     logger.info('image column %r (%s cells): %s', job.source.column, job.source.kind, job.source.reason)
+    for m in job.models:
+        if m.graph is not None:
+            logger.info('%sgraph: %s', f'{m.prefix}* ' if len(job.models) > 1 else '', m.graph_source)
     if len(job.models) > 1:
         logger.info('%d models in one pass: %s', len(job.models), ', '.join(
             f'{m.prefix}* ({_name(m.config)}, input {m.input_size})' for m in job.models))

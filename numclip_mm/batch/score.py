@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help='CPU actors build every model from its config and checkpoint instead of loading the '
                         'driver\'s TorchScript trace of it (the trace saves each actor ~3 s of imports and model '
                         'build; GPU actors always build the model)')
+    p.add_argument('--graph-cache', default='auto', metavar='DIR|off',
+                   help='where the driver keeps its traces between jobs, keyed by checkpoint, config and code, so a '
+                        'model scored before is neither built nor traced again (default: $NUMCLIP_MM_GRAPH_CACHE, '
+                        'else ~/.cache/numclip_mm/graphs; off: trace every job)')
     p.add_argument('--no-head-start', dest='head_start', action='store_false',
                    help='the driver does not score row groups itself while the actors start (it does by default on '
                         'a private Ray instance, from the back of the list, until the actors\' first predictions '
@@ -151,7 +155,7 @@ def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser 
         image_column=args.image_column, path_column=args.path_column, prefix=args.prefix, zero_shot=args.zero_shot,
         keep_raw_value=args.keep_raw_value, intervals=tuple(args.interval), embedding=args.embedding,
         batch_size=args.batch_size, num_actors=args.num_actors, num_gpus_per_actor=args.num_gpus_per_actor,
-        graph=args.graph, head_start=args.head_start,
+        graph=args.graph, head_start=args.head_start, graph_cache=args.graph_cache,
         precision=args.precision, cpus_per_actor=args.cpus_per_actor,
         cpus_per_decode_task=args.cpus_per_decode_task,
         decode_in_actor=None if args.decode_in is None else args.decode_in == 'actor',
