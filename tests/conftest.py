@@ -10,6 +10,9 @@ import torch
 import numclip_mm.register  # noqa: F401  (registers components, installs the torchvision fallback)
 
 os.environ.setdefault('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER', '0')
+# the scorer's graph cache (numclip_mm.batch.graph_cache) stays off unless a test gives it a folder: a trace kept by
+# one test would spare the next one the build and trace it checks, and nothing may go to the user's ~/.cache
+os.environ['NUMCLIP_MM_GRAPH_CACHE'] = 'off'
 
 
 def pytest_collection_finish(session):

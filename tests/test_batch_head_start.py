@@ -27,7 +27,7 @@ def test_first_claim_wins_and_a_side_may_retry_its_own(claims):
     assert sorted(os.listdir(claims.root)) == ['0-1', '3-0']  # no claim notes left behind
     with pytest.raises(ValueError, match='owner'):
         claims.claim('1-1', 'someone')
-    assert item_key(np.int64(2), 7) == '2-7'
+    assert item_key(np.int64(2), 7) == '2-7-0' and item_key(2, 7, np.int64(150)) == '2-7-150'
 
 
 def test_racing_claimers_never_both_win(claims):
@@ -76,7 +76,7 @@ class StandIn:
 
 
 def _items(n):
-    return [dict(file=i // 2, path=f'f{i // 2}', row_group=i % 2, offset=0) for i in range(n)]
+    return [dict(file=i // 2, path=f'f{i // 2}', row_group=i % 2, offset=0, start=0, stop=2) for i in range(n)]
 
 
 def test_scores_from_the_back_until_stopped_and_finishes_the_item_in_hand(claims):
@@ -100,7 +100,7 @@ def test_scores_from_the_back_until_stopped_and_finishes_the_item_in_hand(claims
     assert head.row_groups == 2 and head.rows == 2 * 3 * 2 and head.first_output is not None
     assert [(int(t['file'][0]), int(t['row'][0])) for t in got] == [(2, 100), (2, 102), (2, 104), (2, 0), (2, 2),
                                                                     (2, 4)]
-    assert claims.owner('2-1') == claims.owner('2-0') == DRIVER
+    assert claims.owner('2-1-0') == claims.owner('2-0-0') == DRIVER
     assert all(claims.claim(item_key(i // 2, i % 2), POOL) for i in range(4))  # the rest is the pool's
     assert torch.get_num_threads() == threads  # the caller's setting is back
     if hasattr(os, 'setpriority'):
@@ -108,7 +108,7 @@ def test_scores_from_the_back_until_stopped_and_finishes_the_item_in_hand(claims
 
 
 def test_skips_items_the_pool_claimed(claims):
-    for key in ('2-1', '1-0'):
+    for key in ('2-1-0', '1-0-0'):
         assert claims.claim(key, POOL)
     actor = StandIn()
     head = HeadStart(lambda: actor, _items(6), claims).start()
@@ -135,9 +135,54 @@ def test_a_failure_names_the_file_of_the_item_in_hand(claims):
     head.join(30)
     assert isinstance(head.error, OSError) and 'cannot read (1, 0)' in str(head.error)
     assert head.failed_file == 1 and head.row_groups == 3  # (2, 1), (2, 0), (1, 1) done, then (1, 0) failed
-    assert claims.owner('1-0') == DRIVER  # claimed: the pipeline fails that file (the pool skipped it)
-    assert claims.owner('0-1') is None    # never taken: the pool scores it
+    assert claims.owner('1-0-0') == DRIVER  # claimed: the pipeline fails that file (the pool skipped it)
+    assert claims.owner('0-1-0') is None    # never taken: the pool scores it
 
     broken = HeadStart(lambda: (_ for _ in ()).throw(MemoryError('no room')), _items(2), claims).start()
     broken.join(30)
     assert isinstance(broken.error, MemoryError) and broken.failed_file is None  # before any item: none failed
+
+
+def _plan(path, groups):
+    from numclip_mm.batch.catalog import FilePlan
+    return FilePlan(path, path + '.out', sum(groups), list(groups), {})
+
+
+def test_a_small_local_job_is_cut_into_slices():
+    """Few row groups (4 files of 300 large JPEGs: one actor, or the driver, scored the last while another idled)
+    become slices of at least 128 rows, up to 16 items; many row groups, or an object store's, stay whole (a slice
+    reads its row group's column again)."""
+    from numclip_mm.batch.pipeline import MIN_SLICE_ROWS, item_rows, work_items
+    small = [_plan(f'/data/p{i}.parquet', [300]) for i in range(4)]
+    rows = item_rows(small)
+    assert rows == MIN_SLICE_ROWS == 128
+    items = work_items(small, rows)
+    assert [(it['start'], it['stop']) for it in items[:3]] == [(0, 100), (100, 200), (200, 300)] and len(items) == 12
+    assert {(it['file'], it['row_group'], it['offset']) for it in items} == {(i, 0, 0) for i in range(4)}
+    big = [_plan('/data/a.parquet', [1000] * 10 + [0]), _plan('/data/b.parquet', [1000] * 6)]
+    assert item_rows(big) is None  # 16 row groups: whole
+    whole = work_items(big)
+    assert len(whole) == 16 and whole[10] == dict(file=1, path='/data/b.parquet', row_group=0, offset=0, start=0,
+                                                   stop=1000)
+    assert whole[9]['offset'] == 9000
+    assert item_rows([_plan('s3://bucket/p.parquet', [300])]) is None
+    assert item_rows([_plan('file:///data/p.parquet', [300] * 2)]) == 128
+    assert item_rows([_plan('/data/p.parquet', [5000] * 3)]) == 938  # 15,000 rows / 16 items
+
+
+def test_row_group_decoder_reads_a_slice(tmp_path):
+    """A slice's rows keep their index in the file (the row group's offset + their place in it) and their cells'
+    CRCs; batches stop at the slice's end."""
+    import pyarrow.parquet as pq
+
+    from numclip_mm.batch.columns import cell_crcs
+    from numclip_mm.batch.decode import CellDecoder, RowGroupDecoder
+    cells = [f'not an image {i}'.encode() for i in range(10)]
+    path = tmp_path / 'p.parquet'
+    pq.write_table(pa.table({'image': pa.array(cells, pa.binary())}), path, row_group_size=10)
+    decoder = RowGroupDecoder(CellDecoder([], 'bytes', 1 << 20, 1 << 20, None, str(tmp_path), 5.0), 'image', 4)
+    got = list(decoder.slices(0, str(path), 0, 20, start=3, stop=9))
+    assert [list(rows) for rows, _, _, _ in got] == [[23, 24, 25, 26], [27, 28]]
+    assert [list(crcs) for _, crcs, _, _ in got] == [list(cell_crcs(pa.array(cells[3:7]))),
+                                                     list(cell_crcs(pa.array(cells[7:9])))]
+    assert all(e is not None for _, _, errors, _ in got for e in errors)  # (not images: an error per row)

@@ -556,6 +556,40 @@ def test_driver_traces_each_model_unless_switched_off_or_on_gpus(env, tmp_path, 
         'config and checkpoint, building the model (count_*: cannot be traced: it branches)')
 
 
+def test_graph_cache_spares_the_next_job_the_build_and_trace(env, scored, tmp_path, monkeypatch):
+    """The first job with a model keeps its trace in the graph cache; the next one with the same checkpoint bytes,
+    config and code takes it from there (no model built: the trace would raise), with the same identity (its outputs
+    resume the first one's) and the same outputs. Other checkpoint bytes are another key."""
+    from numclip_mm.batch import pipeline
+    cache = str(tmp_path / 'cache')
+    src, out = env['cat'] / 'part-001.parquet', str(tmp_path / 'out')
+    first = prepare(_opts(env, input=str(src), output=out, graph_cache=cache)).models[0]
+    assert first.graph_source == f'traced now, kept in the graph cache ({cache})'
+    assert len(list((tmp_path / 'cache').glob('*.pt'))) == 1
+
+    def no_build(*args, **kwargs):
+        raise AssertionError('the model was built although its trace is in the cache')
+    monkeypatch.setattr(pipeline, '_trace_model', no_build)
+    monkeypatch.setattr('numclip_mm.inference.load_config', no_build)  # (nor its model stack registered)
+    second = prepare(_opts(env, input=str(src), output=out, graph_cache=cache)).models[0]
+    assert second.graph_source == f'the graph cache ({cache})'
+    assert second.graph == first.graph and second.identity == first.identity
+    assert (second.task_name, second.input_size, second.names) == (first.task_name, first.input_size, first.names)
+    assert second.checkpoint_sha256 == first.checkpoint_sha256
+    report = score_catalog(_opts(env, input=str(env['cat']), output=str(tmp_path / 'all'), graph_cache=cache,
+                                 num_actors=None))
+    assert report['models'][0]['graph'] == f'the graph cache ({cache})'
+    _same_outputs(env, tmp_path / 'all', scored['out'])
+    monkeypatch.undo()
+    other = tmp_path / 'other.pth'
+    torch.manual_seed(7)
+    torch.save({'state_dict': Predictor(env['cfg']).model.state_dict()}, other)
+    third = prepare(_opts(env, checkpoint=str(other), input=str(src), output=out, graph_cache=cache)).models[0]
+    assert third.graph_source.startswith('traced now') and third.graph != first.graph
+    off = prepare(_opts(env, input=str(src), output=out, graph_cache='off')).models[0]
+    assert off.graph_source == 'traced now'
+
+
 def test_stale_sidecar_matters_only_with_intervals(env, tmp_path):
     """A calibration sidecar fitted for another checkpoint: a plain Predictor refuses it (it would give wrong
     intervals), ``calibration=False`` does not look for it, and the scorer's driver, which checks a calibration only

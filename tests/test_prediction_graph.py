@@ -16,7 +16,7 @@ from helpers import write_tiny_config
 from numclip_mm.conformal import fit_calibration
 from numclip_mm.inference import ImagePreprocessor, Predictor
 from numclip_mm.light_pipeline import LightPipeline, PackImage, light_pipeline
-from numclip_mm.prediction_graph import GRAPH_FORMAT, GraphTraceError, load_graph, trace_module
+from numclip_mm.prediction_graph import GRAPH_FORMAT, GraphTraceError, graph_metadata, load_graph, trace_module
 
 COLUMNS = ('value', 'value_raw', 'label', 'label_index', 'probability', 'bin_argmax', 'bin_argmax_index',
            'bin_argmax_probability', 'embedding')
@@ -129,6 +129,10 @@ def test_load_graph_refuses_other_files(tiny, tmp_path):
     assert meta['format'] == GRAPH_FORMAT and meta['input_size'] == [32, 32] and meta['task']['name'] == 'count'
     assert meta['pipeline'] == [dict(type='Resize', scale=[32, 32]),
                                 dict(type='PackInputs', algorithm_keys=['gt_value'])]
+    assert graph_metadata(tiny['archive']) == meta  # read from the zip, without loading the graph
+    for other in (b'not a zip', scripted.getvalue()):
+        with pytest.raises(ValueError, match='not a prediction graph archive'):
+            graph_metadata(other)
 
 
 def test_graph_loads_with_torch_alone(tiny, tmp_path):

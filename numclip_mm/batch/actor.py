@@ -164,12 +164,12 @@ class InferenceActor:
             tensors = [batch[f'{IMAGE_TENSOR}{g}'] for g in range(max(self.groups) + 1)]
             yield self.predict_rows(batch[ROW_INDEX], batch[CELL_CRC], batch[ROW_ERROR], tensors, batch[FILE_INDEX])
             return
-        for file_index, uri, group, offset in zip(batch['file'], batch['path'], batch['row_group'],
-                                                  batch['offset']):
-            if self.claims is not None and not self.claims.claim(item_key(file_index, group), self.claim_as):
+        for file_index, uri, group, offset, start, stop in zip(batch['file'], batch['path'], batch['row_group'],
+                                                                batch['offset'], batch['start'], batch['stop']):
+            if self.claims is not None and not self.claims.claim(item_key(file_index, group, start), self.claim_as):
                 continue  # the other side scores this item
             for rows, crcs, errors, tensors in self.row_decoder.slices(int(file_index), str(uri), int(group),
-                                                                         int(offset)):
+                                                                         int(offset), int(start), int(stop)):
                 yield self.predict_rows(rows, crcs, errors, tensors, int(file_index))
 
 

@@ -15,8 +15,9 @@ import uuid
 DRIVER, POOL = 'driver', 'pool'
 
 
-def item_key(file_index: int, row_group: int) -> str:
-    return f'{int(file_index)}-{int(row_group)}'
+def item_key(file_index: int, row_group: int, start: int = 0) -> str:
+    """A work item's name: its file, row group and first row inside the row group."""
+    return f'{int(file_index)}-{int(row_group)}-{int(start)}'
 
 
 class WorkClaims:

@@ -131,22 +131,26 @@ class RowGroupDecoder:
     def __init__(self, decoder: CellDecoder, column: str, batch_size: int):
         self.decoder, self.column, self.batch_size = decoder, column, batch_size
 
-    def slices(self, file_index: int, uri: str, row_group: int, offset: int
+    def slices(self, file_index: int, uri: str, row_group: int, offset: int, start: int = 0,
+               stop: Optional[int] = None
                ) -> Iterator[Tuple[np.ndarray, np.ndarray, List[Optional[str]], List[np.ndarray]]]:
-        """-> (row indices, CRCs, errors, tensors per preprocessor) per slice."""
+        """-> (row indices, CRCs, errors, tensors per preprocessor) per batch of rows ``start:stop`` of the row
+        group (``offset``: its first row's index in the file)."""
         column = catalog.read_row_group_column(uri, row_group, self.column)
-        for start in range(0, len(column), self.batch_size):
-            part = column.slice(start, self.batch_size)
+        stop = len(column) if stop is None else min(int(stop), len(column))
+        for first in range(int(start), stop, self.batch_size):
+            part = column.slice(first, min(self.batch_size, stop - first))
             tensors, errors = self.decoder.decode_many(part.to_pylist())
-            rows = np.arange(offset + start, offset + start + len(part), dtype=np.int64)
+            rows = np.arange(offset + first, offset + first + len(part), dtype=np.int64)
             yield rows, cell_crcs(part), errors, tensors
 
     def __call__(self, items):
         """``map_batches`` callable over work items ``{file, path, row_group, offset}`` -> decoded tables."""
         from ray.data.extensions import ArrowTensorArray
-        for file_index, uri, group, offset in zip(items['file'], items['path'], items['row_group'],
-                                                  items['offset']):
-            for rows, crcs, errors, tensors in self.slices(int(file_index), str(uri), int(group), int(offset)):
+        for file_index, uri, group, offset, start, stop in zip(items['file'], items['path'], items['row_group'],
+                                                                items['offset'], items['start'], items['stop']):
+            for rows, crcs, errors, tensors in self.slices(int(file_index), str(uri), int(group), int(offset),
+                                                           int(start), int(stop)):
                 yield pa.table({FILE_INDEX: pa.array(np.full(len(rows), int(file_index), dtype=np.int64)),
                                 ROW_INDEX: pa.array(rows), CELL_CRC: pa.array(crcs),
                                 ROW_ERROR: pa.array(errors, type=pa.string()),

@@ -81,9 +81,9 @@ class HeadStart:
             for item in reversed(self.items):
                 if self._stop.is_set():
                     break
-                if not self.claims.claim(item_key(item['file'], item['row_group']), DRIVER):
+                if not self.claims.claim(item_key(item['file'], item['row_group'], item.get('start', 0)), DRIVER):
                     continue  # the actors have it
-                batch = {key: np.array([item[key]]) for key in ('file', 'path', 'row_group', 'offset')}
+                batch = {key: np.array([value]) for key, value in item.items()}
                 for table in actor(batch):
                     if self.first_output is None:
                         self.first_output = time.perf_counter()

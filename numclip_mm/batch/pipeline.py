@@ -266,7 +266,7 @@ def _prepare_model(spec: ModelSpec, opts: ScoreOptions, config) -> JobModel:
     (exact key/shape check, digest), calibration, prefix. A trace of the same checkpoint, config and code in the
     graph cache (:mod:`numclip_mm.batch.graph_cache`) is used as it is: the model is neither built nor traced."""
     from numclip_mm.conformal import SIDECAR_SUFFIX
-    from numclip_mm.inference import describe_model, load_config
+    from numclip_mm.inference import describe_model, load_config, read_checkpoint_bytes
     Err = catalog.ScoringSetupError
     raw_config = config
     if spec.checkpoint is None:
@@ -288,9 +288,13 @@ def _prepare_model(spec: ModelSpec, opts: ScoreOptions, config) -> JobModel:
     graph, graph_note, graph_source = None, _graph_unwanted(opts), ''
     cache = _graph_cache(opts) if spec.checkpoint is not None and not graph_note else None
     with catalog.local_copy(spec.checkpoint, companions=(SIDECAR_SUFFIX,) if opts.intervals else ()) as local:
-        cached = _cached_graph(cache, raw_config, local) if cache is not None else None
+        data, cached = [None], None  # (a list: the build takes the bytes out, and frees them once built)
+        if cache is not None:  # one read of the checkpoint: its digest keys the cache, a miss builds from it
+            data[0] = read_checkpoint_bytes(local)
+            checkpoint_sha256 = bytes_digest(data[0])
+            cached = _cached_graph(cache, raw_config, checkpoint_sha256)
         if cached is not None:  # built, checked and traced by an earlier job from these very bytes and this config
-            key, graph, model, checkpoint_sha256 = cached
+            graph, model = cached
             config = _task_applied(raw_config)
             graph_source = f'the graph cache ({cache.root})'
         else:
@@ -301,12 +305,14 @@ def _prepare_model(spec: ModelSpec, opts: ScoreOptions, config) -> JobModel:
                 if spec.checkpoint is not None:
                     checkpoint_sha256 = file_digest(local)
             else:  # the model itself, from one read of the checkpoint (exact key/shape check), then its trace
-                graph, graph_note, model, checkpoint_sha256 = _trace_model(config, local)
+                graph, graph_note, model, checkpoint_sha256 = _trace_model(config, local, data.pop(),
+                                                                             checkpoint_sha256)
                 if graph is not None and cache is not None:
                     key = cache.key(_config_digest(raw_config), checkpoint_sha256, _custom_imports(raw_config))
                     if key is not None:
                         cache.put(key, graph)
                         graph_source = f'traced now, kept in the graph cache ({cache.root})'
+        del data
         if spec.checkpoint is not None:
             checkpoint_digest = checkpoint_sha256
             checkpoint_bytes = os.path.getsize(local)
@@ -344,18 +350,17 @@ def _task_applied(config):
     return cfg
 
 
-def _cached_graph(cache, raw_config, checkpoint: str):
-    """(key, archive, dict(task, input_size), checkpoint sha256) of the cached trace of this checkpoint's bytes and
-    this config, else None."""
+def _cached_graph(cache, raw_config, checkpoint_sha256: str):
+    """(archive, dict(task, input_size)) of the cached trace of the checkpoint with this digest and this config,
+    else None."""
     from numclip_mm.prediction_graph import graph_metadata
     from numclip_mm.tasks import OrdinalTask
-    sha256 = file_digest(checkpoint)
-    key = cache.key(_config_digest(raw_config), sha256, _custom_imports(raw_config))
+    key = cache.key(_config_digest(raw_config), checkpoint_sha256, _custom_imports(raw_config))
     archive = cache.get(key) if key is not None else None
     if archive is None:
         return None
     meta = graph_metadata(archive)
-    return key, archive, dict(task=OrdinalTask(**meta['task']), input_size=tuple(meta['input_size'])), sha256
+    return archive, dict(task=OrdinalTask(**meta['task']), input_size=tuple(meta['input_size']))
 
 
 def _graph_unwanted(opts: ScoreOptions) -> str:
@@ -370,12 +375,12 @@ def _graph_unwanted(opts: ScoreOptions) -> str:
     return ''
 
 
-def _trace_model(config, checkpoint: Optional[str]):
+def _trace_model(config, checkpoint: Optional[str], data: Optional[bytes] = None, sha256: Optional[str] = None):
     """(graph or None, why none, dict(task, input_size), the checkpoint's sha256): the model loaded from one read of
-    the checkpoint (the read that is hashed) and traced (:meth:`numclip_mm.inference.Predictor.trace`)."""
+    the checkpoint (the read that is hashed; ``data``: those bytes, already read, and their ``sha256``) and traced
+    (:meth:`numclip_mm.inference.Predictor.trace`)."""
     from numclip_mm.inference import GraphTraceError, Predictor, read_checkpoint_bytes
-    data = sha256 = None
-    if checkpoint is not None:
+    if checkpoint is not None and data is None:
         data = read_checkpoint_bytes(checkpoint)
         sha256 = bytes_digest(data)
     # the calibration is the scorer's own check (with --interval); a sidecar is not looked for here
@@ -431,22 +436,41 @@ def ensure_ray(opts: ScoreOptions) -> Optional[RayStarter]:
     return starter
 
 
-def work_items(plans: Sequence[catalog.FilePlan]) -> List[Dict[str, Any]]:
-    """One item per (file, non-empty row group): the unit of a read + decode task."""
+SMALL_JOB_ITEMS = 16   # a local job with fewer row groups to score has them cut into slices, up to this many items
+MIN_SLICE_ROWS = 128   # ... of at least this many rows (two CPU batches)
+
+
+def item_rows(plans: Sequence[catalog.FilePlan]) -> Optional[int]:
+    """Rows per work item, None for whole row groups. A small job's few row groups are sliced so that the actors
+    (and the driver's head start) share the work evenly to the end: 4 row groups of 300 large JPEGs left an actor idle
+    while another, or the driver, scored the last one. Each slice reads its whole row group's column again, a cost
+    only on local files (read from the page cache) and for few row groups; object stores are never read twice."""
+    groups = [n for p in plans for n in p.row_group_rows if n]
+    local = all('://' not in p.input or p.input.startswith('file://') for p in plans)
+    if not local or len(groups) >= SMALL_JOB_ITEMS:
+        return None
+    return max(MIN_SLICE_ROWS, -(-sum(groups) // SMALL_JOB_ITEMS))
+
+
+def work_items(plans: Sequence[catalog.FilePlan], rows: Optional[int] = None) -> List[Dict[str, Any]]:
+    """The units of a read + decode task: one item per (file, non-empty row group), or its slices of about
+    ``rows`` rows (``start``/``stop`` inside the row group; :func:`item_rows`)."""
     items = []
     for index, plan in enumerate(plans):
         offset = 0
         for group, n in enumerate(plan.row_group_rows):
-            if n:
-                items.append(dict(file=index, path=plan.input, row_group=group, offset=offset))
+            k = max(1, -(-n // rows)) if rows else 1
+            bounds = [n * i // k for i in range(k + 1)]
+            items += [dict(file=index, path=plan.input, row_group=group, offset=offset, start=a, stop=b)
+                      for a, b in zip(bounds, bounds[1:]) if b > a]
             offset += n
     return items
 
 
 def plan_sizing(job: ScoringJob, resources: Dict[str, float], num_work_items: int) -> Sizing:
     """Actors x threads for the cluster's ``resources`` (:func:`numclip_mm.batch.cluster.cluster_resources`) and the
-    job's ``num_work_items`` (row groups to score) (:func:`numclip_mm.batch.cluster.size_pipeline`); the options the
-    user gave are kept."""
+    job's ``num_work_items`` (row groups, or their slices, to score) (:func:`numclip_mm.batch.cluster.size_pipeline`);
+    the options the user gave are kept."""
     opts = job.opts
     checkpoint_bytes = sum(m.checkpoint_bytes for m in job.models)  # every model lives in each actor
     return size_pipeline(resources, num_actors=opts.num_actors, cpus_per_actor=opts.cpus_per_actor,
@@ -683,7 +707,7 @@ def _start_head_start(job: ScoringJob, pending: List[catalog.FilePlan], ray_star
     claims = WorkClaims.create()
     logger.info('the driver scores row groups from the back of the list until the actors\' first predictions '
                 'arrive (--no-head-start: only the actors score)')
-    return HeadStart(lambda: _driver_actor(job, claims), work_items(pending), claims).start()
+    return HeadStart(lambda: _driver_actor(job, claims), work_items(pending, item_rows(pending)), claims).start()
 
 
 def _driver_actor(job: ScoringJob, claims: WorkClaims):
@@ -716,7 +740,7 @@ def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, A
 def _score_with(writers, job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, Any], origin: float,
                 ray_starter: Optional[RayStarter], actor_class=None, head: Optional[HeadStart] = None) -> None:
     opts = job.opts
-    resources, items = cluster_resources(), work_items(pending)
+    resources, items = cluster_resources(), work_items(pending, item_rows(pending))
     sizing = plan_sizing(job, resources, len(items))
     models = _models_loaded_as(job, sizing)
     logger.info('Ray: %s, %g CPUs and %g GPUs available (ready %.1f s after start); scoring with %s (%d row groups '
