@@ -97,7 +97,7 @@ def test_scores_from_the_back_until_stopped_and_finishes_the_item_in_hand(claims
     head.join(30)
     assert not head.running and head.error is None
     assert actor.seen == [(2, 1), (2, 0)]
-    assert head.row_groups == 2 and head.rows == 2 * 3 * 2 and head.first_output is not None
+    assert head.scored_items == 2 and head.rows == 2 * 3 * 2 and head.first_output is not None
     assert [(int(t['file'][0]), int(t['row'][0])) for t in got] == [(2, 100), (2, 102), (2, 104), (2, 0), (2, 2),
                                                                     (2, 4)]
     assert claims.owner('2-1-0') == claims.owner('2-0-0') == DRIVER
@@ -114,7 +114,7 @@ def test_skips_items_the_pool_claimed(claims):
     head = HeadStart(lambda: actor, _items(6), claims).start()
     head.join(30)
     assert actor.seen == [(2, 0), (1, 1), (0, 1), (0, 0)]
-    assert head.row_groups == 4
+    assert head.scored_items == 4
 
 
 def test_abort_stops_between_batches(claims):
@@ -126,7 +126,7 @@ def test_abort_stops_between_batches(claims):
     head = HeadStart(lambda: actor, _items(4), claims)
     head.attach(lambda t: None)
     head.start().join(30)
-    assert actor.seen == [(1, 1)] and head.rows == 2 and head.row_groups == 0
+    assert actor.seen == [(1, 1)] and head.rows == 2 and head.scored_items == 0
 
 
 def test_a_failure_names_the_file_of_the_item_in_hand(claims):
@@ -134,7 +134,7 @@ def test_a_failure_names_the_file_of_the_item_in_hand(claims):
     head = HeadStart(lambda: actor, _items(6), claims).start()
     head.join(30)
     assert isinstance(head.error, OSError) and 'cannot read (1, 0)' in str(head.error)
-    assert head.failed_file == 1 and head.row_groups == 3  # (2, 1), (2, 0), (1, 1) done, then (1, 0) failed
+    assert head.failed_file == 1 and head.scored_items == 3  # (2, 1), (2, 0), (1, 1) done, then (1, 0) failed
     assert claims.owner('1-0-0') == DRIVER  # claimed: the pipeline fails that file (the pool skipped it)
     assert claims.owner('0-1-0') is None    # never taken: the pool scores it
 

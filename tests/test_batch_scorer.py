@@ -447,7 +447,7 @@ def test_head_start_outputs_equal_the_actors_alone(env, scored, tmp_path, monkey
     out = tmp_path / 'out'
     report = score_catalog(_opts(env, input=str(env['cat']), output=str(out), num_actors=None))
     head = report['head_start']
-    assert head['used'] and head['row_groups'] == len(taken)
+    assert head['used'] and head['items'] == len(taken)
     rows = {(f, g): n for f, p in enumerate(sorted(env['cat'].glob('*.parquet')))
             for g, n in enumerate(pq.ParquetFile(p).metadata.row_group(i).num_rows
                                   for i in range(pq.ParquetFile(p).num_row_groups))}
@@ -475,7 +475,7 @@ def test_head_start_failure_fails_only_its_file(env, scored, tmp_path, monkeypat
     with pytest.raises(ScoringFailed, match='part-001.parquet: OSError: the disk went away') as failed:
         score_catalog(_opts(env, input=str(env['cat']), output=str(out)))
     report = failed.value.report
-    assert report['head_start']['used'] and report['head_start']['row_groups'] == 0
+    assert report['head_start']['used'] and report['head_start']['items'] == 0
     assert [(f['input'].rsplit('/', 1)[-1], f['status']) for f in report['files']] == [
         ('part-000.parquet', 'written'), ('part-001.parquet', 'failed')]
     assert sorted(p.name for p in out.iterdir()) == ['part-000.parquet']

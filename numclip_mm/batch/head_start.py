@@ -26,7 +26,7 @@ class HeadStart:
 
     def __init__(self, make_actor: Callable[[], Any], items: Sequence[Dict[str, Any]], claims: WorkClaims):
         self.make_actor, self.items, self.claims = make_actor, list(items), claims
-        self.row_groups = self.rows = 0
+        self.scored_items = self.rows = 0
         self.first_output: Optional[float] = None   # time.perf_counter() of its first predictions
         self.error: Optional[BaseException] = None
         self.failed_file: Optional[int] = None      # the file of the item it was scoring when it failed
@@ -91,7 +91,7 @@ class HeadStart:
                     self._emit(table)
                     if self._abort.is_set():
                         return
-                self.row_groups += 1
+                self.scored_items += 1
                 item = None
         except BaseException as err:  # noqa: BLE001  (the pipeline reports it: the file of the item fails)
             self.error = err
@@ -110,12 +110,4 @@ def _lowest_priority() -> None:
         pass
 
 
-def describe(head: Optional[HeadStart]) -> Dict[str, Any]:
-    """The summary's account of the driver's share."""
-    if head is None:
-        return {}
-    return dict(row_groups=head.row_groups, rows=head.rows,
-                error=None if head.error is None else f'{type(head.error).__name__}: {head.error}')
-
-
-__all__: List[str] = ['HeadStart', 'describe']
+__all__: List[str] = ['HeadStart']

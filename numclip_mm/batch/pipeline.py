@@ -705,7 +705,7 @@ def _start_head_start(job: ScoringJob, pending: List[catalog.FilePlan], ray_star
     if why_not:
         return None
     claims = WorkClaims.create()
-    logger.info('the driver scores row groups from the back of the list until the actors\' first predictions '
+    logger.info('the driver scores work items from the back of the list until the actors\' first predictions '
                 'arrive (--no-head-start: only the actors score)')
     return HeadStart(lambda: _driver_actor(job, claims), work_items(pending, item_rows(pending)), claims).start()
 
@@ -743,7 +743,7 @@ def _score_with(writers, job: ScoringJob, pending: List[catalog.FilePlan], repor
     resources, items = cluster_resources(), work_items(pending, item_rows(pending))
     sizing = plan_sizing(job, resources, len(items))
     models = _models_loaded_as(job, sizing)
-    logger.info('Ray: %s, %g CPUs and %g GPUs available (ready %.1f s after start); scoring with %s (%d row groups '
+    logger.info('Ray: %s, %g CPUs and %g GPUs available (ready %.1f s after start); scoring with %s (%d work items '
                 'to score); actors load %s; outputs written by %s', ray_starter.describe() if ray_starter else 'the '
                 'Ray instance already running in this process', resources['CPU'], resources['GPU'],
                 report['ray_ready_s'], sizing.describe(), len(items), models, writers.where)
@@ -834,7 +834,7 @@ def _score_with(writers, job: ScoringJob, pending: List[catalog.FilePlan], repor
                 if head is not None:  # the actors now use every CPU: the driver finishes its item and stops
                     head.stop()
                     logger.info('the actors\' first predictions back %.1f s after the start; the driver scored %d '
-                                'row groups until then', report['actors_first_output_s'], head.row_groups)
+                                'work items until then', report['actors_first_output_s'], head.scored_items)
             deliver(table, time.perf_counter(), 'the actors\'')
         streamed = True
     except ScoringFailed:
@@ -868,7 +868,7 @@ def _score_with(writers, job: ScoringJob, pending: List[catalog.FilePlan], repor
     if head is not None:
         head.stop()
         head.join()  # its last item (nobody else scores it)
-        report['head_start'].update(row_groups=head.row_groups, rows=head.rows)
+        report['head_start'].update(items=head.scored_items, rows=head.rows)
         if head.error is not None:
             _head_start_failed(head, pending, buffers, report)
     collect(writers.done(list(in_flight), block='all'))

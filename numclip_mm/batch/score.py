@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                         'model scored before is neither built nor traced again (default: $NUMCLIP_MM_GRAPH_CACHE, '
                         'else ~/.cache/numclip_mm/graphs; off: trace every job)')
     p.add_argument('--no-head-start', dest='head_start', action='store_false',
-                   help='the driver does not score row groups itself while the actors start (it does by default on '
+                   help='the driver does not score work items itself while the actors start (it does by default on '
                         'a private Ray instance, from the back of the list, until the actors\' first predictions '
                         'arrive)')
     p.add_argument('--precision', choices=sorted(PRECISION_DTYPES), default=None,
