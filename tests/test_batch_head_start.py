@@ -118,15 +118,18 @@ def test_skips_items_the_pool_claimed(claims):
 
 
 def test_abort_stops_between_batches(claims):
-    head = None
+    """After abort() (the job is ending) nothing more is delivered, and the thread ends at the next batch."""
+    head, got = None, []
 
     def on_batch(item, b):
-        head.abort()
+        if b == 1:
+            head.abort()
     actor = StandIn(batches=5, on_batch=on_batch)
     head = HeadStart(lambda: actor, _items(4), claims)
-    head.attach(lambda t: None)
+    head.attach(got.append)
     head.start().join(30)
-    assert actor.seen == [(1, 1)] and head.rows == 2 and head.scored_items == 0
+    assert not head.running and head.error is None
+    assert actor.seen == [(1, 1)] and len(got) == 1 and head.rows == 2 and head.scored_items == 0
 
 
 def test_a_failure_names_the_file_of_the_item_in_hand(claims):

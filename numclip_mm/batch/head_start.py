@@ -82,15 +82,16 @@ class HeadStart:
                 if self._stop.is_set():
                     break
                 if not self.claims.claim(item_key(item['file'], item['row_group'], item.get('start', 0)), DRIVER):
-                    continue  # the actors have it
+                    item = None  # the actors have it
+                    continue
                 batch = {key: np.array([value]) for key, value in item.items()}
                 for table in actor(batch):
+                    if self._abort.is_set():  # the job is ending: nothing more is delivered
+                        return
                     if self.first_output is None:
                         self.first_output = time.perf_counter()
                     self.rows += table.num_rows
                     self._emit(table)
-                    if self._abort.is_set():
-                        return
                 self.scored_items += 1
                 item = None
         except BaseException as err:  # noqa: BLE001  (the pipeline reports it: the file of the item fails)

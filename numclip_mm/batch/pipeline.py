@@ -671,7 +671,8 @@ def run(job: ScoringJob, actor_class=None, ray_starter: Optional[RayStarter] = N
     return report
 
 
-HEAD_START_JOIN_S = 60.0  # a job that ends waits this long for the driver's scoring thread to let go
+HEAD_START_JOIN_S = 10.0  # a job that is stopped waits this long for the driver's scoring thread (a daemon) to let
+#                          go: it stops between two batches and delivers nothing after the stop
 
 
 def _head_start_unwanted(job: ScoringJob, ray_starter: Optional[RayStarter], actor_class) -> str:
