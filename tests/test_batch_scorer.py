@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -622,6 +623,25 @@ def test_actors_may_run_a_row_group_ahead_of_the_driver(env, ray_session, tmp_pa
     assert in_actor.context._max_num_blocks_in_streaming_gen_buffer == 4
     in_tasks = build_dataset(job, items, Sizing(1, 1.0, 0.0, 1, False, 1.0, 1))
     assert in_tasks.context._max_num_blocks_in_streaming_gen_buffer == 2
+
+
+def test_decode_tasks_hand_on_each_batch_as_one_block(env, ray_session, tmp_path):
+    """In the GPU layout (decode tasks feeding the actors) a decoded batch travels as one Ray block. Ray Data cuts
+    a map's output to the context's target block size, and the target was the prediction columns' (a few KB): every
+    decoded batch became one block per row, 20,000 objects for 20,000 images, and on a GPU machine the scorer ran at
+    a quarter of a DataLoader loop (docs/benchmarks.md)."""
+    from numclip_mm.batch.cluster import Sizing
+    from numclip_mm.batch.pipeline import build_dataset, decoded_block_bytes, work_items
+    assert decoded_block_bytes(4, [(32, 32)]) == int(1.25 * 4 * (3 * 32 * 32 + 32))
+    assert decoded_block_bytes(2, [(32, 32), None]) == int(1.25 * 2 * (3 * 32 * 32 + 3 * 224 * 224 + 32))
+    job = prepare(_opts(env, input=str(env['cat']), output=str(tmp_path / 'out')))  # row groups of 4 rows
+    items = work_items(job.plans)
+    ds = build_dataset(job, items, Sizing(1, 0.5, 0.0, 1, False, 1.0, 4)).materialize()
+    found = re.search(r'MapBatches\(RowGroupDecoder\)\S*: (\d+) tasks executed, (\d+) blocks produced', ds.stats())
+    assert found, ds.stats()
+    rows = sum(n for p in job.plans for n in p.row_group_rows)
+    assert int(found.group(2)) == len(items) < rows  # one block per batch of 4 rows (one per row group)
+    assert ds.count() == rows
 
 
 def test_no_graph_flag_reaches_the_options(env):

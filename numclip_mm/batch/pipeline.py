@@ -490,6 +490,16 @@ def prediction_block_bytes(batch_size: int, intervals: Sequence[float] = (), pre
     return max(1024, int(0.8 * batch_size * per_row))
 
 
+def decoded_block_bytes(batch_size: int, input_sizes: Sequence[Optional[Sequence[int]]]) -> int:
+    """Ray Data's target block size for decode tasks feeding the actors (the GPU layout): a little over one batch
+    of preprocessed CHW uint8 inputs (one per distinct model input; 224x224 where a model does not say) and its row
+    tags. Under it, Ray Data cuts every decoded batch into one block per row: on a GPU machine (ViT-B/16, 224 px)
+    20,000 images became 20,000 objects for the driver to schedule and the actor to re-assemble, and the scorer ran
+    at a quarter of a plain DataLoader loop (docs/benchmarks.md)."""
+    per_row = sum(3 * int(h) * int(w) for h, w in (tuple(s or (224, 224)) for s in input_sizes)) + 32
+    return int(1.25 * batch_size * per_row)
+
+
 def stream_buffer_blocks(largest_row_group: int, batch_size: int, cap: int = 64) -> int:
     """Blocks an actor may yield before the driver has taken them (Ray Data's streaming-generator buffer): a whole
     row group's (one per batch), at most ``cap``. Each block is one batch's prediction columns, a few KB. Ray Data's
@@ -544,6 +554,9 @@ def build_dataset(job: ScoringJob, items: Sequence[Dict[str, Any]], sizing: Sizi
     ctx.execution_options.preserve_order = True  # not needed for correctness (rows are tagged); bounds buffering
     ctx.target_max_block_size = prediction_block_bytes(batch_size, opts.intervals, [m.prefix for m in job.models],
                                                     opts.embedding)
+    if not in_actor:  # one context for both stages: the decode tasks' blocks are the larger
+        ctx.target_max_block_size = max(ctx.target_max_block_size,
+                                        decoded_block_bytes(batch_size, [p.input_size for p in preprocessors]))
     ctx.enable_progress_bars = False  # the driver logs its own progress (rows/s, ETA, files)
     if in_actor:  # an actor yields a block per batch of its row group: let it run ahead of the driver's collection
         ctx._max_num_blocks_in_streaming_gen_buffer = stream_buffer_blocks(
