@@ -7,6 +7,7 @@ Every command runs in its own session (start_new_session) and only that group is
 """
 import io
 import json
+import os
 import re
 import shutil
 import signal
@@ -297,14 +298,26 @@ def test_sigint_while_the_actors_start_stops_the_job_cleanly(env, tmp_path):
 
 
 def test_gpu_benchmark_smoke(tmp_path):
-    """tools/benchmark/scorer_gpu.py --smoke: the GPU layout (decode tasks feeding an inference actor) on CPU, with
-    the script's own JSON: what a GPU session will run, known to work before a GPU is lent."""
+    """tools/benchmark/scorer_gpu.py --smoke: every column of a GPU session on CPU (the device ceiling, the bare
+    loop, the DataLoader loop, the scorer's GPU layout: decode tasks feeding an inference actor), with the script's
+    own JSON: what a GPU session will run, known to work before a GPU is lent."""
     out = tmp_path / 'gpu.json'
-    done = run_tool_in_process('tools/benchmark/scorer_gpu.py', '--smoke', '--images', '32', '--files', '2',
-                               '--precisions', 'bf16', '--workdir', tmp_path / 'work', '--out', out)
+    done = run_tool_in_process('tools/benchmark/scorer_gpu.py', '--smoke', '--images', '40', '--files', '3',
+                               '--bare-images', '12', '--batch-size', '8', '--precisions', 'bf16',
+                               '--workdir', tmp_path / 'work', '--out', out)
     assert done.returncode == 0, done.stderr[-3000:]
-    run = json.loads(out.read_text())['runs']['bf16']
-    assert run['images'] == 32 and run['images_per_s'] > 0 and run['first_prediction_s'] > 0
-    assert run['steady_images_per_s'] is None and 'n/a img/s after the first' in done.stdout  # one batch
+    results = json.loads(out.read_text())
+    assert results['failed'] == {} and set(results['runs']) == {'ceiling_bf16', 'bare_bf16', 'loader_bf16',
+                                                                 'scorer_bf16'}
+    catalog = sorted((tmp_path / 'work' / 'catalog').glob('*.parquet'))  # one writer process per file, ids in order
+    assert [pq.read_table(f)['id'].to_pylist() for f in catalog] == [list(range(0, 14)), list(range(14, 27)),
+                                                                    list(range(27, 40))]
+    runs = results['runs']
+    assert runs['ceiling_bf16']['images_per_s_model'] > 0
+    assert runs['bare_bf16']['images'] == 12 and runs['loader_bf16']['images'] == 40
+    assert runs['loader_bf16']['workers'] == max(1, os.cpu_count() - 1)
+    run = runs['scorer_bf16']
+    assert run['images'] == 40 and run['images_per_s'] > 0 and run['first_prediction_s'] > 0
+    assert run['steady_images_per_s'] > 0 and 'scoring with 1 inference actor(s)' in run['sizing_line']
     assert run['sizing']['decode_in_actor'] is False and run['sizing']['num_actors'] == 1
     assert 'gpu_source' in run  # None here (no GPU tools); pynvml or nvidia-smi on a GPU machine

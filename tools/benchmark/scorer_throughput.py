@@ -85,12 +85,13 @@ def encode(img, kind):
 
 
 def write_catalog(folder: Path, kind: str, n: int, files: int, lo: int, hi: int, seed: int = 0,
-                  row_group_size: int = 64) -> int:
-    """``files`` Parquet files with ``id`` and ``image``; sizes uniform in [lo, hi] (both sides). Returns bytes."""
+                  row_group_size: int = 64, first_id: int = 0) -> int:
+    """``files`` Parquet files with ``id`` (from ``first_id``) and ``image``; sizes uniform in [lo, hi] (both
+    sides). Returns bytes."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     bases = [photo(rng, hi, hi) for _ in range(4)]
-    start = 0
+    start = first_id
     for f in range(files):
         count = n // files + (f < n % files)
         cells = []
@@ -155,7 +156,8 @@ def run_sampled(cmd, env=None, capture_stderr=False):
     """Run ``cmd`` in a child process while a :class:`TreeSampler` follows its whole process tree.
     Returns (returncode, stdout, stderr or None, wall seconds, sampler)."""
     t0 = time.perf_counter()
-    child = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), **(env or {})),
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get('PYTHONPATH')) if p)  # the caller's kept after
+    child = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=path, **(env or {})),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE if capture_stderr else None, text=True)
     sampler = TreeSampler(child.pid)
     sampler.start()
