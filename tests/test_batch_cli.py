@@ -100,7 +100,10 @@ def test_stopped_driver_then_one_rerun_completes(env, tmp_path):
     mark = uuid.uuid4().hex  # in the environment of the run and of every process it starts (Ray's too)
     log_path = tmp_path / 'first.log'
     with open(log_path, 'w') as log:
-        first = subprocess.Popen([PY, '-m', 'numclip_mm.batch.score', *model, '--batch-size', '8', '--num-actors', '1'],
+        # one actor, front to back: the driver's head start would score most of this small catalog from the back
+        # before the first output is committed (its writes queue behind it), and the job could end before the stop
+        first = subprocess.Popen([PY, '-m', 'numclip_mm.batch.score', *model, '--batch-size', '8', '--num-actors', '1',
+                                  '--no-head-start'],
                                  cwd=REPO, env=scorer_env(**{RUN_MARK: mark}), stdout=log, stderr=subprocess.STDOUT,
                                  text=True, start_new_session=True)
     try:
