@@ -81,7 +81,7 @@ class HeadStart:
             for item in reversed(self.items):
                 if self._stop.is_set():
                     break
-                if not self.claims.claim(item_key(item['file'], item['row_group'], item.get('start', 0)), DRIVER):
+                if not self.claims.claim(item_key(item['file'], item['row_group'], item['start']), DRIVER):
                     item = None  # the actors have it
                     continue
                 batch = {key: np.array([value]) for key, value in item.items()}

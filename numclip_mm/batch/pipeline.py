@@ -288,11 +288,12 @@ def _prepare_model(spec: ModelSpec, opts: ScoreOptions, config) -> JobModel:
     graph, graph_note, graph_source = None, _graph_unwanted(opts), ''
     cache = _graph_cache(opts) if spec.checkpoint is not None and not graph_note else None
     with catalog.local_copy(spec.checkpoint, companions=(SIDECAR_SUFFIX,) if opts.intervals else ()) as local:
-        data, cached = [None], None  # (a list: the build takes the bytes out, and frees them once built)
+        data, key, cached = [None], None, None  # (a list: the build takes the bytes out, frees them once built)
         if cache is not None:  # one read of the checkpoint: its digest keys the cache, a miss builds from it
             data[0] = read_checkpoint_bytes(local)
             checkpoint_sha256 = bytes_digest(data[0])
-            cached = _cached_graph(cache, raw_config, checkpoint_sha256)
+            key = cache.key(_config_digest(raw_config), checkpoint_sha256, _custom_imports(raw_config))
+            cached = _cached_graph(cache, key)
         if cached is not None:  # built, checked and traced by an earlier job from these very bytes and this config
             graph, model = cached
             config = _task_applied(raw_config)
@@ -307,11 +308,9 @@ def _prepare_model(spec: ModelSpec, opts: ScoreOptions, config) -> JobModel:
             else:  # the model itself, from one read of the checkpoint (exact key/shape check), then its trace
                 graph, graph_note, model, checkpoint_sha256 = _trace_model(config, local, data.pop(),
                                                                              checkpoint_sha256)
-                if graph is not None and cache is not None:
-                    key = cache.key(_config_digest(raw_config), checkpoint_sha256, _custom_imports(raw_config))
-                    if key is not None:
-                        cache.put(key, graph)
-                        graph_source = f'traced now, kept in the graph cache ({cache.root})'
+                if graph is not None and key is not None:
+                    cache.put(key, graph)
+                    graph_source = f'traced now, kept in the graph cache ({cache.root})'
         del data
         if spec.checkpoint is not None:
             checkpoint_digest = checkpoint_sha256
@@ -350,12 +349,11 @@ def _task_applied(config):
     return cfg
 
 
-def _cached_graph(cache, raw_config, checkpoint_sha256: str):
-    """(archive, dict(task, input_size)) of the cached trace of the checkpoint with this digest and this config,
-    else None."""
+def _cached_graph(cache, key: Optional[str]):
+    """(archive, dict(task, input_size)) of the trace cached under ``key`` (:meth:`GraphCache.key`: checkpoint
+    digest, config, code), else None."""
     from numclip_mm.prediction_graph import graph_metadata
     from numclip_mm.tasks import OrdinalTask
-    key = cache.key(_config_digest(raw_config), checkpoint_sha256, _custom_imports(raw_config))
     archive = cache.get(key) if key is not None else None
     if archive is None:
         return None
@@ -654,13 +652,14 @@ def run(job: ScoringJob, actor_class=None, ray_starter: Optional[RayStarter] = N
     head = None
     try:
         if pending:
-            head = _start_head_start(job, pending, ray_starter, actor_class, report)
+            items = work_items(pending, item_rows(pending))  # one list: the driver and the actors claim by its names
+            head = _start_head_start(job, items, ray_starter, actor_class, report)
             if ray_starter is not None:
                 ray_starter.wait()
             else:
                 ray_starter = ensure_ray(opts)
             report['ray_ready_s'] = time.perf_counter() - origin
-            _score(job, pending, report, origin, ray_starter, actor_class, head)
+            _score(job, pending, items, report, origin, ray_starter, actor_class, head)
     finally:
         if head is not None:
             head.abort()  # (already finished on success)
@@ -711,9 +710,10 @@ def _head_start_unwanted(job: ScoringJob, ray_starter: Optional[RayStarter], act
     return '' if private else 'the actors run on a Ray cluster'
 
 
-def _start_head_start(job: ScoringJob, pending: List[catalog.FilePlan], ray_starter: Optional[RayStarter],
+def _start_head_start(job: ScoringJob, items: List[Dict[str, Any]], ray_starter: Optional[RayStarter],
                       actor_class, report: Dict[str, Any]) -> Optional[HeadStart]:
-    """The driver's scoring thread (:mod:`numclip_mm.batch.head_start`), started; None when unwanted."""
+    """The driver's scoring thread (:mod:`numclip_mm.batch.head_start`) over the job's work ``items``, started;
+    None when unwanted."""
     why_not = _head_start_unwanted(job, ray_starter, actor_class)
     report['head_start'] = dict(used=not why_not, **({'why_not': why_not} if why_not else {}))
     if why_not:
@@ -721,7 +721,7 @@ def _start_head_start(job: ScoringJob, pending: List[catalog.FilePlan], ray_star
     claims = WorkClaims.create()
     logger.info('the driver scores work items from the back of the list until the actors\' first predictions '
                 'arrive (--no-head-start: only the actors score)')
-    return HeadStart(lambda: _driver_actor(job, claims), work_items(pending, item_rows(pending)), claims).start()
+    return HeadStart(lambda: _driver_actor(job, claims), items, claims).start()
 
 
 def _driver_actor(job: ScoringJob, claims: WorkClaims):
@@ -734,14 +734,15 @@ def _driver_actor(job: ScoringJob, claims: WorkClaims):
                           intervals=opts.intervals, embedding=opts.embedding, claims=claims.root, claim_as=DRIVER)
 
 
-def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, Any], origin: float,
-           ray_starter: Optional[RayStarter], actor_class=None, head: Optional[HeadStart] = None) -> None:
+def _score(job: ScoringJob, pending: List[catalog.FilePlan], items: List[Dict[str, Any]], report: Dict[str, Any],
+           origin: float, ray_starter: Optional[RayStarter], actor_class=None,
+           head: Optional[HeadStart] = None) -> None:
     opts = job.opts
     # a private instance runs on this machine: the driver writes (numclip_mm.batch.writers says why)
     writers = (ThreadWriters(opts.max_writes_in_flight) if ray_starter is not None and ray_starter.private
                else RayWriters(opts.max_writes_in_flight, opts.max_retries))
     try:
-        _score_with(writers, job, pending, report, origin, ray_starter, actor_class, head)
+        _score_with(writers, job, pending, items, report, origin, ray_starter, actor_class, head)
     except BaseException:  # a failure or a signal: writes in flight stop and remove their temporaries
         if head is not None:  # (its deliveries submit writes: it lets go first)
             head.abort()
@@ -751,10 +752,11 @@ def _score(job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, A
     writers.close()
 
 
-def _score_with(writers, job: ScoringJob, pending: List[catalog.FilePlan], report: Dict[str, Any], origin: float,
-                ray_starter: Optional[RayStarter], actor_class=None, head: Optional[HeadStart] = None) -> None:
+def _score_with(writers, job: ScoringJob, pending: List[catalog.FilePlan], items: List[Dict[str, Any]],
+                report: Dict[str, Any], origin: float, ray_starter: Optional[RayStarter], actor_class=None,
+                head: Optional[HeadStart] = None) -> None:
     opts = job.opts
-    resources, items = cluster_resources(), work_items(pending, item_rows(pending))
+    resources = cluster_resources()
     sizing = plan_sizing(job, resources, len(items))
     models = _models_loaded_as(job, sizing)
     logger.info('Ray: %s, %g CPUs and %g GPUs available (ready %.1f s after start); scoring with %s (%d work items '
