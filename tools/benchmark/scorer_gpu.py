@@ -36,6 +36,7 @@ import time
 import traceback
 from pathlib import Path
 
+import scorer_throughput
 import torch
 from scorer_throughput import (  # a sibling script (its folder is on sys.path)
     first_batch_marker,
@@ -171,22 +172,8 @@ def ceiling_main(spec: dict) -> dict:
 
 
 def bare_main(spec: dict) -> dict:
-    """The Predictor in a loop on the device, decoding in this one process."""
-    import pyarrow.parquet as pq
-
-    from numclip_mm.inference import Predictor, decode_image
-    predictor = Predictor(spec['config'], spec['checkpoint'], device=_device(spec), precision=spec['precision'])
-    pre, n = predictor.preprocessor, 0
-    for f in sorted(Path(spec['input']).glob('*.parquet')):
-        for rb in pq.ParquetFile(f).iter_batches(batch_size=spec['batch_size'], columns=['image']):
-            cells = rb.column(0).to_pylist()[:spec['images'] - n]
-            predictor.predict_tensors(torch.stack([pre(decode_image(c)) for c in cells]))
-            if not n:
-                first_batch_marker(Path(spec['marks']))
-            n += len(cells)
-            if n >= spec['images']:
-                return dict(images=n, **_gpu_memory())
-    return dict(images=n, **_gpu_memory())
+    """The Predictor in a loop on the device, decoding in this one process (scorer_throughput.py's bare loop)."""
+    return dict(scorer_throughput.bare_main(dict(spec, device=_device(spec))), **_gpu_memory())
 
 
 class RowGroups(IterableDataset):

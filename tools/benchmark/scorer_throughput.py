@@ -185,19 +185,24 @@ def first_batch_marker(folder: Path) -> None:
 
 
 def bare_main(spec: dict) -> dict:
-    """Child process: the same Predictor in a loop, no Ray."""
+    """Child process: the same Predictor in a loop, no Ray, over the catalog's first ``spec['images']`` images (on
+    ``spec['device']`` at ``spec['precision']`` when given: scorer_gpu.py's bare loop)."""
     import torch
 
     from numclip_mm.inference import Predictor, decode_image
-    predictor = Predictor(spec['config'], spec['checkpoint'])
+    predictor = Predictor(spec['config'], spec['checkpoint'], device=spec.get('device', 'cpu'),
+                          precision=spec.get('precision'))
     pre = predictor.preprocessor
     n = 0
     for f in sorted(Path(spec['input']).glob('*.parquet')):
         for rb in pq.ParquetFile(f).iter_batches(batch_size=spec['batch_size'], columns=['image']):
-            predictor.predict_tensors(torch.stack([pre(decode_image(c)) for c in rb.column(0).to_pylist()]))
+            cells = rb.column(0).to_pylist()[:spec['images'] - n]
+            predictor.predict_tensors(torch.stack([pre(decode_image(c)) for c in cells]))
             if not n:
                 first_batch_marker(Path(spec['marks']))
-            n += rb.num_rows
+            n += len(cells)
+            if n >= spec['images']:
+                return dict(images=n, torch_threads=torch.get_num_threads())
     return dict(images=n, torch_threads=torch.get_num_threads())
 
 
