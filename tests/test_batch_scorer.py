@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -493,6 +494,29 @@ def test_worker_dying_again_and_again_ends_the_job(env, ray_session, tmp_path):
         score_catalog(_opts(env, input=str(env['cat'] / 'part-001.parquet'), output=str(tmp_path / 'out'),
                             max_retries=1), actor_class=dying_actor(exit_at_batch=1, load_models=False))
     assert not (tmp_path / 'out' / 'part-001.parquet').exists()
+
+
+def test_job_stopped_mid_stream_leaves_no_ray_data_thread(env, ray_session, tmp_path, monkeypatch):
+    """A signal that stops the job after its first predictions (the command's Stopped, raised in the driver's loop)
+    closes Ray Data's stream early; Ray Data's block prefetcher thread, which stops only at the end of a complete
+    iteration, is stopped too: left running it calls ray.wait when woken, and if that happens while the stopped
+    command shuts Ray down, Ray ends the process with exit 1 instead of the command's 143."""
+    from numclip_mm.batch import pipeline
+
+    class Stopped(BaseException):
+        pass
+
+    def stop(self, n):  # the first predictions from the stream (no head start: nothing comes before them)
+        raise Stopped()
+
+    def prefetchers():
+        return {t for t in threading.enumerate() if t.name == 'Prefetcher' and t.is_alive()}
+    before = prefetchers()
+    monkeypatch.setattr(pipeline.Progress, 'add_rows', stop)
+    with pytest.raises(Stopped):
+        score_catalog(_opts(env, input=str(env['cat']), output=str(tmp_path / 'out'), head_start=False))
+    assert prefetchers() == before
+    assert not list((tmp_path / 'out').glob('*.parquet'))
 
 
 def test_failed_job_releases_its_actors_while_its_error_is_held(env, ray_session, tmp_path):
