@@ -297,6 +297,29 @@ def test_sigint_while_the_actors_start_stops_the_job_cleanly(env, tmp_path):
         assert pq.read_metadata(f).num_rows == 1200
 
 
+def test_throughput_benchmark_smoke(tmp_path):
+    """tools/benchmark/scorer_throughput.py's bare loop and scorer columns on a 64-image PNG catalog, one round:
+    both score every image, the scorer finds the model's trace in the graph cache the benchmark filled beforehand
+    (the cached column is what it says it is), and the JSON holds the medians and the ratios to the bare loop."""
+    out = tmp_path / 'throughput.json'
+    done = run_tool_in_process('tools/benchmark/scorer_throughput.py', '--catalogs', 'png64', '--scale', '0.001',
+                               '--batch-size', '8', '--repeats', '1', '--columns', 'bare', 'scorer',
+                               '--workdir', tmp_path / 'work', '--out', out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    entry = json.loads(out.read_text())['catalogs']['png64']
+    assert entry['images'] == 64 and set(entry['runs']) == {'bare', 'scorer'}
+    bare, scorer = entry['runs']['bare'][0], entry['runs']['scorer'][0]
+    assert bare['images'] == scorer['images'] == 64
+    assert scorer['graph'].startswith('the graph cache'), scorer['graph']
+    assert 0 < scorer['first_prediction_s'] <= scorer['actors_first_prediction_s'] and scorer['ray_ready_s'] > 0
+    assert scorer['processes'] > 3  # the driver, Ray's daemons and the actors were sampled
+    for run in (bare, scorer):
+        assert run['steady_images_per_s'] > 0 and run['cpu_s_per_1000'] > 0
+    assert entry['vs_bare']['bare']['images_per_s'] == 1.0
+    assert entry['vs_bare']['scorer']['images_per_s'] == pytest.approx(
+        entry['median']['scorer']['images_per_s'] / entry['median']['bare']['images_per_s'])
+
+
 def test_gpu_benchmark_smoke(tmp_path):
     """tools/benchmark/scorer_gpu.py --smoke: every column of a GPU session on CPU (the device ceiling, the bare
     loop, the DataLoader loop, the scorer's GPU layout: decode tasks feeding an inference actor), with the script's

@@ -236,28 +236,22 @@ def run_child(column: str, spec: dict, work: Path, sampler: GpuSampler) -> dict:
 
 def run_scorer(spec: dict, precision: str, work: Path, sampler: GpuSampler, smoke: bool,
                batch_size: int = None) -> dict:
-    out, summary_path = work / f'out-{precision}', work / f'summary-{precision}.json'
-    cmd = [sys.executable, '-m', 'numclip_mm.batch.score', '--config', spec['config'], '--checkpoint',
-           spec['checkpoint'], '--input', spec['input'], '--output', str(out), '--overwrite', '--address', 'local',
-           '--precision', precision, '--summary-json', str(summary_path)]
+    options = ['--precision', precision]
     if smoke:  # the GPU layout on CPU: decode tasks feed the inference actors
-        cmd += ['--decode-in', 'tasks', '--num-actors', '1', '--cpus-per-actor', '0.5']
+        options += ['--decode-in', 'tasks', '--num-actors', '1', '--cpus-per-actor', '0.5']
     if batch_size:
-        cmd += ['--batch-size', str(batch_size)]
-    t_spawn = time.time()
-    returncode, _, stderr, wall, tree = run_sampled(cmd, capture_stderr=True)
-    if returncode != 0:
-        raise RuntimeError(f'{precision}: the scorer failed ({returncode}): {stderr[-3000:]}')
-    s = json.loads(summary_path.read_text())
-    first_at = s['started_at'] + s['first_output_s']
+        options += ['--batch-size', str(batch_size)]
+    run = scorer_throughput.run_scorer(precision, spec, work / f'out-{precision}', work / f'summary-{precision}.json',
+                                       options)
+    s, first_at, end = run.summary, run.first_at, run.t_spawn + run.wall
     n = s['rows_scored']
     after_first = n - s['sizing']['batch_size']  # rows after the first batch (none: a one-batch run)
-    steady = after_first / max(t_spawn + wall - first_at, 1e-9) if after_first > 0 else None
-    sizing_line = next((line for line in stderr.splitlines() if 'scoring with' in line), '')  # the log's own
-    return dict(images=n, seconds=wall, images_per_s=n / wall, first_prediction_s=first_at - t_spawn,
+    steady = after_first / max(end - first_at, 1e-9) if after_first > 0 else None
+    sizing_line = next((line for line in run.stderr.splitlines() if 'scoring with' in line), '')  # the log's own
+    return dict(images=n, seconds=run.wall, images_per_s=n / run.wall, first_prediction_s=first_at - run.t_spawn,
                 steady_images_per_s=steady, sizing=s['sizing'], sizing_line=sizing_line.strip(),
-                ray_ready_s=s['ray_ready_s'] + s['started_at'] - t_spawn, peak_rss_mb=tree.peak_rss / 2 ** 20,
-                **sampler.summary(first_at, t_spawn + wall))
+                ray_ready_s=run.ray_ready_s, peak_rss_mb=run.sampler.peak_rss / 2 ** 20,
+                **sampler.summary(first_at, end))
 
 
 def describe(r: dict) -> str:

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -246,41 +247,69 @@ def ray_data_main(spec: dict) -> dict:
     return dict(images=n, actors=cpus)
 
 
+@dataclass
+class ScorerRun:
+    """One ``numclip-score`` child process: its summary JSON, stderr, spawn time (``time.time()``), wall seconds and
+    the :class:`TreeSampler` that followed it."""
+    summary: dict
+    stderr: str
+    t_spawn: float
+    wall: float
+    sampler: TreeSampler
+
+    @property
+    def first_at(self) -> float:
+        """``time.time()`` of the first prediction back in the driver."""
+        return self.summary['started_at'] + self.summary['first_output_s']
+
+    @property
+    def ray_ready_s(self) -> float:
+        """Seconds from the spawn until Ray was up."""
+        return self.summary['ray_ready_s'] + self.summary['started_at'] - self.t_spawn
+
+
+def run_scorer(name: str, spec: dict, output, summary_path: Path, options=()) -> ScorerRun:
+    """``python -m numclip_mm.batch.score`` over ``spec['input']`` with ``spec``'s model, on a private instance,
+    ``--overwrite`` into ``output``, plus ``options``; the column of this benchmark and of scorer_gpu.py. Raises
+    RuntimeError naming ``name`` when it fails."""
+    cmd = [sys.executable, '-m', 'numclip_mm.batch.score', '--config', spec['config'], '--checkpoint',
+           spec['checkpoint'], '--input', spec['input'], '--output', str(output), '--overwrite', '--address', 'local',
+           '--summary-json', str(summary_path), *options]
+    t_spawn = time.time()
+    returncode, _, stderr, wall, sampler = run_sampled(cmd, capture_stderr=True)
+    if returncode != 0:
+        raise RuntimeError(f'{name}: the scorer failed ({returncode}): {stderr[-3000:]}')
+    return ScorerRun(json.loads(Path(summary_path).read_text()), stderr, t_spawn, wall, sampler)
+
+
 def run_column(column: str, spec: dict, work: Path) -> dict:
     """One timed child process of ``column``; its wall, first prediction and steady CPU from the process tree."""
     marks = work / f'marks-{column}-{time.time_ns()}'
     spec = dict(spec, marks=str(marks))
     shutil.rmtree(spec['output'], ignore_errors=True)  # a reused --workdir: an earlier run's files must not count
     if column.startswith('scorer'):
-        summary_path = marks.with_suffix('.json')
-        cmd = [sys.executable, '-m', 'numclip_mm.batch.score', '--config', spec['config'], '--checkpoint',
-               spec['checkpoint'], '--input', spec['input'], '--output', spec['output'], '--overwrite', '--quiet',
-               '--address', 'local', '--summary-json', str(summary_path),
-               '--graph-cache', 'off' if column == 'scorer_cold' else spec['graph_cache']]
-    else:
-        cmd = [sys.executable, __file__, f'--{column}', json.dumps(spec)]
-    t_spawn = time.time()
-    returncode, stdout, stderr, wall, sampler = run_sampled(cmd, capture_stderr=True)
-    t_end = t_spawn + wall
-    if returncode != 0:
-        raise RuntimeError(f'{column} failed ({returncode}): {stderr[-3000:]}')
-    steady_from = None
-    if column.startswith('scorer'):
-        summary = json.loads(summary_path.read_text())
-        images, first_at = summary['rows_scored'], summary['started_at'] + summary['first_output_s']
+        run = run_scorer(column, spec, spec['output'], marks.with_suffix('.json'),
+                         ['--quiet', '--graph-cache', 'off' if column == 'scorer_cold' else spec['graph_cache']])
+        t_spawn, wall, sampler, summary = run.t_spawn, run.wall, run.sampler, run.summary
+        images, first_at = summary['rows_scored'], run.first_at
         steady_from = summary['started_at'] + summary.get('actors_first_output_s', summary['first_output_s'])
         head = summary.get('head_start', {})
-        extra = dict(sizing=summary['sizing'], ray_ready_s=summary['ray_ready_s'] + summary['started_at'] - t_spawn,
+        extra = dict(sizing=summary['sizing'], ray_ready_s=run.ray_ready_s,
                      actors_first_prediction_s=steady_from - t_spawn, driver_rows=head.get('rows', 0),
                      graph=summary['models'][0].get('graph', ''))
     else:
+        t_spawn = time.time()
+        returncode, stdout, stderr, wall, sampler = run_sampled([sys.executable, __file__, f'--{column}',
+                                                                 json.dumps(spec)], capture_stderr=True)
+        if returncode != 0:
+            raise RuntimeError(f'{column} failed ({returncode}): {stderr[-3000:]}')
         result = json.loads(stdout.strip().splitlines()[-1])
         images = result.pop('images')
-        first_at = min(float(f.read_text()) for f in marks.glob('*.t'))
+        first_at = steady_from = min(float(f.read_text()) for f in marks.glob('*.t'))
         extra = result
+    t_end = t_spawn + wall
     if images != spec['images']:
         raise RuntimeError(f'{column} reported {images} images, the catalog holds {spec["images"]}')
-    steady_from = steady_from or first_at
     # the images after the first batch (scorer: after the actors' first, less what the driver had scored by then,
     # an upper bound of what was left: the steady rate is not overstated)
     steady_n = images - spec['batch_size'] - (extra.get('driver_rows', 0) if steady_from > first_at else 0)
