@@ -35,7 +35,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -839,7 +839,6 @@ def _score_with(writers, job: ScoringJob, pending: List[catalog.FilePlan], items
                                           else time.perf_counter(), 'the driver\'s, while the actors start'))
     # an explicit iterator, closed in every case: its executor (actors, threads) stops while Ray is still up, also
     # when a signal unwinds this frame (an abandoned one would call into Ray after shutdown: abort at exit)
-    prefetchers = _block_prefetcher_threads()
     stream = iter(ds.iter_batches(batch_format='pyarrow', batch_size=None, prefetch_batches=2))
     streamed = False
     try:
@@ -875,10 +874,11 @@ def _score_with(writers, job: ScoringJob, pending: List[catalog.FilePlan], items
             f'memory: lower --batch-size or --max-image-pixels, or give actors more memory. {kept}',
             report) from err
     finally:
+        prefetcher = _block_prefetcher(stream)  # (the generator's frame is gone once it is closed)
         close = getattr(stream, 'close', None)
         if close is not None:
             close()
-        _stop_block_prefetchers(_block_prefetcher_threads() - prefetchers)
+        _stop_block_prefetcher(prefetcher)
         # Ray Data releases actors by reference count; a failed or interrupted execution's objects hold them in
         # reference cycles until the collector runs (a finished one releases them itself)
         if not streamed:
@@ -895,21 +895,26 @@ def _score_with(writers, job: ScoringJob, pending: List[catalog.FilePlan], items
         raise ScoringFailed(f'the pipeline returned too few rows for {missing}')
 
 
-def _block_prefetcher_threads() -> Set[threading.Thread]:
-    return {t for t in threading.enumerate() if t.name == 'Prefetcher'}
+def _block_prefetcher(stream):
+    """The block prefetcher of a ``Dataset.iter_batches`` stream: Ray 2.60's WaitBlockPrefetcher, held by the
+    BatchIterator in the stream's suspended generator frame; None before the first batch (none exists yet) or when
+    Ray Data is laid out otherwise."""
+    frame = getattr(stream, 'gi_frame', None)
+    batch_iterator = frame.f_locals.get('batch_iterator') if frame is not None else None
+    return getattr(batch_iterator, '_prefetcher', None)
 
 
-def _stop_block_prefetchers(threads: Set[threading.Thread], timeout: float = 5.0) -> None:
-    """Stop the block prefetcher thread that ``Dataset.iter_batches`` starts (Ray 2.60's WaitBlockPrefetcher):
-    it stops itself only at the end of a complete iteration, so one closed early (a signal, a failure) keeps it
-    running for the life of the process, and it calls ``ray.wait`` when woken: if that happens while Ray shuts down,
-    Ray's core worker ends the whole process (exit 1, "The core worker has already been shutdown"; seen once in
-    about ten SIGTERMed jobs). ``threads``: the prefetchers this job started."""
-    for thread in threads:
-        owner = getattr(getattr(thread, '_target', None), '__self__', None)  # Thread(target=prefetcher._run)
-        stop = getattr(owner, 'stop', None)
-        if callable(stop):
-            stop()
+def _stop_block_prefetcher(prefetcher, timeout: float = 5.0) -> None:
+    """Stop a stream's block prefetcher thread. It stops itself only at the end of a complete iteration, so a
+    stream closed early (a signal, a failure) keeps it running for the life of the process, and it calls
+    ``ray.wait`` when woken: if that happens while Ray shuts down, Ray's core worker ends the whole process (exit 1,
+    "The core worker has already been shutdown"; seen once in about ten SIGTERMed jobs). Only this stream's
+    prefetcher is stopped: another job's in the same process keeps its own."""
+    stop = getattr(prefetcher, 'stop', None)
+    if callable(stop):
+        stop()
+        thread = getattr(prefetcher, '_thread', None)
+        if isinstance(thread, threading.Thread) and thread.is_alive():
             thread.join(timeout)
 
 
