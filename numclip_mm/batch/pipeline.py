@@ -908,7 +908,7 @@ def _stop_block_prefetcher(prefetcher, timeout: float = 5.0) -> None:
     """Stop a stream's block prefetcher thread. It stops itself only at the end of a complete iteration, so a
     stream closed early (a signal, a failure) keeps it running for the life of the process, and it calls
     ``ray.wait`` when woken: if that happens while Ray shuts down, Ray's core worker ends the whole process (exit 1,
-    "The core worker has already been shutdown"; seen once in about ten SIGTERMed jobs). Only this stream's
+    "The core worker has already been shutdown"; seen in one of about 17 stopped runs). Only this stream's
     prefetcher is stopped: another job's in the same process keeps its own."""
     stop = getattr(prefetcher, 'stop', None)
     if callable(stop):
