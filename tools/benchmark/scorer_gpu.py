@@ -41,7 +41,6 @@ import torch
 from scorer_throughput import (  # a sibling script (its folder is on sys.path)
     first_batch_marker,
     random_checkpoint,
-    run_sampled,
     write_catalog,
 )
 from torch.utils.data import IterableDataset
@@ -217,21 +216,21 @@ def loader_main(spec: dict) -> dict:
 
 # ---- the parent: one timed child per column ----
 
+def figures(run, images: int, batch_size: int, sampler: GpuSampler) -> dict:
+    """A column's figures from its :class:`scorer_throughput.ChildRun`: images/s end to end and after the first
+    batch (None for a one-batch run), the first prediction, peak RSS, the GPU's samples in between."""
+    end = run.t_spawn + run.wall
+    after_first = images - batch_size
+    return dict(images=images, seconds=run.wall, images_per_s=images / run.wall,
+                first_prediction_s=run.first_at - run.t_spawn,
+                steady_images_per_s=after_first / max(end - run.first_at, 1e-9) if after_first > 0 else None,
+                peak_rss_mb=run.sampler.peak_rss / 2 ** 20, **sampler.summary(run.first_at, end))
+
+
 def run_child(column: str, spec: dict, work: Path, sampler: GpuSampler) -> dict:
-    marks = work / f'marks-{column}-{time.time_ns()}'
-    spec = dict(spec, marks=str(marks))
-    t_spawn = time.time()
-    returncode, stdout, stderr, wall, tree = run_sampled([sys.executable, __file__, f'--{column}', json.dumps(spec)],
-                                                         capture_stderr=True)
-    if returncode != 0:
-        raise RuntimeError(f'{column} failed ({returncode}): {stderr[-3000:]}')
-    result = json.loads(stdout.strip().splitlines()[-1])
-    first_at = min(float(f.read_text()) for f in marks.glob('*.t'))
-    n, end = result.pop('images'), t_spawn + wall
-    after_first = n - spec['batch_size']
-    return dict(images=n, seconds=wall, images_per_s=n / wall, first_prediction_s=first_at - t_spawn,
-                steady_images_per_s=after_first / max(end - first_at, 1e-9) if after_first > 0 else None,
-                peak_rss_mb=tree.peak_rss / 2 ** 20, **result, **sampler.summary(first_at, end))
+    run = scorer_throughput.run_loop(__file__, column, spec, work)
+    result = dict(run.report)
+    return dict(figures(run, result.pop('images'), spec['batch_size'], sampler), **result)
 
 
 def run_scorer(spec: dict, precision: str, work: Path, sampler: GpuSampler, smoke: bool,
@@ -241,17 +240,12 @@ def run_scorer(spec: dict, precision: str, work: Path, sampler: GpuSampler, smok
         options += ['--decode-in', 'tasks', '--num-actors', '1', '--cpus-per-actor', '0.5']
     if batch_size:
         options += ['--batch-size', str(batch_size)]
-    run = scorer_throughput.run_scorer(precision, spec, work / f'out-{precision}', work / f'summary-{precision}.json',
-                                       options)
-    s, first_at, end = run.summary, run.first_at, run.t_spawn + run.wall
-    n = s['rows_scored']
-    after_first = n - s['sizing']['batch_size']  # rows after the first batch (none: a one-batch run)
-    steady = after_first / max(end - first_at, 1e-9) if after_first > 0 else None
+    run = scorer_throughput.run_scorer(f'scorer_{precision}', spec, work / f'out-{precision}',
+                                       work / f'summary-{precision}.json', options)
+    s = run.report
     sizing_line = next((line for line in run.stderr.splitlines() if 'scoring with' in line), '')  # the log's own
-    return dict(images=n, seconds=run.wall, images_per_s=n / run.wall, first_prediction_s=first_at - run.t_spawn,
-                steady_images_per_s=steady, sizing=s['sizing'], sizing_line=sizing_line.strip(),
-                ray_ready_s=run.ray_ready_s, peak_rss_mb=run.sampler.peak_rss / 2 ** 20,
-                **sampler.summary(first_at, end))
+    return dict(figures(run, s['rows_scored'], s['sizing']['batch_size'], sampler), sizing=s['sizing'],
+                sizing_line=sizing_line.strip(), ray_ready_s=run.ray_ready_s)
 
 
 def describe(r: dict) -> str:

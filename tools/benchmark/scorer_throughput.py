@@ -248,65 +248,73 @@ def ray_data_main(spec: dict) -> dict:
 
 
 @dataclass
-class ScorerRun:
-    """One ``numclip-score`` child process: its summary JSON, stderr, spawn time (``time.time()``), wall seconds and
-    the :class:`TreeSampler` that followed it."""
-    summary: dict
+class ChildRun:
+    """One timed child process (this benchmark's and scorer_gpu.py's columns): what it reported (the scorer's
+    summary JSON, a loop's result line), its stderr, its spawn time (``time.time()``), wall seconds, the
+    :class:`TreeSampler` that followed it and the ``time.time()`` of its first prediction."""
+    report: dict
     stderr: str
     t_spawn: float
     wall: float
     sampler: TreeSampler
-
-    @property
-    def first_at(self) -> float:
-        """``time.time()`` of the first prediction back in the driver."""
-        return self.summary['started_at'] + self.summary['first_output_s']
+    first_at: float
 
     @property
     def ray_ready_s(self) -> float:
-        """Seconds from the spawn until Ray was up."""
-        return self.summary['ray_ready_s'] + self.summary['started_at'] - self.t_spawn
+        """A scorer run's seconds from the spawn until Ray was up."""
+        return self.report['ray_ready_s'] + self.report['started_at'] - self.t_spawn
 
 
-def run_scorer(name: str, spec: dict, output, summary_path: Path, options=()) -> ScorerRun:
-    """``python -m numclip_mm.batch.score`` over ``spec['input']`` with ``spec``'s model, on a private instance,
-    ``--overwrite`` into ``output``, plus ``options``; the column of this benchmark and of scorer_gpu.py. Raises
-    RuntimeError naming ``name`` when it fails."""
-    cmd = [sys.executable, '-m', 'numclip_mm.batch.score', '--config', spec['config'], '--checkpoint',
-           spec['checkpoint'], '--input', spec['input'], '--output', str(output), '--overwrite', '--address', 'local',
-           '--summary-json', str(summary_path), *options]
+def _timed(name: str, cmd) -> tuple:
+    """(stdout, stderr, spawn time, wall, sampler) of ``cmd`` run by :func:`run_sampled`; RuntimeError naming
+    ``name`` when it fails."""
     t_spawn = time.time()
-    returncode, _, stderr, wall, sampler = run_sampled(cmd, capture_stderr=True)
+    returncode, stdout, stderr, wall, sampler = run_sampled(cmd, capture_stderr=True)
     if returncode != 0:
-        raise RuntimeError(f'{name}: the scorer failed ({returncode}): {stderr[-3000:]}')
-    return ScorerRun(json.loads(Path(summary_path).read_text()), stderr, t_spawn, wall, sampler)
+        raise RuntimeError(f'{name} failed ({returncode}): {stderr[-3000:]}')
+    return stdout, stderr, t_spawn, wall, sampler
+
+
+def run_scorer(name: str, spec: dict, output, summary_path: Path, options=()) -> ChildRun:
+    """``python -m numclip_mm.batch.score`` over ``spec['input']`` with ``spec``'s model, on a private instance,
+    ``--overwrite`` into ``output``, plus ``options``. Raises RuntimeError naming ``name`` when it fails."""
+    _, stderr, t_spawn, wall, sampler = _timed(name, [
+        sys.executable, '-m', 'numclip_mm.batch.score', '--config', spec['config'], '--checkpoint', spec['checkpoint'],
+        '--input', spec['input'], '--output', str(output), '--overwrite', '--address', 'local', '--summary-json',
+        str(summary_path), *options])
+    summary = json.loads(Path(summary_path).read_text())
+    return ChildRun(summary, stderr, t_spawn, wall, sampler, summary['started_at'] + summary['first_output_s'])
+
+
+def run_loop(script, column: str, spec: dict, work: Path) -> ChildRun:
+    """``python SCRIPT --COLUMN SPEC``: a benchmark's loop in a child, which marks its first prediction in a folder
+    (:func:`first_batch_marker`) and prints its result as the last JSON line. Raises RuntimeError naming ``column``
+    when it fails."""
+    marks = work / f'marks-{column}-{time.time_ns()}'
+    stdout, stderr, t_spawn, wall, sampler = _timed(column, [sys.executable, str(script), f'--{column}',
+                                                             json.dumps(dict(spec, marks=str(marks)))])
+    return ChildRun(json.loads(stdout.strip().splitlines()[-1]), stderr, t_spawn, wall, sampler,
+                    min(float(f.read_text()) for f in marks.glob('*.t')))
 
 
 def run_column(column: str, spec: dict, work: Path) -> dict:
     """One timed child process of ``column``; its wall, first prediction and steady CPU from the process tree."""
-    marks = work / f'marks-{column}-{time.time_ns()}'
-    spec = dict(spec, marks=str(marks))
     shutil.rmtree(spec['output'], ignore_errors=True)  # a reused --workdir: an earlier run's files must not count
     if column.startswith('scorer'):
-        run = run_scorer(column, spec, spec['output'], marks.with_suffix('.json'),
+        run = run_scorer(column, spec, spec['output'], work / f'summary-{column}-{time.time_ns()}.json',
                          ['--quiet', '--graph-cache', 'off' if column == 'scorer_cold' else spec['graph_cache']])
-        t_spawn, wall, sampler, summary = run.t_spawn, run.wall, run.sampler, run.summary
-        images, first_at = summary['rows_scored'], run.first_at
+        summary = run.report
+        images = summary['rows_scored']
         steady_from = summary['started_at'] + summary.get('actors_first_output_s', summary['first_output_s'])
         head = summary.get('head_start', {})
         extra = dict(sizing=summary['sizing'], ray_ready_s=run.ray_ready_s,
-                     actors_first_prediction_s=steady_from - t_spawn, driver_rows=head.get('rows', 0),
+                     actors_first_prediction_s=steady_from - run.t_spawn, driver_rows=head.get('rows', 0),
                      graph=summary['models'][0].get('graph', ''))
     else:
-        t_spawn = time.time()
-        returncode, stdout, stderr, wall, sampler = run_sampled([sys.executable, __file__, f'--{column}',
-                                                                 json.dumps(spec)], capture_stderr=True)
-        if returncode != 0:
-            raise RuntimeError(f'{column} failed ({returncode}): {stderr[-3000:]}')
-        result = json.loads(stdout.strip().splitlines()[-1])
-        images = result.pop('images')
-        first_at = steady_from = min(float(f.read_text()) for f in marks.glob('*.t'))
-        extra = result
+        run = run_loop(__file__, column, spec, work)
+        extra = dict(run.report)
+        images, steady_from = extra.pop('images'), run.first_at
+    t_spawn, wall, sampler, first_at = run.t_spawn, run.wall, run.sampler, run.first_at
     t_end = t_spawn + wall
     if images != spec['images']:
         raise RuntimeError(f'{column} reported {images} images, the catalog holds {spec["images"]}')
