@@ -83,27 +83,30 @@ def test_console_entry_point_resolves_to_main(tmp_path):
         assert again.returncode == 0 and 'usage: numclip-score' in again.stdout
 
 
-def test_stopped_driver_then_one_rerun_completes(env, tmp_path):
+@pytest.mark.parametrize('engine', ['ray', 'in-process'])
+def test_stopped_driver_then_one_rerun_completes(env, tmp_path, engine):
     """SIGTERM to the driver (as `kill` does) as soon as its first output is committed: it stops promptly with exit
     143 and one line (no traceback, no C++ stack dump), removes its temporaries and leaves no process of the private
-    Ray instance it started; every committed output is complete. One re-run writes the rest and skips what was done:
-    rows out == rows in. The re-run is `python batch/score.py` (what `ray submit` runs; no package context: it used to
-    fail with "attempted relative import") with the default sizing, which is said in the first lines (a private
-    2-CPU instance: two 1-thread actors); resume depends on the model only, not on the entry point or the sizing.
-    (A SIGKILLed driver, which can clean nothing up, is the S3 test's: test_batch_s3; SIGINT while the actors start:
-    test_batch_cluster.)"""
+    Ray instance it started (on Ray) and no scoring thread (in-process); every committed output is complete. One
+    re-run on the same engine writes the rest and skips what was done: rows out == rows in. The re-run is `python
+    batch/score.py` (what `ray submit` runs; no package context: it used to fail with "attempted relative import")
+    with the default sizing, which is said in the first lines (Ray: a private 2-CPU instance, two 1-thread actors;
+    in-process, the default on this machine: two threads); resume depends on the model only, not on the entry point,
+    the engine or the sizing. (A SIGKILLed driver, which can clean nothing up, is the S3 test's: test_batch_s3;
+    SIGINT while the actors start: test_batch_cluster.)"""
     rng = np.random.default_rng(1)
     cat = _write_catalog(tmp_path / 'cat', rng, files=6, rows=300, row_group_size=50)
     out = tmp_path / 'out'
-    model = ['--config', env['cfg'], '--checkpoint', env['ckpt'], '--input', str(cat), '--output', str(out),
-             '--num-cpus', '2']
+    model = ['--config', env['cfg'], '--checkpoint', env['ckpt'], '--input', str(cat), '--output', str(out)]
+    # Ray: one actor, front to back: the driver's head start would score most of this small catalog from the back
+    # before the first output is committed (its writes queue behind it), and the job could end before the stop.
+    # In-process: one thread (the default, auto, on this machine), so that most of the job is left at the stop
+    first_options = (['--num-cpus', '2', '--num-actors', '1', '--no-head-start'] if engine == 'ray'
+                     else ['--num-cpus', '1'])
     mark = uuid.uuid4().hex  # in the environment of the run and of every process it starts (Ray's too)
     log_path = tmp_path / 'first.log'
     with open(log_path, 'w') as log:
-        # one actor, front to back: the driver's head start would score most of this small catalog from the back
-        # before the first output is committed (its writes queue behind it), and the job could end before the stop
-        first = subprocess.Popen([PY, '-m', 'numclip_mm.batch.score', *model, '--batch-size', '8', '--num-actors', '1',
-                                  '--no-head-start'],
+        first = subprocess.Popen([PY, '-m', 'numclip_mm.batch.score', *model, '--batch-size', '8', *first_options],
                                  cwd=REPO, env=scorer_env(**{RUN_MARK: mark}), stdout=log, stderr=subprocess.STDOUT,
                                  text=True, start_new_session=True)
     try:
@@ -111,7 +114,7 @@ def test_stopped_driver_then_one_rerun_completes(env, tmp_path):
         while not list(out.glob('p*.parquet')):
             assert first.poll() is None, 'the run ended before it could be stopped: ' + log_path.read_text()[-3000:]
             assert time.time() < deadline, 'no output appeared'
-            time.sleep(0.05)
+            time.sleep(0.02)
         first.send_signal(signal.SIGTERM)  # to the driver only
         t0 = time.monotonic()
         first.wait(timeout=90)
@@ -123,10 +126,11 @@ def test_stopped_driver_then_one_rerun_completes(env, tmp_path):
         first.wait(timeout=30)
     text = log_path.read_text()
     assert first.returncode == 128 + signal.SIGTERM, text[-3000:]
+    assert f'engine: {"Ray" if engine == "ray" else "threads of this process, no Ray"} (' in text
     tail = text[text.index('scoring with'):]
     assert 'Traceback' not in tail and 'Stack trace' not in tail and '*** ' not in tail, tail[-3000:]
     assert re.findall(r'numclip-score: stopped by (\w+)', tail) == ['SIGTERM']
-    assert took < 60, took
+    assert took < (60 if engine == 'ray' else 10), took
     assert not list(out.glob('.numclip-tmp-*'))
     for f in out.glob('p*.parquet'):  # committed outputs are complete
         assert pq.read_metadata(f).num_rows == 300
@@ -134,9 +138,10 @@ def test_stopped_driver_then_one_rerun_completes(env, tmp_path):
     assert 0 < len(done_before) < 6, done_before
     script_env = scorer_env()
     script_env.pop('PYTHONPATH')  # as on a head node: only the script's path, no package context
-    second = subprocess.run([PY, str(REPO / 'batch' / 'score.py'), *model, '--summary-json',
-                             str(tmp_path / 'summary.json')], cwd=tmp_path, env=script_env, capture_output=True,
-                            text=True, timeout=240, start_new_session=True)
+    second = subprocess.run([PY, str(REPO / 'batch' / 'score.py'), *model, '--num-cpus', '2', '--summary-json',
+                             str(tmp_path / 'summary.json'), *(['--engine', 'ray'] if engine == 'ray' else [])],
+                            cwd=tmp_path, env=script_env, capture_output=True, text=True, timeout=240,
+                            start_new_session=True)
     assert second.returncode == 0, second.stderr[-3000:]
     summary = json.loads((tmp_path / 'summary.json').read_text())
     skipped = sorted(Path(f['input']).name for f in summary['files'] if f['status'] == 'skipped')
@@ -144,11 +149,20 @@ def test_stopped_driver_then_one_rerun_completes(env, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [f'p{f}.parquet' for f in range(6)]  # no temporaries left
     _check(out, cat)
     assert f'"rows_scored": {300 * (6 - len(done_before))}' in second.stdout
+    assert summary['models_loaded_as'] == "the driver's TorchScript trace of the model"
+    assert summary['engine']['name'] == engine
+    if engine == 'in-process':
+        assert 'no Ray cluster named, no GPU, 2 CPU(s)' in summary['engine']['reason']
+        assert re.search(r'scoring with 2 threads x 1 torch thread\(s\), batches of 64, one copy of each model',
+                         second.stderr), second.stderr[-3000:]
+        assert summary['sizing'] == dict(threads=2, torch_threads=1, batch_size=64)
+        assert summary['outputs_written_by'] == "the driver's threads" and 'ray_ready_s' not in summary
+        assert re.search(r'first predictions back [\d.]+ s after the start \(in-process\)', second.stderr)
+        return
     assert re.search(r'2 CPUs and 0 GPUs available .*scoring with 2 inference actor\(s\) x 1 torch thread\(s\) '
                      r'\(1 CPU each\), decoding in the actors, batches of 64', second.stderr), second.stderr[-3000:]
     assert summary['sizing']['num_actors'] == 2
     assert summary['outputs_written_by'] == 'the driver (a private instance on this machine)'  # no task processes
-    assert summary['models_loaded_as'] == "the driver's TorchScript trace of the model"
     # the driver scored row groups from the back while Ray and the actors started (a private instance); the outputs
     # checked above are the same whoever scored a row
     assert summary['head_start']['used'] and summary['head_start']['rows'] > 0, summary['head_start']

@@ -298,26 +298,31 @@ def test_sigint_while_the_actors_start_stops_the_job_cleanly(env, tmp_path):
 
 
 def test_throughput_benchmark_smoke(tmp_path):
-    """tools/benchmark/scorer_throughput.py's bare loop and scorer columns on a 64-image PNG catalog, one round:
-    both score every image, the scorer finds the model's trace in the graph cache the benchmark filled beforehand
-    (the cached column is what it says it is), and the JSON holds the medians and the ratios to the bare loop."""
+    """tools/benchmark/scorer_throughput.py's bare loop and scorer columns (its default engine, in-process here, and
+    Ray's) on a 64-image PNG catalog, one round: each scores every image, the scorer finds the model's trace in the
+    graph cache the benchmark filled beforehand (the cached columns are what they say), and the JSON holds the
+    medians and the ratios to the bare loop."""
     out = tmp_path / 'throughput.json'
     done = run_tool_in_process('tools/benchmark/scorer_throughput.py', '--catalogs', 'png64', '--scale', '0.001',
-                               '--batch-size', '8', '--repeats', '1', '--columns', 'bare', 'scorer',
+                               '--batch-size', '8', '--repeats', '1', '--columns', 'bare', 'scorer', 'scorer_ray',
                                '--workdir', tmp_path / 'work', '--out', out)
     assert done.returncode == 0, done.stderr[-3000:]
     entry = json.loads(out.read_text())['catalogs']['png64']
-    assert entry['images'] == 64 and set(entry['runs']) == {'bare', 'scorer'}
-    bare, scorer = entry['runs']['bare'][0], entry['runs']['scorer'][0]
-    assert bare['images'] == scorer['images'] == 64
-    assert scorer['graph'].startswith('the graph cache'), scorer['graph']
-    assert 0 < scorer['first_prediction_s'] <= scorer['actors_first_prediction_s'] and scorer['ray_ready_s'] > 0
-    assert scorer['processes'] > 3  # the driver, Ray's daemons and the actors were sampled
-    for run in (bare, scorer):
+    assert entry['images'] == 64 and set(entry['runs']) == {'bare', 'scorer', 'scorer_ray'}
+    bare, scorer, on_ray = (entry['runs'][c][0] for c in ('bare', 'scorer', 'scorer_ray'))
+    assert bare['images'] == scorer['images'] == on_ray['images'] == 64
+    for run in (scorer, on_ray):
+        assert run['graph'].startswith('the graph cache'), run['graph']
+    assert scorer['engine'] == 'in-process' and scorer['ray_ready_s'] is None and scorer['first_prediction_s'] > 0
+    assert on_ray['engine'] == 'ray' and on_ray['ray_ready_s'] > 0
+    assert 0 < on_ray['first_prediction_s'] <= on_ray['actors_first_prediction_s']
+    assert on_ray['processes'] > 3  # the driver, Ray's daemons and the actors were sampled
+    for run in (bare, scorer, on_ray):
         assert run['steady_images_per_s'] > 0 and run['cpu_s_per_1000'] > 0
     assert entry['vs_bare']['bare']['images_per_s'] == 1.0
-    assert entry['vs_bare']['scorer']['images_per_s'] == pytest.approx(
-        entry['median']['scorer']['images_per_s'] / entry['median']['bare']['images_per_s'])
+    for column in ('scorer', 'scorer_ray'):
+        assert entry['vs_bare'][column]['images_per_s'] == pytest.approx(
+            entry['median'][column]['images_per_s'] / entry['median']['bare']['images_per_s'])
 
 
 def test_gpu_benchmark_smoke(tmp_path):

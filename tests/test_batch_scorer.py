@@ -461,6 +461,17 @@ def test_head_start_outputs_equal_the_actors_alone(env, scored, tmp_path, monkey
     assert report['first_output_s'] <= report.get('actors_first_output_s', float('inf'))  # (none: the driver did all)
 
 
+def test_in_process_engine_outputs_equal_the_actors(env, scored, tmp_path):
+    """The in-process engine (threads of the driver, no Ray; asked for while a Ray runs in this process) on the
+    same hostile catalog: the same output files as the actors' (each odd row's error, each prediction)."""
+    out = tmp_path / 'out'
+    report = score_catalog(_opts(env, input=str(env['cat']), output=str(out), num_actors=None, engine='in-process'))
+    assert report['engine'] == dict(name='in-process', reason='--engine in-process') and 'ray_ready_s' not in report
+    _same_outputs(env, out, scored['out'])
+    assert report['files_written'] == 2 and report['rows_scored'] == 20
+    assert [f['errors'] for f in report['files']] == [5, 1]
+
+
 def test_head_start_failure_fails_only_its_file(env, scored, tmp_path, monkeypatch):
     """The driver fails on the item it claimed (the actors skipped it): that file fails with the message, the other
     is written, the job ends with ScoringFailed; the next run scores the failed file (and nothing else)."""
@@ -501,7 +512,7 @@ def test_job_stopped_mid_stream_leaves_no_ray_data_thread(env, ray_session, tmp_
     closes Ray Data's stream early; Ray Data's block prefetcher thread, which stops only at the end of a complete
     iteration, is stopped too: left running it calls ray.wait when woken, and if that happens while the stopped
     command shuts Ray down, Ray ends the process with exit 1 instead of the command's 143."""
-    from numclip_mm.batch import pipeline
+    from numclip_mm.batch import collection
 
     class Stopped(BaseException):
         pass
@@ -512,7 +523,7 @@ def test_job_stopped_mid_stream_leaves_no_ray_data_thread(env, ray_session, tmp_
     def prefetchers():
         return {t for t in threading.enumerate() if t.name == 'Prefetcher' and t.is_alive()}
     before = prefetchers()
-    monkeypatch.setattr(pipeline.Progress, 'add_rows', stop)
+    monkeypatch.setattr(collection.Progress, 'add_rows', stop)
     with pytest.raises(Stopped):
         score_catalog(_opts(env, input=str(env['cat']), output=str(tmp_path / 'out'), head_start=False))
     assert prefetchers() == before

@@ -76,6 +76,14 @@ class InferenceActor:
                       for m in models]
         self.attach(predictors, [m['prefix'] for m in models], row_decoder, intervals, embedding, claims, claim_as)
 
+    @classmethod
+    def sharing(cls, predictors, prefixes=('',), **kwargs) -> 'InferenceActor':
+        """An actor over predictors already loaded: the in-process engine's threads share one copy of each model
+        (``kwargs``: as :meth:`attach`)."""
+        actor = cls.__new__(cls)
+        actor.attach(predictors, prefixes, **kwargs)
+        return actor
+
     def attach(self, predictors, prefixes=('',), row_decoder=None, intervals=(), embedding=False, claims=None,
                claim_as=POOL) -> None:
         """Everything the constructor does besides loading the models (tests attach stand-in predictors)."""

@@ -1,4 +1,5 @@
-"""The Ray Data scoring graph and the driver loop.
+"""The Ray Data scoring graph and the driver loop (on a small machine alone the driver's threads score the same work
+items instead, without Ray: :mod:`numclip_mm.batch.engine`, :mod:`numclip_mm.batch.in_process`).
 
 ::
 
@@ -31,32 +32,30 @@ import hashlib
 import json
 import logging
 import os
-import re
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import pyarrow as pa
 
 from ..shared import DEFAULT_MAX_PIXELS, PRECISION_DTYPES, bytes_digest, file_digest
 from . import catalog
 from .claims import DRIVER, WorkClaims
 from .cluster import ACTOR_BASE_MEMORY, CPU_BATCH_SIZE, RayStarter, Sizing, cluster_resources, size_pipeline
+from .collection import Collection, ScoringFailed, last_error_line
 from .columns import (
-    CELL_CRC,
     EMBEDDING_TYPE,
     ERROR,
-    FILE_INDEX,
-    ROW_INDEX,
     output_columns,
     prediction_schema,
     prediction_types,
 )
 from .decode import CellDecoder, RowGroupDecoder, group_preprocessors
-from .errortext import error_text, redact
+from .engine import Engine, choose_engine
+from .errortext import error_text
 from .head_start import HeadStart
+from .in_process import InProcessScorer, ItemFailed
 from .writers import RayWriters, ThreadWriters
 
 logger = logging.getLogger('numclip_mm.batch')
@@ -67,14 +66,6 @@ RESUME_RULE = ('an output is complete only for the exact set of models it record
                'run: decoding, most of the CPU per image, has to be redone for the new model anyway, and one pass '
                'over one read of the input keeps every column of a file tied to the same input bytes (one cell CRC '
                'check, one identity, one atomic write)')
-
-
-class ScoringFailed(RuntimeError):
-    """The job stopped while scoring (after Ray's bounded retries, or because an input changed)."""
-
-    def __init__(self, message: str, report: Optional[Dict[str, Any]] = None):
-        super().__init__(message)
-        self.report = report
 
 
 @dataclass
@@ -122,6 +113,8 @@ class ScoreOptions:
     max_retries: int = 3                   # per task / actor restarts before the job ends
     max_writes_in_flight: int = 4
     progress_interval_s: float = 10.0
+    engine: str = 'auto'                   # 'in-process' (threads of the driver), 'ray', or 'auto': in-process on
+    #                                        a small machine with no cluster and no GPU (numclip_mm.batch.engine)
     address: Optional[str] = None          # as ray.init: RAY_ADDRESS, a `ray start` cluster, else a new one; 'local'
     num_cpus: Optional[int] = None         # only for a private local instance (implies address='local')
     object_store_memory: Optional[int] = None  # only for a local ray.init
@@ -562,9 +555,10 @@ def build_dataset(job: ScoringJob, items: Sequence[Dict[str, Any]], sizing: Sizi
     return ds
 
 
-def _models_loaded_as(job: ScoringJob, sizing: Sizing) -> str:
-    """What the actors load, for the first log lines: the driver's traces, or models built from their files."""
-    if sizing.gpus_per_actor:
+def _models_loaded_as(job: ScoringJob, sizing: Optional[Sizing]) -> str:
+    """What the actors (``sizing``; None: the in-process engine) load, for the first log lines: the driver's traces,
+    or models built from their files."""
+    if sizing is not None and sizing.gpus_per_actor:
         return 'config and checkpoint, building the model (inference on GPUs)'
     traced = [m.prefix + '*' for m in job.models if m.graph is not None]
     built = '; '.join(f'{m.prefix}*: {m.graph_note}' for m in job.models if m.graph is None)
@@ -580,48 +574,26 @@ def _absolute(path_root: Optional[str]) -> Optional[str]:
     return path_root if not path_root or '://' in path_root else os.path.abspath(path_root)
 
 
-class Progress:
-    """Rows done / total, rows/s and ETA every ``interval`` seconds, and one line per finished file."""
-
-    def __init__(self, total_rows: int, total_files: int, interval: float):
-        self.total_rows, self.total_files, self.interval = total_rows, total_files, interval
-        self.rows = self.files = 0
-        self.start = self.last = time.perf_counter()
-
-    def add_rows(self, n: int) -> None:
-        self.rows += n
-        now = time.perf_counter()
-        if now - self.last >= self.interval:
-            self.last = now
-            rate = self.rows / max(now - self.start, 1e-9)
-            eta = (self.total_rows - self.rows) / rate if rate else float('inf')
-            logger.info('scored %d/%d rows (%.1f %%), %.1f rows/s, ETA %.0f s; %d/%d files written', self.rows,
-                        self.total_rows, 100 * self.rows / max(self.total_rows, 1), rate, eta, self.files,
-                        self.total_files)
-
-    def file_done(self, plan: catalog.FilePlan, bad: int) -> None:
-        self.files += 1
-        elapsed = time.perf_counter() - self.start
-        logger.info('[%d/%d] %s -> %s: %d rows (%d with errors); %d/%d rows in %.1f s, %.1f rows/s', self.files,
-                    self.total_files, redact(plan.input), redact(plan.output), plan.num_rows, bad, self.rows,
-                    self.total_rows, elapsed, self.rows / max(elapsed, 1e-9))
-
-
 def run(job: ScoringJob, actor_class=None, ray_starter: Optional[RayStarter] = None,
-        started_at: Optional[float] = None) -> Dict[str, Any]:
+        started_at: Optional[float] = None, engine: Optional[Engine] = None) -> Dict[str, Any]:
     """Score the plan's pending files. Returns a summary (also logged); raises ScoringFailed when files failed.
 
     ``actor_class``: see :func:`build_dataset`. ``ray_starter``: Ray already being started in the background
     (:class:`RayStarter`; the command line starts it
     before :func:`prepare` so the two overlap); closed here. ``started_at``: ``time.time()`` of the command's start,
-    from which ``first_output_s`` (the first prediction back in the driver) is counted (default: this call)."""
+    from which ``first_output_s`` (the first prediction back in the driver) is counted (default: this call).
+    ``engine``: Ray or the driver's threads (default: :func:`numclip_mm.batch.engine.choose_engine`)."""
     opts = job.opts
+    if engine is None:
+        engine = choose_engine(opts, actor_class)
     report: Dict[str, Any] = dict(
         image_column=dict(column=job.source.column, kind=job.source.kind, reason=job.source.reason),
         models=[dict(prefix=m.prefix, task=m.task_name, config=_name(m.config), checkpoint=m.checkpoint,
                      columns=list(m.names.values()), graph=m.graph_source or m.graph_note) for m in job.models],
         columns=list(job.names), files=[], failed=[], unscored_files=job.unscored, ignored_files=job.ignored,
-        resume=RESUME_RULE)
+        resume=RESUME_RULE, engine=dict(name=engine.name, reason=engine.reason))
+    logger.info('engine: %s (%s)', 'threads of this process, no Ray' if engine.name == 'in-process' else 'Ray',
+                engine.reason)
     logger.info('image column %r (%s cells): %s', job.source.column, job.source.kind, job.source.reason)
     for m in job.models:
         if m.graph is not None:
@@ -653,13 +625,16 @@ def run(job: ScoringJob, actor_class=None, ray_starter: Optional[RayStarter] = N
     try:
         if pending:
             items = work_items(pending, item_rows(pending))  # one list: the driver and the actors claim by its names
-            head = _start_head_start(job, items, ray_starter, actor_class, report)
-            if ray_starter is not None:
-                ray_starter.wait()
+            if engine.name == 'in-process':
+                _score_in_process(job, pending, items, report, origin, engine.cpus)
             else:
-                ray_starter = ensure_ray(opts)
-            report['ray_ready_s'] = time.perf_counter() - origin
-            _score(job, pending, items, report, origin, ray_starter, actor_class, head)
+                head = _start_head_start(job, items, ray_starter, actor_class, report)
+                if ray_starter is not None:
+                    ray_starter.wait()
+                else:
+                    ray_starter = ensure_ray(opts)
+                report['ray_ready_s'] = time.perf_counter() - origin
+                _score(job, pending, items, report, origin, ray_starter, actor_class, head)
     finally:
         if head is not None:
             head.abort()  # (already finished on success)
@@ -734,6 +709,47 @@ def _driver_actor(job: ScoringJob, claims: WorkClaims):
                           intervals=opts.intervals, embedding=opts.embedding, claims=claims.root, claim_as=DRIVER)
 
 
+def _score_in_process(job: ScoringJob, pending: List[catalog.FilePlan], items: List[Dict[str, Any]],
+                      report: Dict[str, Any], origin: float, cpus: int) -> None:
+    """The in-process engine (:mod:`numclip_mm.batch.in_process`): ``cpus`` threads of one torch thread each (or
+    ``--torch-threads``) over one copy of each model; a work item that cannot be scored at all fails its file."""
+    import torch
+
+    from .actor import InferenceActor, load_predictor
+    opts = job.opts
+    threads = max(1, cpus // (opts.torch_threads or 1))
+    batch_size = opts.batch_size or CPU_BATCH_SIZE
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(opts.torch_threads or 1)  # (process-wide: every scoring thread gets this many)
+    writers = ThreadWriters(opts.max_writes_in_flight)
+    report.update(sizing=dict(threads=threads, torch_threads=opts.torch_threads or 1, batch_size=batch_size),
+                  models_loaded_as=_models_loaded_as(job, None), outputs_written_by='the driver\'s threads')
+    logger.info('scoring with %d threads x %d torch thread(s), batches of %d, one copy of each model (%s); %d work '
+                'items to score', threads, opts.torch_threads or 1, batch_size, report['models_loaded_as'], len(items))
+    try:
+        predictors = [load_predictor(m.config, m.checkpoint, 'cpu', opts.precision, m.checkpoint_sha256,
+                                     m.calibration, m.graph) for m in job.models]
+
+        def make_actor():
+            return InferenceActor.sharing(predictors, [m.prefix for m in job.models],
+                                          row_decoder=_row_decoder(job, None, batch_size), intervals=opts.intervals,
+                                          embedding=opts.embedding)
+        collection = Collection(job, pending, report, writers, origin)
+        scorer = InProcessScorer(make_actor, items, threads)
+
+        def failed(err: ItemFailed) -> None:
+            collection.fail_file(err.file_index, error_text(last_error_line(str(err))), 'its work item failed')
+        scorer.run(lambda table: collection.deliver(table, time.perf_counter(), 'in-process'), failed)
+        collection.drain()
+        collection.check_complete()
+    except BaseException:  # a failure or a signal: writes in flight stop and remove their temporaries
+        writers.close(cancel=True)
+        raise
+    finally:
+        torch.set_num_threads(torch_threads)
+    writers.close()
+
+
 def _score(job: ScoringJob, pending: List[catalog.FilePlan], items: List[Dict[str, Any]], report: Dict[str, Any],
            origin: float, ray_starter: Optional[RayStarter], actor_class=None,
            head: Optional[HeadStart] = None) -> None:
@@ -767,73 +783,9 @@ def _score_with(writers, job: ScoringJob, pending: List[catalog.FilePlan], items
     report['models_loaded_as'] = models
     report['outputs_written_by'] = writers.where
     ds = build_dataset(job, items, sizing, actor_class, claims=head.claims.root if head is not None else None)
-    buffers: Dict[int, List[pa.Table]] = {i: [] for i in range(len(pending))}
-    counts = {i: 0 for i in range(len(pending))}
-    in_flight: Dict[Any, int] = {}
-    columns = job.prediction_columns
-    progress = Progress(sum(p.num_rows for p in pending), len(pending), opts.progress_interval_s)
+    collection = Collection(job, pending, report, writers, origin)
+    deliver = collection.deliver
 
-    def collect(refs) -> None:
-        for ref in refs:
-            i = in_flight.pop(ref)
-            p = pending[i]
-            try:
-                bad = writers.result(ref)
-            except Exception as err:  # noqa: BLE001  (one file failing does not stop the others)
-                msg = error_text(_last_error_line(str(getattr(err, 'cause', None) or err)))
-                logger.error('%s: %s', redact(p.input), msg)
-                report['failed'].append(dict(input=p.input, error=f'{redact(p.input)}: {msg}'))
-                report['files'].append(dict(input=p.input, output=p.output, rows=p.num_rows, status='failed'))
-                continue
-            progress.file_done(p, bad)
-            report['files'].append(dict(input=p.input, output=p.output, rows=p.num_rows, errors=bad,
-                                        status='written'))
-
-    def finish(i: int) -> None:
-        chunks = buffers.pop(i)
-        preds = pa.concat_tables(chunks) if chunks else prediction_schema(
-            opts.intervals, [m.prefix for m in job.models], opts.embedding).empty_table().select(
-            [ROW_INDEX, CELL_CRC, *columns])
-        preds = preds.sort_by(ROW_INDEX)
-        p = pending[i]
-        if preds.num_rows != p.num_rows or not np.array_equal(preds.column(ROW_INDEX).to_numpy(),
-                                                               np.arange(p.num_rows)):
-            raise ScoringFailed(f'{p.input}: the pipeline returned {preds.num_rows} prediction rows for '
-                                f'{p.num_rows} input rows (or duplicates); nothing was written for this file')
-        while len(in_flight) >= writers.max_in_flight:
-            collect(writers.done(list(in_flight), block='any'))
-        for name in job.error_columns:
-            errors = preds.column(name)
-            if errors.null_count < len(errors):  # the log names a cause, not only a count (redacted, short texts)
-                first = int(np.flatnonzero(errors.is_valid().to_numpy(zero_copy_only=False))[0])
-                logger.info('%s: %d rows with an error; the first, row %d (%s): %s', redact(p.input),
-                            len(errors) - errors.null_count, first, name, errors[first].as_py())
-        metadata = catalog.expected_metadata(p, job.model_identity, job.names)
-        in_flight[writers.submit(p, preds, job.names, job.column, metadata, job.error_columns)] = i
-
-    lock = threading.Lock()  # the driver's head start delivers from its own thread
-
-    def deliver(table: pa.Table, at: float, source: str) -> None:
-        with lock:
-            if 'first_output_s' not in report:
-                report['first_output_s'] = at - origin
-                logger.info('first predictions back %.1f s after the start (%s; Ray ready after %.1f s)',
-                            report['first_output_s'], source, report['ray_ready_s'])
-            files = table.column(FILE_INDEX).to_numpy()
-            for i in np.unique(files).tolist():
-                part = table if files[0] == files[-1] == i else table.filter(pa.array(files == i))
-                if i not in buffers:
-                    raise ScoringFailed(f'prediction rows for {pending[i].input} arrived after it was written')
-                buffers[i].append(part.select([ROW_INDEX, CELL_CRC, *columns]).combine_chunks())
-                counts[i] += part.num_rows
-                progress.add_rows(part.num_rows)
-                if counts[i] >= pending[i].num_rows:
-                    finish(i)
-            collect(writers.done(list(in_flight)))
-
-    for i, p in enumerate(pending):
-        if p.num_rows == 0:
-            finish(i)
     if head is not None:
         head.attach(lambda table: deliver(table, head.first_output if 'first_output_s' not in report
                                           else time.perf_counter(), 'the driver\'s, while the actors start'))
@@ -859,18 +811,18 @@ def _score_with(writers, job: ScoringJob, pending: List[catalog.FilePlan], items
         if head is not None:  # (it delivers under the lock; what it has delivered is written)
             head.abort()
             head.join(HEAD_START_JOIN_S)
-        collect(writers.done(list(in_flight), block='all'))
+        collection.drain()
         _drop_frames(err)
         kept = f'{len(report["files"])} files are complete and kept; run the same command again to continue.'
         changed = _checkpoint_changed(err)
         if changed:
             raise ScoringFailed(f'{changed} ({kept})', report) from err
         if _actor_start_failed(err):  # e.g. the checkpoint was deleted since planning: not a memory problem
-            raise ScoringFailed(f'the inference actors could not start: {error_text(_last_error_line(str(err)))}. '
+            raise ScoringFailed(f'the inference actors could not start: {error_text(last_error_line(str(err)))}. '
                                 f'{kept}', report) from err
         raise ScoringFailed(
             f'scoring stopped after {opts.max_retries} retries of a failing worker ({type(err).__name__}: '
-            f'{error_text(_last_error_line(str(err)))}). A worker that dies again and again is usually out of '
+            f'{error_text(last_error_line(str(err)))}). A worker that dies again and again is usually out of '
             f'memory: lower --batch-size or --max-image-pixels, or give actors more memory. {kept}',
             report) from err
     finally:
@@ -888,11 +840,9 @@ def _score_with(writers, job: ScoringJob, pending: List[catalog.FilePlan], items
         head.join()  # its last item (nobody else scores it)
         report['head_start'].update(items=head.scored_items, rows=head.rows)
         if head.error is not None:
-            _head_start_failed(head, pending, buffers, report)
-    collect(writers.done(list(in_flight), block='all'))
-    if buffers:
-        missing = [pending[i].input for i in buffers]
-        raise ScoringFailed(f'the pipeline returned too few rows for {missing}')
+            _head_start_failed(head, collection)
+    collection.drain()
+    collection.check_complete()
 
 
 def _block_prefetcher(stream):
@@ -918,20 +868,15 @@ def _stop_block_prefetcher(prefetcher, timeout: float = 5.0) -> None:
             thread.join(timeout)
 
 
-def _head_start_failed(head: HeadStart, pending: List[catalog.FilePlan], buffers: Dict[int, List[pa.Table]],
-                       report: Dict[str, Any]) -> None:
+def _head_start_failed(head: HeadStart, collection: Collection) -> None:
     """The driver's scoring thread failed on an item it had claimed (the actors skipped it): that file fails
     like a failed write (the others are written; the next run scores it again)."""
     err = head.error
-    msg = error_text(_last_error_line(f'{type(err).__name__}: {err}'))
-    if head.failed_file is None or head.failed_file not in buffers:  # before any item: the actors scored them all
-        logger.warning('the driver\'s head start stopped: %s', msg)
+    msg = error_text(last_error_line(f'{type(err).__name__}: {err}'))
+    if head.failed_file is None or head.failed_file not in collection.buffers:  # before any item: the actors scored
+        logger.warning('the driver\'s head start stopped: %s', msg)      # them all
         return
-    p = pending[head.failed_file]
-    buffers.pop(head.failed_file)
-    logger.error('%s: %s (while the driver scored it)', redact(p.input), msg)
-    report['failed'].append(dict(input=p.input, error=f'{redact(p.input)}: {msg}'))
-    report['files'].append(dict(input=p.input, output=p.output, rows=p.num_rows, status='failed'))
+    collection.fail_file(head.failed_file, msg, 'while the driver scored it')
 
 
 def _drop_frames(err: BaseException) -> None:
@@ -973,13 +918,6 @@ def _actor_start_failed(err: BaseException) -> bool:
             return True
         err = err.__cause__ or err.__context__
     return False
-
-
-def _last_error_line(text: str) -> str:
-    """The innermost ``SomeError: message`` line of a (remote) traceback text, else its last line."""
-    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
-    named = [line for line in lines if re.match(r'^[\w.]*(Error|Exception|Exit|Interrupt)\b:?', line)]
-    return (named or lines or [''])[-1]
 
 
 def score_catalog(opts: ScoreOptions = None, actor_class=None, **kwargs) -> Dict[str, Any]:

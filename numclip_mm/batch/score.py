@@ -1,6 +1,7 @@
-"""Score a Parquet image catalog with a trained NumCLIP model on Ray.
+"""Score a Parquet image catalog with a trained NumCLIP model, on Ray or in-process.
 
-Local run (starts a private Ray instance); three equivalent forms::
+Local run (a small machine alone: threads of this command; else a private Ray instance; ``--engine`` chooses);
+three equivalent forms::
 
     numclip-score --config CFG --checkpoint CKPT --input catalog/ --output scored/
     numclip-score --model CFG1 CKPT1 --model CFG2 CKPT2 age_ --input catalog/ --output scored/   # one pass, 2 models
@@ -26,9 +27,11 @@ import logging
 import signal
 import sys
 import time
+from typing import Optional
 
 from numclip_mm.batch import catalog
 from numclip_mm.batch.cluster import RayStarter, RayUnavailable
+from numclip_mm.batch.engine import ENGINES, IN_PROCESS_MAX_CPUS, Engine, choose_engine
 from numclip_mm.batch.pipeline import ModelSpec, ScoreOptions, ScoringFailed, preflight, prepare, run
 from numclip_mm.shared import DEFAULT_MAX_PIXELS, PRECISION_DTYPES
 from numclip_mm.utils.config_file import ConfigLoadError
@@ -117,13 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--max-retries', type=int, default=3,
                    help='retries of a task/actor whose worker died, before the job ends (default: 3)')
     p.add_argument('--overwrite', action='store_true', help='recompute files whose output already exists')
+    p.add_argument('--engine', choices=ENGINES, default='auto',
+                   help='who scores: "in-process" (threads of this command, no Ray), "ray" (actors on a private '
+                        'instance or the cluster found as --address says), or "auto" (default): in-process on a '
+                        f'machine of at most {IN_PROCESS_MAX_CPUS} CPUs with no GPU and no Ray cluster named, else '
+                        'Ray; the first log line says which and why')
     p.add_argument('--address', default=None,
                    help='Ray cluster, found as ray.init finds it: this address (host:port, ray://host:10001, "auto"), '
                         'else $RAY_ADDRESS, else the cluster a `ray start` on this machine recorded, else a new '
                         'private instance on this machine (always with "local"); an address where no cluster '
                         'answers fails within 30 s')
     p.add_argument('--num-cpus', type=int, default=None,
-                   help='CPUs of a private Ray instance (implies --address local)')
+                   help='CPUs to use on this machine: the in-process engine\'s threads, or a private Ray '
+                        'instance\'s CPUs (implies --address local)')
     p.add_argument('--object-store-memory', type=_size, default=None,
                    help='object store of a private Ray instance (implies --address local)')
     p.add_argument('--summary-json', default=None, help='also write the run summary to this file')
@@ -163,7 +172,7 @@ def options_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser 
         max_image_pixels=args.max_image_pixels or None, max_retries=args.max_retries, path_root=args.path_root,
         read_timeout=args.read_timeout,
         overwrite=args.overwrite,
-        address=args.address, num_cpus=args.num_cpus, object_store_memory=args.object_store_memory)
+        engine=args.engine, address=args.address, num_cpus=args.num_cpus, object_store_memory=args.object_store_memory)
 
 
 class Stopped(BaseException):
@@ -203,17 +212,19 @@ def main(argv=None, pause_gc: bool = False) -> int:
     try:
         try:
             configs = preflight(opts)  # what needs no model and no listing: a typo ends here, with nothing started
+            engine = choose_engine(opts)
         except (FileNotFoundError, ConfigLoadError, catalog.ScoringSetupError) as err:
             print(f'error: {err}', file=sys.stderr)
             return 2
-        # Ray starts (or is connected) in the background while the inputs, model and checkpoint are checked
-        starter = RayStarter(opts.address, opts.num_cpus, opts.object_store_memory)
-        if handlers:  # Ray's core worker installs its own C++ SIGTERM handler (a stack dump, then abort): ours again
-            starter.on_ready.append(install_handlers)
-        if pause_gc:
-            starter.on_ready.append(_resume_gc)
-        starter.start()
-        return _main(args, opts, configs, starter, started_at)
+        if engine.name == 'ray':
+            # Ray starts (or is connected) in the background while the inputs, model and checkpoint are checked
+            starter = RayStarter(opts.address, opts.num_cpus, opts.object_store_memory)
+            if handlers:  # Ray's core worker installs its own C++ SIGTERM handler (a stack dump, then abort): ours
+                starter.on_ready.append(install_handlers)
+            if pause_gc:
+                starter.on_ready.append(_resume_gc)
+            starter.start()
+        return _main(args, opts, configs, starter, started_at, engine, resume_gc=pause_gc and starter is None)
     except RayUnavailable as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
@@ -261,15 +272,19 @@ def _remove_partial_outputs(opts: ScoreOptions) -> None:
         pass
 
 
-def _main(args, opts: ScoreOptions, configs, starter: RayStarter, started_at: float) -> int:
+def _main(args, opts: ScoreOptions, configs, starter: Optional[RayStarter], started_at: float, engine: Engine,
+          resume_gc: bool = False) -> int:
+    """``resume_gc``: collection resumes once the job is prepared (no Ray start to wait for)."""
     from numclip_mm.inference import CheckpointLoadError
     try:
         prep = prepare(opts, configs)
     except (FileNotFoundError, CheckpointLoadError, ConfigLoadError, catalog.ScoringSetupError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
+    if resume_gc:
+        _resume_gc()
     try:
-        summary = run(prep, ray_starter=starter, started_at=started_at)
+        summary = run(prep, ray_starter=starter, started_at=started_at, engine=engine)
     except ScoringFailed as err:
         print(f'error: {err}', file=sys.stderr)
         if args.summary_json and err.report is not None:

@@ -235,7 +235,7 @@ def run_child(column: str, spec: dict, work: Path, sampler: GpuSampler) -> dict:
 
 def run_scorer(spec: dict, precision: str, work: Path, sampler: GpuSampler, smoke: bool,
                batch_size: int = None) -> dict:
-    options = ['--precision', precision]
+    options = ['--precision', precision, '--engine', 'ray', '--address', 'local']
     if smoke:  # the GPU layout on CPU: decode tasks feed the inference actors
         options += ['--decode-in', 'tasks', '--num-actors', '1', '--cpus-per-actor', '0.5']
     if batch_size:

@@ -7,15 +7,20 @@ JPEGs: three columns measured in one run, interleaved (bare, Ray Data, scorer, b
    map_batches(actor class holding a Predictor, ActorPoolStrategy sized to the machine: one 1-thread actor per CPU,
    half a CPU each so the read tasks always find one) -> write_parquet``. No row-order, per-row error, atomic-output
    or resume guarantee.
-3. scorer: ``numclip-score`` with its defaults (a private Ray instance, sized by the scorer itself), as a user's
-   jobs after the first with a model run: the model's trace is in the graph cache (the benchmark's own, filled once
-   before the timed runs).
+3. scorer: ``numclip-score`` with its defaults (the engine it picks for this machine, sized by itself: on a small
+   machine with no Ray cluster, threads of its own process; numclip_mm.batch.engine), as a user's jobs after the
+   first with a model run: the model's trace is in the graph cache (the benchmark's own, filled once before the
+   timed runs).
 4. scorer_cold: the same with ``--graph-cache off``: a model's first job (the driver builds and traces it).
+5. scorer_ray: the same as 3 on Ray (``--engine ray --address local``: a private instance, actors sized by the
+   scorer, the driver scoring while they start): what the scorer does on a cluster, and on a machine too large for
+   the in-process engine.
 
 Each column runs as a child process, timed from its spawn (Python, imports, Ray and model start-up included):
 end-to-end images/s; the first prediction (bare: the first batch; ray_data: the first batch an actor finished;
-scorer: the first prediction back in its driver, which scores while the actors start); steady-state images/s and CPU
-seconds per 1,000 images from the first prediction (scorer: the actors' first, when start-up is over) to the end,
+scorer: the first prediction back in its driver; on Ray the driver scores while the actors start); steady-state
+images/s and CPU seconds per 1,000 images from the first prediction (on Ray: the actors' first, when start-up is over)
+to the end,
 summed over the whole process tree (psutil samples every 0.2 s: the driver, the Ray daemons and every worker). The
 load average before and after is recorded (the machine may be shared).
 
@@ -37,6 +42,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -47,7 +53,7 @@ CATALOGS = {  # name: (kind, images, files, min px, max px)
     'png64': ('png', 20000, 4, 64, 64),
     'jpeg256-1024': ('jpeg', 1200, 4, 256, 1024),
 }
-COLUMNS = ('bare', 'ray_data', 'scorer', 'scorer_cold')
+COLUMNS = ('bare', 'ray_data', 'scorer', 'scorer_cold', 'scorer_ray')
 
 
 def parse_args():
@@ -260,8 +266,10 @@ class ChildRun:
     first_at: float
 
     @property
-    def ray_ready_s(self) -> float:
-        """A scorer run's seconds from the spawn until Ray was up."""
+    def ray_ready_s(self) -> Optional[float]:
+        """A scorer run's seconds from the spawn until Ray was up (None: it ran in-process)."""
+        if 'ray_ready_s' not in self.report:
+            return None
         return self.report['ray_ready_s'] + self.report['started_at'] - self.t_spawn
 
 
@@ -276,12 +284,12 @@ def _timed(name: str, cmd) -> tuple:
 
 
 def run_scorer(name: str, spec: dict, output, summary_path: Path, options=()) -> ChildRun:
-    """``python -m numclip_mm.batch.score`` over ``spec['input']`` with ``spec``'s model, on a private instance,
-    ``--overwrite`` into ``output``, plus ``options``. Raises RuntimeError naming ``name`` when it fails."""
+    """``python -m numclip_mm.batch.score`` over ``spec['input']`` with ``spec``'s model, ``--overwrite`` into
+    ``output``, plus ``options``. Raises RuntimeError naming ``name`` when it fails."""
     _, stderr, t_spawn, wall, sampler = _timed(name, [
         sys.executable, '-m', 'numclip_mm.batch.score', '--config', spec['config'], '--checkpoint', spec['checkpoint'],
-        '--input', spec['input'], '--output', str(output), '--overwrite', '--address', 'local', '--summary-json',
-        str(summary_path), *options])
+        '--input', spec['input'], '--output', str(output), '--overwrite', '--summary-json', str(summary_path),
+        *options])
     summary = json.loads(Path(summary_path).read_text())
     return ChildRun(summary, stderr, t_spawn, wall, sampler, summary['started_at'] + summary['first_output_s'])
 
@@ -301,13 +309,15 @@ def run_column(column: str, spec: dict, work: Path) -> dict:
     """One timed child process of ``column``; its wall, first prediction and steady CPU from the process tree."""
     shutil.rmtree(spec['output'], ignore_errors=True)  # a reused --workdir: an earlier run's files must not count
     if column.startswith('scorer'):
-        run = run_scorer(column, spec, spec['output'], work / f'summary-{column}-{time.time_ns()}.json',
-                         ['--quiet', '--graph-cache', 'off' if column == 'scorer_cold' else spec['graph_cache']])
+        options = ['--quiet', '--graph-cache', 'off' if column == 'scorer_cold' else spec['graph_cache']]
+        if column == 'scorer_ray':
+            options += ['--engine', 'ray', '--address', 'local']
+        run = run_scorer(column, spec, spec['output'], work / f'summary-{column}-{time.time_ns()}.json', options)
         summary = run.report
         images = summary['rows_scored']
         steady_from = summary['started_at'] + summary.get('actors_first_output_s', summary['first_output_s'])
         head = summary.get('head_start', {})
-        extra = dict(sizing=summary['sizing'], ray_ready_s=run.ray_ready_s,
+        extra = dict(engine=summary['engine']['name'], sizing=summary['sizing'], ray_ready_s=run.ray_ready_s,
                      actors_first_prediction_s=steady_from - run.t_spawn, driver_rows=head.get('rows', 0),
                      graph=summary['models'][0].get('graph', ''))
     else:
@@ -381,7 +391,7 @@ def main():
             entry['vs_bare'] = {c: dict(images_per_s=m['images_per_s'] / bare['images_per_s'],
                                         steady_cpu_per_image=m['steady_cpu_s_per_1000'] / bare['steady_cpu_s_per_1000'])
                                 for c, m in medians.items()}
-        for c in ('scorer', 'scorer_cold'):
+        for c in ('scorer', 'scorer_cold', 'scorer_ray'):
             if {'ray_data', c} <= set(medians):
                 entry[f'{c}_vs_ray_data'] = medians[c]['images_per_s'] / medians['ray_data']['images_per_s']
         results['catalogs'][name] = entry
