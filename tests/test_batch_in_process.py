@@ -41,6 +41,9 @@ def test_auto_scores_in_process_on_a_small_machine_alone(small_machine):
     assert (chosen.name, chosen.cpus) == ('in-process', 2)
     assert 'no Ray cluster named, no GPU, 2 CPU(s)' in chosen.reason and '--engine ray' in chosen.reason
     assert choose_engine(_opts(num_cpus=5)).cpus == 5  # --num-cpus sizes the threads
+    small_machine.setitem(sys.modules, 'ray._private.services', None)  # Ray not installed: no cluster recorded
+    assert choose_engine(_opts()).name == 'in-process'
+    assert choose_engine(_opts(address='auto')).name == 'ray'  # (Ray's path then says it is missing)
 
 
 @pytest.mark.parametrize('change, reason', [

@@ -114,4 +114,6 @@ def _named_cluster(opts) -> Optional[str]:
         address, source = resolve_address(opts.address)
     except RayUnavailable:  # --address auto with no running cluster: Ray's path reports it
         return '--address auto'
+    except ImportError:  # Ray is not installed: no cluster can have been recorded for it
+        return f'--address {opts.address}' if opts.address else ''
     return f'{source} ({address})' if address else ''
