@@ -300,6 +300,24 @@ def test_unwritable_output_is_refused_before_any_work(tmp_path, env, capsys, mon
     assert starts == []
 
 
+def test_engine_asked_for_with_what_it_cannot_do_is_exit_2_before_any_work(tmp_path, env, capsys, monkeypatch):
+    """--engine in-process with a Ray-only option (or a cluster's address) ends the command with exit 2 and one line
+    naming them, before Ray is started or the model is loaded."""
+    from numclip_mm.batch import score
+    starts = []
+    monkeypatch.setattr(score.RayStarter, 'start', lambda self: starts.append(self) or self)
+    monkeypatch.setattr(score, 'prepare', lambda *a, **k: pytest.fail('the job was prepared'))
+    args = ['--config', env['cfg'], '--checkpoint', env['ckpt'], '--input', str(env['cat']), '--output',
+            str(tmp_path / 'out'), '--engine', 'in-process']
+    assert cli_main(args + ['--num-actors', '2', '--decode-in', 'tasks']) == 2
+    assert capsys.readouterr().err.strip() == ('error: --engine in-process scores in this process, without Ray: '
+                                               '--num-actors, --decode-in need Ray (leave --engine out, or give '
+                                               '--engine ray)')
+    assert cli_main(args + ['--address', '127.0.0.1:1']) == 2
+    assert '--address 127.0.0.1:1 need Ray' in capsys.readouterr().err
+    assert starts == []
+
+
 def test_config_that_does_not_load_is_exit_2_with_file_and_line(tmp_path, env, capsys, monkeypatch):
     """A config with a syntax error or one that raises ends the scorer (before Ray is started) and the training
     tools with exit 2 and one line naming the file and the line."""

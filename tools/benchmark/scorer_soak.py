@@ -1,4 +1,4 @@
-"""Soak test of the Ray batch scorer on a hostile catalog: a few per cent of the rows are pixel bombs (a small PNG
+"""Soak test of the batch scorer (the engine it picks, or ``--engine``) on a hostile catalog: a few per cent of the rows are pixel bombs (a small PNG
 whose header claims 20000 x 20000 pixels), truncated JPEGs, wrong types (text, a PDF header, an empty cell, a null)
 and odd sizes (1 x 1, 3 x 2000, 4000 x 8); the rest are ordinary JPEGs.
 
@@ -45,6 +45,8 @@ def parse_args():
     p.add_argument('--num-files', type=int, default=6)
     p.add_argument('--hostile', type=float, default=0.04, help='fraction of hostile rows')
     p.add_argument('--num-cpus', type=int, default=2)
+    p.add_argument('--engine', choices=['auto', 'in-process', 'ray'], default='auto',
+                   help='the scorer\'s --engine (auto: in-process on a small machine alone)')
     p.add_argument('--cases', nargs='*', default=list(PATH_CASES), choices=list(PATH_CASES),
                    help='path-cell cases to run after the hostile catalog (default: all)')
     p.add_argument('--read-timeout', type=float, default=2.0, help='--read-timeout of the path-cell cases')
@@ -247,7 +249,7 @@ def run_case(args, checkpoint: str, folder: Path, cells, expect, source_args, ou
                    cat / 'part-000.parquet', row_group_size=8)
     cmd = [sys.executable, '-m', 'numclip_mm.batch.score', '--config', args.config, '--checkpoint', checkpoint,
            '--input', str(cat), '--output', str(out), '--num-cpus', str(args.num_cpus), '--overwrite', '--quiet',
-           '--read-timeout', str(args.read_timeout), '--max-retries', '1', *source_args]
+           '--read-timeout', str(args.read_timeout), '--max-retries', '1', '--engine', args.engine, *source_args]
     returncode, stdout, stderr, wall, sampler = run_sampled(cmd, capture_stderr=True)
     result = dict(rows_in=len(cells), exit_code=returncode, seconds=round(wall, 2),
                   peak_rss_mb=round(sampler.peak_rss / 2 ** 20),
@@ -298,8 +300,8 @@ def main():
     print(f'catalog: {len(kinds)} rows, {sum(p.stat().st_size for p in cat.glob("*.parquet")) / 1e6:.1f} MB; '
           f'hostile rows: { {k: v for k, v in counts.items() if k != "ok" and v} }', flush=True)
     cmd = [sys.executable, '-m', 'numclip_mm.batch.score', '--config', args.config, '--checkpoint', checkpoint,
-           '--input',
-           str(cat), '--output', str(out), '--num-cpus', str(args.num_cpus), '--overwrite', '--quiet']
+           '--input', str(cat), '--output', str(out), '--num-cpus', str(args.num_cpus), '--overwrite', '--quiet',
+           '--engine', args.engine]
     returncode, stdout, stderr, wall, sampler = run_sampled(cmd, capture_stderr=True)
     if returncode != 0:
         print(stderr[-3000:])
