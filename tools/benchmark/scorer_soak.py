@@ -1,6 +1,6 @@
-"""Soak test of the batch scorer (the engine it picks, or ``--engine``) on a hostile catalog: a few per cent of the rows are pixel bombs (a small PNG
-whose header claims 20000 x 20000 pixels), truncated JPEGs, wrong types (text, a PDF header, an empty cell, a null)
-and odd sizes (1 x 1, 3 x 2000, 4000 x 8); the rest are ordinary JPEGs.
+"""Soak test of the batch scorer (the engine it picks, or ``--engine``) on a hostile catalog: a few per cent of the rows
+are pixel bombs (a small PNG whose header claims 20000 x 20000 pixels), truncated JPEGs, wrong types (text, a PDF
+header, an empty cell, a null) and odd sizes (1 x 1, 3 x 2000, 4000 x 8); the rest are ordinary JPEGs.
 
 Reports rows/s, the peak RSS summed over the whole process tree (driver, Ray daemons, workers), and rows lost
 (rows in - rows out, must be 0); checks that every hostile row got an error or (odd sizes) a prediction, and that
