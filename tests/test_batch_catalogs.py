@@ -188,19 +188,22 @@ def test_partitioned_catalog_in_every_binary_layout(env, partitioned):
     assert sorted(set(years)) == [2020, 2021, 2022, 2023] and len(years) == 20
 
 
-def test_adding_a_model_rescores_the_file_with_both(env, partitioned, tmp_path):
-    """Two models in one pass (+ --embedding) into the folder the one-model run filled: every file is re-scored
-    (the set of models changed), the first model's columns equal the one-model run's, the second's the Predictor's,
-    and the embeddings the Predictor's features (cosine 1 within fp16)."""
+@pytest.mark.parametrize('engine', ['ray', 'in-process'])
+def test_adding_a_model_rescores_the_file_with_both(env, partitioned, tmp_path, engine):
+    """Two models in one pass (+ --embedding) into the folder the one-model run filled, on Ray's actors and on the
+    in-process threads: every file is re-scored (the set of models changed), the first model's columns equal the
+    one-model run's, the second's the Predictor's, and the embeddings the Predictor's features (cosine 1 within
+    fp16)."""
     out = tmp_path / 'out'
     shutil.copytree(partitioned['out'], out)
     models = [ModelSpec(env['models']['count']['cfg'], env['models']['count']['ckpt']),
               ModelSpec(env['models']['adience']['cfg'], env['models']['adience']['ckpt'])]
     opts = dict(models=models, input=str(env['hive']), output=str(out), batch_size=3, embedding=True,
-                num_actors=1)  # 20 rows: a second actor would only add its start-up
+                **(dict(num_actors=1) if engine == 'ray' else dict(engine='in-process')))  # (one actor: 20 rows)
     plans = prepare(ScoreOptions(**opts)).plans
     assert {p.status for p in plans} == {"stale: models changed (added: 'adience_')"}
     report = score_catalog(ScoreOptions(**opts))
+    assert report['engine']['name'] == engine
     assert report['files_written'] == 4 and 're-scores the whole file' in report['resume']
     assert [m['prefix'] for m in report['models']] == ['count_', 'adience_']
     adience = env['models']['adience']['predictor']

@@ -187,27 +187,36 @@ def test_a_stop_in_delivery_stops_the_threads_before_it_propagates():
 
 
 # ---------------------------------------------------------------------------------------------- whole jobs
-def test_a_job_in_process_writes_what_the_predictor_says_and_fails_only_an_unreadable_file(tmp_path, monkeypatch):
-    """The real engine end to end through score_catalog (the demo task's tiny model, random weights): outputs in
-    the input's row order, every value the Predictor's own for that image, a corrupt image a row error; a row group
-    that cannot be decoded at all fails its file only (ScoringFailed, the other files written), and the next run
-    scores that file alone."""
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    """The tiny test model (random weights) and a 3-file demo catalog (30 rows each; one corrupt image in the
+    first file)."""
     import torch
     from helpers import write_tiny_config
     from mmengine.config import Config
     from mmpretrain.registry import MODELS
 
-    from numclip_mm.batch import decode
-    from numclip_mm.batch.pipeline import ScoringFailed, score_catalog
     from numclip_mm.datasets.demo import write_demo_catalog
-    from numclip_mm.inference import Predictor
-    cfg = write_tiny_config(tmp_path / 'tiny.py')
+    root = tmp_path_factory.mktemp('in-process')
+    cfg = write_tiny_config(root / 'tiny.py')
     torch.manual_seed(0)
-    ckpt = str(tmp_path / 'tiny.pth')
+    ckpt = str(root / 'tiny.pth')
     torch.save(dict(state_dict=MODELS.build(Config.fromfile(cfg).model).state_dict()), ckpt)
-    cat = tmp_path / 'cat'
+    cat = root / 'cat'
     for i in range(3):
         write_demo_catalog(str(cat / f'part-00{i}.parquet'), 30, seed=i, corrupt_rows=1 if i == 0 else 0)
+    return dict(cfg=cfg, ckpt=ckpt, cat=cat)
+
+
+def test_a_job_in_process_writes_what_the_predictor_says_and_fails_only_an_unreadable_file(tiny, tmp_path,
+                                                                                         monkeypatch):
+    """The real engine end to end through score_catalog: outputs in the input's row order, every value the
+    Predictor's own for that image, a corrupt image a row error; a row group that cannot be decoded at all fails
+    its file only (ScoringFailed, the other files written), and the next run scores that file alone."""
+    from numclip_mm.batch import decode
+    from numclip_mm.batch.pipeline import ScoringFailed, score_catalog
+    from numclip_mm.inference import Predictor
+    cfg, ckpt, cat = tiny['cfg'], tiny['ckpt'], tiny['cat']
     first = pq.read_table(cat / 'part-000.parquet')
     bad = json.loads(first.schema.metadata[b'numclip.corrupt_ids'])
     real_slices = decode.RowGroupDecoder.slices
@@ -236,3 +245,37 @@ def test_a_job_in_process_writes_what_the_predictor_says_and_fails_only_an_unrea
     again = score_catalog(**opts)
     assert [f['status'] for f in again['files']] == ['skipped', 'skipped', 'written']
     assert pq.read_table(tmp_path / 'out' / 'part-002.parquet').num_rows == 30
+
+
+def test_command_in_process_pauses_the_collector_until_the_job_is_prepared(tiny, tmp_path, monkeypatch):
+    """The console command on the in-process engine (score.cli -> main(pause_gc=True)): no Ray start to wait for,
+    so the garbage collector stays off through planning (start-up's long-lived objects), and what exists is frozen
+    and collection resumes before scoring (the freeze at the end is the Ray path's test's: test_batch_catalogs)."""
+    import gc
+
+    from numclip_mm.batch import pipeline
+    from numclip_mm.batch import score as score_module
+    states = {}
+    prepare_job, score_job = score_module.prepare, pipeline._score_in_process
+
+    def preparing(*args, **kwargs):
+        states['planning'] = gc.isenabled()
+        return prepare_job(*args, **kwargs)
+
+    def scoring(*args, **kwargs):
+        states['scoring'] = gc.isenabled(), gc.get_freeze_count()
+        return score_job(*args, **kwargs)
+    monkeypatch.setattr(score_module, 'prepare', preparing)
+    monkeypatch.setattr(pipeline, '_score_in_process', scoring)
+    before = gc.get_freeze_count()
+    try:
+        code = score_module.main(['--config', tiny['cfg'], '--checkpoint', tiny['ckpt'], '--input', str(tiny['cat']),
+                                  '--output', str(tmp_path / 'out'), '--engine', 'in-process', '--graph-cache', 'off',
+                                  '--quiet'], pause_gc=True)
+        after = gc.isenabled()
+    finally:
+        gc.enable()
+    assert code == 0 and len(list((tmp_path / 'out').glob('*.parquet'))) == 3
+    assert states['planning'] is False
+    enabled, frozen = states['scoring']
+    assert enabled and frozen > before and after

@@ -357,9 +357,11 @@ def _calibrated_checkpoint(env, folder: Path, levels=(0.5, 0.9)) -> str:
     return ckpt
 
 
-def test_interval_columns_from_the_checkpoint_calibration(env, scored, tmp_path):
+@pytest.mark.parametrize('engine', ['ray', 'in-process'])
+def test_interval_columns_from_the_checkpoint_calibration(env, scored, tmp_path, engine):
     """--interval adds {prefix}low_<level>/{prefix}high_<level>: the Predictor's bounds on good rows, nulls on bad
-    rows; outputs scored without them (by the same checkpoint's bytes) are stale for a run that asks for them."""
+    rows (on Ray's actors and on the in-process threads); outputs scored without them (by the same checkpoint's
+    bytes) are stale for a run that asks for them."""
     ckpt = _calibrated_checkpoint(env, tmp_path / 'model')  # a copy of the checkpoint scored['out'] was scored with
     src = env['cat'] / 'part-001.parquet'
     out = tmp_path / 'out'
@@ -367,8 +369,9 @@ def test_interval_columns_from_the_checkpoint_calibration(env, scored, tmp_path)
     shutil.copy(scored['out'] / src.name, out)  # a complete output without intervals: must be re-scored, not skipped
     assert 'count_low_0.9' not in pq.read_schema(out / src.name).names
     assert prepare(_opts(env, checkpoint=ckpt, input=str(src), output=str(out))).plans[0].complete
-    report = score_catalog(_opts(env, checkpoint=ckpt, input=str(src), output=str(out), intervals=(0.9, 0.5)))
-    assert report['files_written'] == 1
+    on = dict(num_actors=1) if engine == 'ray' else dict(num_actors=None, engine='in-process')
+    report = score_catalog(_opts(env, checkpoint=ckpt, input=str(src), output=str(out), intervals=(0.9, 0.5), **on))
+    assert report['files_written'] == 1 and report['engine']['name'] == engine
     table = pq.read_table(out / src.name)
     assert table.schema.names[-4:] == ['count_low_0.9', 'count_high_0.9', 'count_low_0.5', 'count_high_0.5']
     ok = np.array([k in GOOD for k in env['kinds'][src.name]])
