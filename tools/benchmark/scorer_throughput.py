@@ -175,13 +175,18 @@ def run_sampled(cmd, env=None, capture_stderr=False):
 
 
 def random_checkpoint(config: str, work: Path) -> str:
-    """A checkpoint of the config's model with seeded random weights (the speed does not depend on them)."""
+    """A checkpoint of the config's model with seeded random weights (the speed does not depend on them; no CLIP
+    file is read, so a paper config's ViT-B/16 needs no download)."""
     import torch
 
     from numclip_mm.inference import Predictor
+    from numclip_mm.utils.config_file import load_config_file
+    cfg = load_config_file(config, import_custom_modules=False)
+    if cfg.model.get('clip', {}).get('pretrained'):
+        cfg.model.clip.pretrained = None
     torch.manual_seed(0)
     checkpoint = str(work / 'model.pth')
-    torch.save({'state_dict': Predictor(config).model.state_dict()}, checkpoint)
+    torch.save({'state_dict': Predictor(cfg).model.state_dict()}, checkpoint)
     return checkpoint
 
 
