@@ -2,9 +2,9 @@
 
 Ray pays for itself where processes do: a cluster's nodes, GPUs fed by decode tasks, more cores than one Python
 process's threads keep busy, actors that die and are retried. On a small machine with no cluster named, its private
-instance costs more than it gives (docs/benchmarks.md: on 2 CPUs the scorer on Ray took 0.65x the bare loop's
-images/s end to end and 1.29x its CPU per image; in-process it takes the bare loop's CPU), so ``--engine auto``
-(the default) scores in-process (:mod:`numclip_mm.batch.in_process`) when all of these hold, else on Ray:
+instance costs more than it gives (docs/benchmarks.md, 2 CPUs, the demo model: on Ray 0.65-0.80x the bare loop's
+images/s end to end and up to 1.29x its CPU per image; in-process 1.29x and 0.85x), so ``--engine auto`` (the
+default) scores in-process (:mod:`numclip_mm.batch.in_process`) when all of these hold, else on Ray:
 
 - no cluster is named: no ``--address``/``RAY_ADDRESS``, no cluster recorded by a ``ray start`` on this machine, no
   Ray already running in this process (a caller's own ``ray.init``);
