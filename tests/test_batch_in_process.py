@@ -186,6 +186,27 @@ def test_a_stop_in_delivery_stops_the_threads_before_it_propagates():
         InProcessScorer(StandIn, _items(), threads=0)
 
 
+def test_a_decoders_first_batch_is_small_and_every_later_one_full(tmp_path):
+    """RowGroupDecoder(first_batch=3): its very first slice has 3 rows (an in-process thread's first predictions
+    come after a few images), every later slice batch_size rows, in this item and the next; rows are each read
+    once, in order, with their indices in the file."""
+    from numclip_mm.batch.decode import RowGroupDecoder
+
+    class Cells:
+        def decode_many(self, cells):
+            return [np.zeros((len(cells), 3, 2, 2), np.uint8)], [None] * len(cells)
+    path = tmp_path / 'p.parquet'
+    pq.write_table(pa.table({'image': pa.array([bytes([i]) for i in range(40)], pa.binary())}), path,
+                   row_group_size=20)
+    decoder = RowGroupDecoder(Cells(), 'image', batch_size=8, first_batch=3)
+    first = [rows.tolist() for rows, *_ in decoder.slices(0, str(path), 0, offset=0)]
+    second = [rows.tolist() for rows, *_ in decoder.slices(0, str(path), 1, offset=20)]
+    assert [len(r) for r in first] == [3, 8, 8, 1] and [len(r) for r in second] == [8, 8, 4]
+    assert sum(first + second, []) == list(range(40))
+    plain = RowGroupDecoder(Cells(), 'image', batch_size=8)
+    assert [len(r) for r, *_ in plain.slices(0, str(path), 0, offset=0, start=5, stop=20)] == [8, 7]
+
+
 # ---------------------------------------------------------------------------------------------- whole jobs
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):

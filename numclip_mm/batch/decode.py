@@ -128,8 +128,11 @@ class RowGroupDecoder:
     rows, each tagged with the file index, the row index inside the file and the CRC of every cell, so that a
     prediction can only ever be written next to its own input row."""
 
-    def __init__(self, decoder: CellDecoder, column: str, batch_size: int):
+    def __init__(self, decoder: CellDecoder, column: str, batch_size: int, first_batch: Optional[int] = None):
         self.decoder, self.column, self.batch_size = decoder, column, batch_size
+        # the size of this decoder's very first batch (None: batch_size): the in-process engine's first predictions
+        # then come after a few images, not after a whole batch of a slow model (~35 s for ViT-B/16 on one core)
+        self.first_batch = first_batch
 
     def slices(self, file_index: int, uri: str, row_group: int, offset: int, start: int = 0,
                stop: Optional[int] = None
@@ -138,11 +141,15 @@ class RowGroupDecoder:
         group (``offset``: its first row's index in the file)."""
         column = catalog.read_row_group_column(uri, row_group, self.column)
         stop = len(column) if stop is None else min(int(stop), len(column))
-        for first in range(int(start), stop, self.batch_size):
-            part = column.slice(first, min(self.batch_size, stop - first))
+        first = int(start)
+        while first < stop:
+            size = min(self.first_batch or self.batch_size, self.batch_size)
+            self.first_batch = None
+            part = column.slice(first, min(size, stop - first))
             tensors, errors = self.decoder.decode_many(part.to_pylist())
             rows = np.arange(offset + first, offset + first + len(part), dtype=np.int64)
             yield rows, cell_crcs(part), errors, tensors
+            first += len(part)
 
     def __call__(self, items):
         """``map_batches`` callable over work items ``{file, path, row_group, offset}`` -> decoded tables."""

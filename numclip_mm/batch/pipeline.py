@@ -499,11 +499,15 @@ def stream_buffer_blocks(largest_row_group: int, batch_size: int, cap: int = 64)
     return max(2, min(cap, -(-largest_row_group // batch_size)))
 
 
-def _row_decoder(job: ScoringJob, preprocessors, batch_size: int) -> RowGroupDecoder:
+def _row_decoder(job: ScoringJob, preprocessors, batch_size: int, first_batch: Optional[int] = None
+                 ) -> RowGroupDecoder:
     opts = job.opts
     return RowGroupDecoder(CellDecoder(preprocessors, job.source.kind, opts.max_image_bytes, opts.max_image_pixels,
                                        _absolute(opts.path_root), os.getcwd(), opts.read_timeout),
-                           job.column, batch_size)
+                           job.column, batch_size, first_batch)
+
+
+FIRST_BATCH_ROWS = 8  # each in-process thread's first batch: its first predictions after 8 images, not 64
 
 
 def build_dataset(job: ScoringJob, items: Sequence[Dict[str, Any]], sizing: Sizing, actor_class=None,
@@ -732,8 +736,8 @@ def _score_in_process(job: ScoringJob, pending: List[catalog.FilePlan], items: L
 
         def make_actor():
             return InferenceActor.sharing(predictors, [m.prefix for m in job.models],
-                                          row_decoder=_row_decoder(job, None, batch_size), intervals=opts.intervals,
-                                          embedding=opts.embedding)
+                                          row_decoder=_row_decoder(job, None, batch_size, FIRST_BATCH_ROWS),
+                                          intervals=opts.intervals, embedding=opts.embedding)
         collection = Collection(job, pending, report, writers, origin)
         scorer = InProcessScorer(make_actor, items, threads)
 
