@@ -100,20 +100,22 @@ def choose_engine(opts, actor_class=None) -> Engine:
 
 
 def _named_cluster(opts) -> Optional[str]:
-    """What names a Ray cluster for this job ('' when nothing does): Ray's own resolution order."""
+    """What names a Ray cluster for this job ('' when nothing does), in Ray's own resolution order
+    (:func:`numclip_mm.batch.cluster.resolve_address`); ``'local'`` names a private Ray instance."""
+    from .cluster import RayUnavailable, _given_address, resolve_address
     if _ray_running_here():
         return 'Ray already runs in this process'
-    if opts.address == 'local':
-        return '--address local (a private Ray instance)'
-    if opts.num_cpus and opts.address is None:  # sizes this machine's engine: no cluster is looked up
+    if opts.num_cpus and opts.address is None:  # sizes this machine's engine (with Ray: implies --address local)
         return ''
-    if os.environ.get('RAY_ADDRESS') == 'local' and opts.address is None:
-        return 'RAY_ADDRESS=local (a private Ray instance)'
-    from .cluster import RayUnavailable, resolve_address
-    try:
-        address, source = resolve_address(opts.address)
-    except RayUnavailable:  # --address auto with no running cluster: Ray's path reports it
-        return '--address auto'
-    except ImportError:  # Ray is not installed: no cluster can have been recorded for it
-        return f'--address {opts.address}' if opts.address else ''
-    return f'{source} ({address})' if address else ''
+    given = _given_address(opts.address)  # --address or RAY_ADDRESS, decided without importing ray
+    if given is None:
+        try:
+            given = resolve_address(opts.address)  # a cluster a `ray start` on this machine recorded
+        except RayUnavailable:  # --address auto with no running cluster: Ray's path reports it
+            return '--address auto'
+        except ImportError:  # Ray is not installed: no cluster can have been recorded for it
+            return '--address auto' if opts.address == 'auto' else ''
+        if given[0] is None:  # nothing recorded: a new instance, which this job need not start
+            return ''
+    address, source = given
+    return f'{source} ({address or "a private Ray instance"})'
