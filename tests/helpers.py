@@ -185,3 +185,32 @@ def kill_group(proc) -> None:
         except ProcessLookupError:
             return
         time.sleep(1)
+
+
+@contextlib.contextmanager
+def collector_states(scoring: str):
+    """While inside, numclip-score's planning (``score.prepare``) and its scoring step (``pipeline.<scoring>``:
+    ``_score`` on Ray, ``_score_in_process``) record the garbage collector's state when they are called. Yields the
+    record: ``planning`` (enabled), ``scoring`` (enabled, freeze count)."""
+    import gc
+
+    from numclip_mm.batch import pipeline
+    from numclip_mm.batch import score as score_module
+    states = {}
+    prepare_job, score_job = score_module.prepare, getattr(pipeline, scoring)
+
+    def preparing(*args, **kwargs):
+        states['planning'] = gc.isenabled()
+        return prepare_job(*args, **kwargs)
+
+    def scoring_step(*args, **kwargs):
+        states['scoring'] = gc.isenabled(), gc.get_freeze_count()
+        return score_job(*args, **kwargs)
+    score_module.prepare = preparing
+    setattr(pipeline, scoring, scoring_step)
+    try:
+        yield states
+    finally:
+        score_module.prepare = prepare_job
+        setattr(pipeline, scoring, score_job)
+

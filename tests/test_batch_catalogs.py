@@ -21,11 +21,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import write_tiny_config
+from helpers import collector_states, write_tiny_config
 from PIL import Image
 
-from numclip_mm.batch import catalog, pipeline
-from numclip_mm.batch import score as score_module
+from numclip_mm.batch import catalog
 from numclip_mm.batch.columns import BYTES, PATH, STRUCT, cell_crcs
 from numclip_mm.batch.decode import CellDecoder, group_preprocessors
 from numclip_mm.batch.pipeline import ModelSpec, ScoreOptions, prepare, score_catalog
@@ -118,31 +117,21 @@ def partitioned(env, ray_session, tmp_path_factory):
     command runs it: the garbage collector paused through start-up; its state is recorded on the way)."""
     out = tmp_path_factory.mktemp('partitioned') / 'out'
     summary = out.parent / 'summary.json'
-    records, collector = [], {}
+    records = []
     handler = logging.Handler()
     handler.emit = records.append
     logger = logging.getLogger('numclip_mm.batch')
     logger.addHandler(handler)
-    prepare_job, score_job = score_module.prepare, pipeline._score
-
-    def preparing(*args, **kwargs):
-        collector['planning'] = gc.isenabled()
-        return prepare_job(*args, **kwargs)
-
-    def scoring(*args, **kwargs):
-        collector['scoring'] = gc.isenabled(), gc.get_freeze_count()
-        return score_job(*args, **kwargs)
-    score_module.prepare, pipeline._score = preparing, scoring
-    collector['before'] = gc.get_freeze_count()  # conftest froze what the test session had imported
-    try:
-        code = cli_main(['--config', env['models']['count']['cfg'], '--checkpoint', env['models']['count']['ckpt'],
-                         '--input', str(env['hive']), '--output', str(out), '--batch-size', '3',
-                         '--summary-json', str(summary)], pause_gc=True)
-    finally:
-        collector['after'] = gc.isenabled(), gc.get_freeze_count()
-        score_module.prepare, pipeline._score = prepare_job, score_job
-        gc.enable()
-        logger.removeHandler(handler)
+    with collector_states('_score') as collector:
+        collector['before'] = gc.get_freeze_count()  # conftest froze what the test session had imported
+        try:
+            code = cli_main(['--config', env['models']['count']['cfg'], '--checkpoint',
+                             env['models']['count']['ckpt'], '--input', str(env['hive']), '--output', str(out),
+                             '--batch-size', '3', '--summary-json', str(summary)], pause_gc=True)
+        finally:
+            collector['after'] = gc.isenabled(), gc.get_freeze_count()
+            gc.enable()
+            logger.removeHandler(handler)
     assert code == 0
     return dict(out=out, summary=json.loads(summary.read_text()), lines=[r.getMessage() for r in records],
                 collector=collector)

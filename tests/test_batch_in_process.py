@@ -274,28 +274,18 @@ def test_command_in_process_pauses_the_collector_until_the_job_is_prepared(tiny,
     and collection resumes before scoring (the freeze at the end is the Ray path's test's: test_batch_catalogs)."""
     import gc
 
-    from numclip_mm.batch import pipeline
+    from helpers import collector_states
+
     from numclip_mm.batch import score as score_module
-    states = {}
-    prepare_job, score_job = score_module.prepare, pipeline._score_in_process
-
-    def preparing(*args, **kwargs):
-        states['planning'] = gc.isenabled()
-        return prepare_job(*args, **kwargs)
-
-    def scoring(*args, **kwargs):
-        states['scoring'] = gc.isenabled(), gc.get_freeze_count()
-        return score_job(*args, **kwargs)
-    monkeypatch.setattr(score_module, 'prepare', preparing)
-    monkeypatch.setattr(pipeline, '_score_in_process', scoring)
     before = gc.get_freeze_count()
-    try:
-        code = score_module.main(['--config', tiny['cfg'], '--checkpoint', tiny['ckpt'], '--input', str(tiny['cat']),
-                                  '--output', str(tmp_path / 'out'), '--engine', 'in-process', '--graph-cache', 'off',
-                                  '--quiet'], pause_gc=True)
-        after = gc.isenabled()
-    finally:
-        gc.enable()
+    with collector_states('_score_in_process') as states:
+        try:
+            code = score_module.main(['--config', tiny['cfg'], '--checkpoint', tiny['ckpt'], '--input',
+                                      str(tiny['cat']), '--output', str(tmp_path / 'out'), '--engine', 'in-process',
+                                      '--graph-cache', 'off', '--quiet'], pause_gc=True)
+            after = gc.isenabled()
+        finally:
+            gc.enable()
     assert code == 0 and len(list((tmp_path / 'out').glob('*.parquet'))) == 3
     assert states['planning'] is False
     enabled, frozen = states['scoring']
