@@ -8,6 +8,7 @@ prediction per input row (else nothing is written for it). Writes run on a
 the failure) go to the job's report.
 """
 import logging
+import re
 import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence
@@ -60,7 +61,6 @@ class Progress:
 
 def last_error_line(text: str) -> str:
     """The innermost ``SomeError: message`` line of a (remote) traceback text, else its last line."""
-    import re
     lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
     named = [line for line in lines if re.match(r'^[\w.]*(Error|Exception|Exit|Interrupt)\b:?', line)]
     return (named or lines or [''])[-1]
@@ -102,7 +102,7 @@ class Collection:
                 part = table if files[0] == files[-1] == i else table.filter(pa.array(files == i))
                 if i not in self.buffers:
                     raise ScoringFailed(f'prediction rows for {self.pending[i].input} arrived after it was '
-                                          f'written')
+                                        f'written')
                 self.buffers[i].append(part.select([ROW_INDEX, CELL_CRC, *self.columns]).combine_chunks())
                 self.counts[i] += part.num_rows
                 self.progress.add_rows(part.num_rows)
@@ -159,7 +159,7 @@ class Collection:
         if preds.num_rows != p.num_rows or not np.array_equal(preds.column(ROW_INDEX).to_numpy(),
                                                                np.arange(p.num_rows)):
             raise ScoringFailed(f'{p.input}: the pipeline returned {preds.num_rows} prediction rows for '
-                                  f'{p.num_rows} input rows (or duplicates); nothing was written for this file')
+                                f'{p.num_rows} input rows (or duplicates); nothing was written for this file')
         while len(self.in_flight) >= self.writers.max_in_flight:
             self._collect(self.writers.done(list(self.in_flight), block='any'))
         for name in job.error_columns:

@@ -248,7 +248,8 @@ def main(argv=None, pause_gc: bool = False) -> int:
 
 
 def _resume_gc() -> None:
-    """Once Ray is up: what start-up made is frozen (never walked again), then collection resumes for the job."""
+    """Once Ray is up (in-process: once the job is prepared): what start-up made is frozen (never walked again),
+    then collection resumes for the job."""
     gc.freeze()
     gc.enable()
 

@@ -32,6 +32,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from numclip_mm.batch.engine import ENGINES
+
 REPO = Path(__file__).resolve().parents[2]
 
 from scorer_throughput import photo, random_checkpoint, run_sampled  # noqa: E402  (a sibling script in sys.path[0])
@@ -45,7 +47,7 @@ def parse_args():
     p.add_argument('--num-files', type=int, default=6)
     p.add_argument('--hostile', type=float, default=0.04, help='fraction of hostile rows')
     p.add_argument('--num-cpus', type=int, default=2)
-    p.add_argument('--engine', choices=['auto', 'in-process', 'ray'], default='auto',
+    p.add_argument('--engine', choices=ENGINES, default='auto',
                    help='the scorer\'s --engine (auto: in-process on a small machine alone)')
     p.add_argument('--cases', nargs='*', default=list(PATH_CASES), choices=list(PATH_CASES),
                    help='path-cell cases to run after the hostile catalog (default: all)')
