@@ -146,13 +146,17 @@ def test_s3_failed_write_leaves_no_object(s3, job):
     assert not fs.exists(f'{BUCKET}/failed/p1.parquet')
 
 
-def test_s3_path_column_images(s3, job):
+@pytest.mark.parametrize('engine', ['ray', 'in-process'])
+def test_s3_path_column_images(s3, job, engine):
+    """A catalog on S3 whose cells are s3:// image paths, scored into S3, by Ray's actors and by the in-process
+    threads (each reading the catalog, the images and writing the output through s3fs from threads of the driver)."""
     from numclip_mm.batch.pipeline import score_catalog
     fs = s3['fs']
-    report = score_catalog(_opts(job, input=f's3://{BUCKET}/paths/', output=f's3://{BUCKET}/scored-paths',
-                                 image_column=None, path_column='path'))
-    assert report['rows_scored'] == 4
-    table = _read(fs, f'{BUCKET}/scored-paths/paths.parquet')
+    on = {} if engine == 'ray' else dict(num_actors=None, engine='in-process')
+    report = score_catalog(_opts(job, input=f's3://{BUCKET}/paths/', output=f's3://{BUCKET}/scored-paths-{engine}',
+                                 image_column=None, path_column='path', **on))
+    assert report['rows_scored'] == 4 and report['engine']['name'] == engine
+    table = _read(fs, f'{BUCKET}/scored-paths-{engine}/paths.parquet')
     errors = table.column('count_error').to_pylist()
     assert errors[:3] == [None] * 3 and 'not found' in errors[3]
     want = job['reference'].predict(job['images']['p0.parquet'][:3])
